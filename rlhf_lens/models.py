@@ -1,0 +1,301 @@
+"""Model loading and the model math both the trainer and the analyses need.
+
+Everything here is a small pure-ish function over HF models and token ids:
+padding, seeded sampling, per-token log-probabilities, per-token KL and
+context-fitting. The trainer and the analyses share these so that "logprob"
+means the same thing on both sides of the run directory.
+
+Shape glossary: batch, seq, gen_len, vocab, d_model.
+"""
+
+from __future__ import annotations
+
+import inspect
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "ModelLoadError",
+    "Samples",
+    "check_vocab_fits",
+    "completion_logprobs",
+    "context_length",
+    "exact_kl_per_token",
+    "encode_prompts",
+    "fit_to_context",
+    "kl_per_token",
+    "load_causal_lm",
+    "load_tokenizer",
+    "pad_left",
+    "pad_right",
+    "sample",
+    "sequence_logprobs",
+]
+
+class ModelLoadError(ValueError):
+    """A model folder cannot be loaded safely or does not match its tokenizer."""
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_causal_lm(folder: str | Path) -> torch.nn.Module:
+    """Load a local causal LM in eval mode; safetensors only, pickled weights are refused."""
+    from rlhf_lens.runs import load_hf_folder
+
+    return load_hf_folder(folder, "causal_lm")
+
+
+def load_tokenizer(folder: str | Path):
+    """Load the tokenizer saved in a local folder, with a pad token set."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(Path(folder))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def encode_prompts(tokenizer, prompts: Sequence[str]) -> list[list[int]]:
+    """Token ids of prompts as every stage sees them: BOS (= EOS for GPT-2-style tokenizers) + text."""
+    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    return [[bos] + ids for ids in tokenizer(list(prompts), add_special_tokens=False)["input_ids"]]
+
+
+def check_vocab_fits(model: torch.nn.Module, tokenizer, *, where: str = "model") -> None:
+    """Refuse a tokenizer whose ids would index past the model's embedding table."""
+    rows = model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) > rows:
+        raise ModelLoadError(
+            f"{where}: the tokenizer has {len(tokenizer)} tokens but the model's embedding table has "
+            f"only {rows} rows, so some token ids have no embedding. Use the tokenizer the model was "
+            "trained with, or resize the model with model.resize_token_embeddings(len(tokenizer))."
+        )
+
+
+def context_length(model: torch.nn.Module) -> int:
+    """The largest number of positions the model accepts."""
+    config = model.config
+    for name in ("n_positions", "max_position_embeddings", "n_ctx"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    raise ModelLoadError(f"{type(model).__name__}: config names no context length (n_positions).")
+
+
+def fit_to_context(ids: Sequence[int], budget: int) -> list[int]:
+    """Keep the last `budget` ids (left truncation keeps the end of a prompt)."""
+    if budget <= 0:
+        raise ValueError(f"context budget must be positive, got {budget}")
+    return list(ids[-budget:])
+
+
+# --------------------------------------------------------------------------- padding
+
+
+def pad_left(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad for generation: -> ids (batch, seq), attention_mask (batch, seq)."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for row, seq in enumerate(seqs):
+        if seq:
+            ids[row, width - len(seq) :] = torch.tensor(seq, dtype=torch.long)
+            mask[row, width - len(seq) :] = 1
+    return ids, mask
+
+
+def pad_right(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad for scoring: -> ids (batch, seq), attention_mask (batch, seq)."""
+    width = max(max(len(s) for s in seqs), 1)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for row, seq in enumerate(seqs):
+        if seq:
+            ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+            mask[row, : len(seq)] = 1
+    return ids, mask
+
+
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that start at 0 at each row's first real token."""
+    return (attention_mask.cumsum(-1) - 1).clamp(min=0)  # (batch, seq)
+
+
+# --------------------------------------------------------------------------- sampling
+
+
+@dataclass(frozen=True)
+class Samples:
+    """Completions sampled for a batch of prompts.
+
+    `completion_ids[i]` includes the EOS token when `finished[i]` is True.
+    """
+
+    prompt_ids: list[list[int]]
+    completion_ids: list[list[int]]
+    finished: list[bool]
+    texts: list[str]
+
+
+def _cache_keyword(model: torch.nn.Module) -> str:
+    # transformers 5.x renamed `past_key_values` to `cache`; older releases take the former.
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def _returned_cache(output):
+    cache = output.get("cache") if hasattr(output, "get") else None
+    return cache if cache is not None else output.past_key_values
+
+
+@torch.no_grad()
+def sample(
+    model: torch.nn.Module,
+    tokenizer,
+    prompt_ids: Sequence[Sequence[int]],
+    seeds: Sequence[int],
+    *,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+) -> Samples:
+    """Sample one completion per prompt; sample i depends only on (prompt i, seeds[i]).
+
+    Each row draws its Gumbel noise from its own generator, so a sample does not
+    change with batch size, batch order or the number of processes. Prompts are
+    left-padded; prompts too long for the context keep their last tokens.
+    """
+    if len(prompt_ids) != len(seeds):
+        raise ValueError(f"got {len(prompt_ids)} prompts but {len(seeds)} seeds; pass one seed per prompt")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    device = next(model.parameters()).device
+    eos_id, pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
+    budget = context_length(model) - max_new_tokens
+    prompts = [fit_to_context(p, budget) if len(p) else [eos_id] for p in prompt_ids]
+    generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+
+    ids, mask = pad_left(prompts, pad_id)
+    ids, mask = ids.to(device), mask.to(device)
+    positions = position_ids(mask)
+    cache_kw, cache = _cache_keyword(model), None
+    batch = len(prompts)
+    done = torch.zeros(batch, dtype=torch.bool, device=device)
+    new_tokens = torch.full((batch, max_new_tokens), pad_id, dtype=torch.long, device=device)
+    step_ids, step_pos = ids, positions
+    for t in range(max_new_tokens):
+        kwargs = {cache_kw: cache} if cache is not None else {}
+        out = model(input_ids=step_ids, attention_mask=mask, position_ids=step_pos, use_cache=True, **kwargs)
+        cache = _returned_cache(out)
+        logits = out.logits[:, -1, :].float()  # (batch, vocab)
+        if top_k is not None:
+            kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        if temperature == 0:
+            token = logits.argmax(-1)
+        else:
+            # Gumbel-max trick with per-row generators: argmax(logits/T + G) ~ softmax(logits/T).
+            uniform = torch.stack([torch.rand(logits.shape[-1], generator=g) for g in generators]).to(device)
+            gumbel = -torch.log(-torch.log(uniform.clamp(1e-20, 1.0 - 1e-7)))
+            token = (logits / temperature + gumbel).argmax(-1)  # (batch,)
+        token = torch.where(done, torch.full_like(token, pad_id), token)
+        new_tokens[:, t] = token
+        done |= token == eos_id
+        if bool(done.all()):
+            break
+        step_ids = token[:, None]
+        step_pos = step_pos[:, -1:] + 1
+        mask = torch.cat([mask, torch.ones((batch, 1), dtype=mask.dtype, device=device)], dim=1)
+
+    completions, finished = [], []
+    for row in new_tokens.tolist():
+        if eos_id in row:
+            completions.append(row[: row.index(eos_id) + 1])
+            finished.append(True)
+        else:
+            completions.append(row)
+            finished.append(False)
+    texts = tokenizer.batch_decode(completions, skip_special_tokens=True)
+    return Samples(prompt_ids=[list(p) for p in prompts], completion_ids=completions, finished=finished, texts=texts)
+
+
+# --------------------------------------------------------------------------- log-probabilities
+
+
+def completion_logits(
+    model: torch.nn.Module,
+    prompt_ids: Sequence[Sequence[int]],
+    completion_ids: Sequence[Sequence[int]],
+    pad_id: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Logits that predict each completion token.
+
+    Returns logits (batch, gen_len, vocab), targets (batch, gen_len) and
+    completion_mask (batch, gen_len); completions are right-padded to gen_len.
+    Differentiable: wrap in torch.no_grad() when no gradient is needed.
+    """
+    device = next(model.parameters()).device
+    sequences = [list(p) + list(c) for p, c in zip(prompt_ids, completion_ids)]
+    ids, mask = pad_right(sequences, pad_id)
+    ids, mask = ids.to(device), mask.to(device)
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask)).logits  # (batch, seq, vocab)
+    gen_len = max(max(len(c) for c in completion_ids), 1)
+    batch, vocab = len(sequences), logits.shape[-1]
+    # Token j of completion i sits at position len(p_i)+j and is predicted at position len(p_i)+j-1.
+    starts = torch.tensor([len(p) - 1 for p in prompt_ids], device=device)  # (batch,)
+    offsets = torch.arange(gen_len, device=device)  # (gen_len,)
+    lengths = torch.tensor([len(c) for c in completion_ids], device=device)
+    completion_mask = offsets[None, :] < lengths[:, None]  # (batch, gen_len)
+    predict_at = (starts[:, None] + offsets[None, :]).clamp(max=ids.shape[1] - 1)  # (batch, gen_len)
+    picked = torch.gather(logits, 1, predict_at[:, :, None].expand(batch, gen_len, vocab))
+    target_at = (predict_at + 1).clamp(max=ids.shape[1] - 1)
+    targets = torch.gather(ids, 1, target_at)
+    targets = torch.where(completion_mask, targets, torch.zeros_like(targets))
+    return picked, targets, completion_mask
+
+
+def completion_logprobs(
+    model: torch.nn.Module,
+    prompt_ids: Sequence[Sequence[int]],
+    completion_ids: Sequence[Sequence[int]],
+    pad_id: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token log p(completion token | prefix): -> logprobs (batch, gen_len), completion_mask.
+
+    Padding positions hold 0. Every prompt must have at least one token.
+    """
+    if any(len(p) == 0 for p in prompt_ids):
+        raise ValueError("every prompt needs at least one token (prepend BOS/EOS to an empty prompt)")
+    logits, targets, completion_mask = completion_logits(model, prompt_ids, completion_ids, pad_id)
+    logprobs = torch.log_softmax(logits.float(), dim=-1).gather(-1, targets[:, :, None]).squeeze(-1)
+    return logprobs * completion_mask, completion_mask
+
+
+def sequence_logprobs(logprobs: torch.Tensor, completion_mask: torch.Tensor) -> torch.Tensor:
+    """Sum of per-token logprobs over the completion: (batch, gen_len) -> (batch,)."""
+    return (logprobs * completion_mask).sum(-1)
+
+
+def kl_per_token(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
+    """k1 estimator log p - log q of KL(p || q) at the sampled tokens; unbiased, can be negative.
+
+    (batch, gen_len) -> (batch, gen_len). See J. Schulman, "Approximating KL divergence" (2020).
+    """
+    return logprobs - ref_logprobs
+
+
+def exact_kl_per_token(logits: torch.Tensor, ref_logits: torch.Tensor) -> torch.Tensor:
+    """Exact KL(p || q) over the vocabulary at each position: (..., vocab) -> (...); always >= 0."""
+    logp = F.log_softmax(logits.float(), dim=-1)
+    logq = F.log_softmax(ref_logits.float(), dim=-1)
+    return (logp.exp() * (logp - logq)).sum(-1)
+
+
+def warn_if_truncated(kept: int, total: int, what: str) -> None:
+    if kept < total:
+        warnings.warn(f"{what}: {total} tokens exceed the context; kept the last {kept}.", stacklevel=2)

@@ -1,0 +1,49 @@
+"""Shared fixtures. The shared run (quick recipe: base + sft) is trained once per test session."""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+QUICK_RECIPE = REPO / "training" / "sentiment_quick.toml"
+
+
+@pytest.fixture(scope="session")
+def shared_run(tmp_path_factory) -> Path:
+    """The quick recipe trained once; tests read it and must not modify it."""
+    from rlhf_lens.training.config import load_recipe
+    from rlhf_lens.training.pipeline import train
+
+    out = tmp_path_factory.mktemp("shared") / "quick"
+    started = time.perf_counter()
+    train(load_recipe(QUICK_RECIPE), out, quiet=True)
+    (out.parent / "train_seconds.txt").write_text(f"{time.perf_counter() - started:.1f}")
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    """A small byte-level BPE trained on a few task texts."""
+    from rlhf_lens.tasks import get_task
+    from rlhf_lens.training.build import train_tokenizer
+
+    texts = [r["text"] for r in get_task("sentiment").corpus(500, seed=0)]
+    return train_tokenizer(texts, 400)
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2(tiny_tokenizer):
+    """A random 2-layer GPT-2 sized to the tiny tokenizer, in eval mode."""
+    from rlhf_lens.training.build import build_model
+    from rlhf_lens.training.config import ModelConfig
+
+    model = build_model(ModelConfig(n_layer=2, d_model=32, n_head=4, context=64, vocab_size=400), tiny_tokenizer, seed=0)
+    return model.eval()

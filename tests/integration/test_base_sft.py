@@ -1,0 +1,69 @@
+"""The quick recipe end to end: the base model learns, SFT ends its samples, the run is complete."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from rlhf_lens.models import encode_prompts, sample
+from rlhf_lens.runs import Run
+
+pytestmark = pytest.mark.slow
+
+
+def test_shared_run_trains_within_budget(shared_run):
+    seconds = float((shared_run.parent / "train_seconds.txt").read_text())
+    assert seconds < 90, f"quick recipe took {seconds:.1f} s; the budget for base + sft on 2 cores is 90 s"
+
+
+def test_manifest_describes_stages_data_and_env(shared_run):
+    run = Run.open(shared_run)
+    assert [(s.name, s.kind, s.status) for s in run.stages()] == [("base", "base", "done"), ("sft", "sft", "done")]
+    manifest = run.manifest
+    assert set(manifest["data"]) >= {"corpus.jsonl", "sft.jsonl", "prompts.jsonl"}
+    assert manifest["data"]["corpus.jsonl"]["records"] == manifest["config"]["data"]["corpus_size"]
+    assert manifest["env"]["torch"] == torch.__version__
+    assert [c.tag for c in run.checkpoints("sft")] == ["final"]
+
+
+def test_base_model_learns_the_corpus(shared_run):
+    results = Run.open(shared_run).manifest["results"]["base"]
+    untrained, trained = results["start_eval/perplexity"], results["eval/perplexity"]
+    assert untrained > 200, untrained  # an untrained model is near-uniform over ~800 tokens
+    assert trained < untrained / 10, (trained, untrained)
+
+
+def test_sft_samples_end_with_eos_at_least_90_percent(shared_run):
+    run = Run.open(shared_run)
+    assert run.manifest["results"]["sft"]["eos_rate"] >= 0.9
+    # Re-measure independently from the saved checkpoint, on other seeds.
+    model, tokenizer = run.load_model("sft"), run.load_tokenizer("sft")
+    prompts = [p["prompt"] for p in run.data("prompts") if p["split"] == "eval"]
+    samples = sample(model, tokenizer, encode_prompts(tokenizer, prompts), [1000 + i for i in range(len(prompts))], max_new_tokens=48)
+    assert sum(samples.finished) / len(prompts) >= 0.9
+
+
+def test_metrics_log_uses_design_keys(shared_run):
+    metrics = Run.open(shared_run).metrics()
+    for stage, steps in (("base", 260), ("sft", 120)):
+        rows = metrics[metrics["stage"] == stage]
+        assert rows["step"].tolist() == list(range(1, steps + 1))
+        assert rows["loss"].notna().all()
+        assert rows["eval/perplexity"].notna().sum() == 2
+    base = metrics[metrics["stage"] == "base"]
+    assert base["loss"].iloc[-10:].mean() < base["loss"].iloc[:10].mean() - 2.0
+
+
+def test_inspect_cli_describes_the_run(shared_run):
+    out = subprocess.run([sys.executable, "-m", "rlhf_lens.cli", "inspect", str(shared_run)], capture_output=True, text=True, check=True).stdout
+    for expected in ("sentiment-quick", "base", "sft", "final", "corpus.jsonl", "perplexity", "eos_rate"):
+        assert expected in out, expected
+
+
+def test_run_json_is_valid_json_with_format(shared_run):
+    manifest = json.loads((shared_run / "run.json").read_text())
+    assert manifest["format"] == "rlhf-lens-run" and manifest["format_version"] == 1
