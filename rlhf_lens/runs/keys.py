@@ -1,0 +1,47 @@
+"""The one table of metric keys, and the TRL-to-ours mapping used by the TRL adapter.
+
+Where TRL logs the same quantity we use TRL's key, so people recognise the curves.
+"""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+from typing import Mapping
+
+METRIC_KEYS: Mapping[str, tuple[str, ...]] = MappingProxyType({
+    # PPO/RLOO: mean sequence KL, scores, score - beta*KL, entropy
+    "objective": ("objective/kl", "objective/scores", "objective/rlhf_reward", "objective/entropy"),
+    # PPO: approx KL, clip fraction, losses, value clip fraction, ratio
+    "ppo": (
+        "policy/approxkl_avg", "policy/clipfrac_avg", "loss/policy_avg", "loss/value_avg",
+        "val/clipfrac_avg", "val/ratio",
+    ),
+    # GRPO: reward, its std, KL, entropy, lengths, clip ratio
+    "grpo": ("reward", "reward_std", "kl", "entropy", "completions/mean_length", "clip_ratio/region_mean"),
+    "dpo": (
+        "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
+        "logps/chosen", "logps/rejected",
+    ),
+    # reward-model training and eval (ours)
+    "reward_model": (
+        "rm/loss", "rm/accuracy", "rm/accuracy_gold", "rm/spearman_gold", "rm/margin_mean", "rm/length_corr",
+    ),
+    # oracle (ours)
+    "gold": ("gold/mean", "gold/std"),
+    # language modelling (base, sft)
+    "lm": ("loss", "eval/loss", "eval/perplexity"),
+})
+
+ALL_METRIC_KEYS: frozenset[str] = frozenset(k for keys in METRIC_KEYS.values() for k in keys)
+
+_OURS_ONLY = {"rm/", "gold/", "eval/"}
+
+TRL_TO_OURS: Mapping[str, str] = MappingProxyType({
+    # keys TRL already logs under our name
+    **{k: k for k in sorted(ALL_METRIC_KEYS) if not any(k.startswith(p) for p in _OURS_ONLY)},
+    # TRL's Trainer prefixes eval metrics with "eval_"
+    "eval_loss": "eval/loss",
+    # TRL RewardTrainer
+    "accuracy": "rm/accuracy",
+    "margin": "rm/margin_mean",
+})

@@ -1,0 +1,348 @@
+"""Run: read a run directory (used by analyses, reports and notebooks).
+
+Reading never changes a run, except the analysis cache under analyses/.
+Models are loaded from safetensors only; nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .atomic import atomic_write_bytes, atomic_write_json
+from .errors import RunFormatError, RunLookupError
+from .hashing import sha256_file
+from .info import CheckpointInfo, StageInfo
+from .jsonl import read_jsonl
+from .jsonsafe import to_jsonable
+from .layout import (
+    FINAL_TAG,
+    TOKENIZER_FILES,
+    analysis_dir,
+    analysis_paths,
+    checkpoints_dir,
+    data_file_name,
+    data_path,
+    meta_path,
+    metrics_path,
+    rollouts_dir,
+    rollouts_root,
+    value_dir,
+)
+from .manifest import read_manifest
+from .state import load_state
+from .weights import safetensors_weight_files
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+HEADS: tuple[str, ...] = ("causal_lm", "score")
+
+
+class Run:
+    """A run directory opened for reading. Make one with `Run.open(path)`."""
+
+    torn_metric_lines: int
+    """Torn last lines skipped by the latest `metrics()` / `events()` call (0 or 1)."""
+
+    def __init__(self, path: Path, manifest: dict[str, Any]) -> None:
+        self._path = path
+        self._manifest = manifest
+        self.torn_metric_lines = 0
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str]) -> Run:
+        """Open the run at `path`, validating run.json (RunFormatError / FileNotFoundError)."""
+        path = Path(path).absolute()
+        return cls(path, read_manifest(path))
+
+    def __repr__(self) -> str:
+        return f"Run({str(self._path)!r}, task={self.task!r}, stages={[s.name for s in self.stages()]})"
+
+    # ------------------------------------------------------------------ manifest
+
+    @property
+    def path(self) -> Path:
+        """The run folder."""
+        return self._path
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        """A copy of run.json as read by `Run.open`."""
+        return json.loads(json.dumps(self._manifest))
+
+    @property
+    def name(self) -> str:
+        """The run's name."""
+        return self._manifest["name"]
+
+    @property
+    def task(self) -> str:
+        """The task the run trained on, e.g. "sentiment"."""
+        return self._manifest["task"]
+
+    @property
+    def seed(self) -> int:
+        """The run's global seed."""
+        return self._manifest["seed"]
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """A copy of the full resolved config."""
+        return json.loads(json.dumps(self._manifest["config"]))
+
+    def stages(self, kind: str | None = None) -> list[StageInfo]:
+        """The stages in run order, optionally only those of `kind` (base, sft, reward, policy)."""
+        return [
+            StageInfo(
+                name=s["name"], kind=s["kind"], status=s["status"],
+                checkpoints=tuple(s["checkpoints"]),
+                init_from=dict(s["init_from"]) if s["init_from"] is not None else None,
+            )
+            for s in self._manifest["stages"]
+            if kind is None or s["kind"] == kind
+        ]
+
+    def stage(self, name: str) -> StageInfo:
+        """The stage called `name`; RunLookupError listing the stages if there is none."""
+        for info in self.stages():
+            if info.name == name:
+                return info
+        known = [s.name for s in self.stages()]
+        raise RunLookupError(f"run {self._path} has no stage {name!r}; its stages are {known}")
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def checkpoints(self, stage: str) -> list[CheckpointInfo]:
+        """Complete checkpoints of `stage` (meta.json present and valid), by step, "final" last.
+
+        Hidden folders (a save in progress, or one that was killed) are ignored.
+        """
+        info = self.stage(stage)
+        folder = checkpoints_dir(self._path, info.name)
+        found = []
+        for entry in folder.iterdir() if folder.is_dir() else []:
+            if entry.name.startswith(".") or not entry.is_dir() or not meta_path(entry).is_file():
+                continue
+            try:
+                meta = json.loads(meta_path(entry).read_text(encoding="utf-8"))
+            except (ValueError, UnicodeDecodeError) as err:
+                warnings.warn(f"{meta_path(entry)}: unreadable ({err}); checkpoint ignored", stacklevel=2)
+                continue
+            step = meta.get("step") if isinstance(meta, dict) else None
+            if isinstance(step, bool) or not isinstance(step, int):
+                warnings.warn(f"{meta_path(entry)}: no integer \"step\"; checkpoint ignored", stacklevel=2)
+                continue
+            found.append(CheckpointInfo(stage=info.name, tag=entry.name, step=step, path=entry, meta=meta))
+        return sorted(found, key=lambda c: (c.tag == FINAL_TAG, c.step, c.tag))
+
+    def checkpoint(self, stage: str, tag: str = FINAL_TAG) -> CheckpointInfo:
+        """The complete checkpoint `tag` of `stage`; RunLookupError listing the tags there are."""
+        available = self.checkpoints(stage)
+        for cp in available:
+            if cp.tag == tag:
+                return cp
+        tags = [c.tag for c in available] or "none"
+        raise RunLookupError(
+            f"run {self._path}: stage {stage!r} has no complete checkpoint {tag!r}; available: {tags}"
+        )
+
+    def load_model(self, stage: str, tag: str = FINAL_TAG, *, head: str | None = None) -> Any:
+        """The checkpoint's HF model, in eval mode, from safetensors only.
+
+        `head=None` picks from meta.json: a reward checkpoint (unless
+        "reward_kind" is "generative") loads as AutoModelForSequenceClassification
+        ("score"), anything else as AutoModelForCausalLM ("causal_lm").
+        """
+        if head is not None and head not in HEADS:
+            raise ValueError(f"head must be one of {list(HEADS)} or None (automatic), got {head!r}")
+        cp = self.checkpoint(stage, tag)
+        if head is None:
+            is_scorer = cp.meta.get("kind") == "reward" and cp.meta.get("reward_kind") != "generative"
+            head = "score" if is_scorer else "causal_lm"
+        return load_hf_folder(cp.path, head)
+
+    def load_value_model(self, stage: str, tag: str = FINAL_TAG) -> Any:
+        """The PPO value model saved with the checkpoint (AutoModelForSequenceClassification), in eval mode."""
+        cp = self.checkpoint(stage, tag)
+        folder = value_dir(cp.path)
+        if not folder.is_dir():
+            raise RunLookupError(f"{cp.path} has no value model (no {folder.name}/ folder); only PPO saves one")
+        return load_hf_folder(folder, "score")
+
+    def load_tokenizer(self, stage: str | None = None, tag: str = FINAL_TAG) -> Any:
+        """The tokenizer saved with a checkpoint.
+
+        With `stage=None`: from the first stage (in run order) with a complete
+        checkpoint that has tokenizer files, preferring its "final" checkpoint,
+        else its latest.
+        """
+        from transformers import AutoTokenizer
+
+        if stage is not None:
+            cp = self.checkpoint(stage, tag)
+            if not _has_tokenizer(cp.path):
+                raise RunLookupError(f"{cp.path} has no tokenizer files ({', '.join(TOKENIZER_FILES)})")
+        else:
+            cp = self._first_tokenizer_checkpoint()
+        return AutoTokenizer.from_pretrained(str(cp.path), local_files_only=True)
+
+    def _first_tokenizer_checkpoint(self) -> CheckpointInfo:
+        for info in self.stages():
+            with_tokenizer = [c for c in self.checkpoints(info.name) if _has_tokenizer(c.path)]
+            if with_tokenizer:
+                finals = [c for c in with_tokenizer if c.tag == FINAL_TAG]
+                return finals[0] if finals else with_tokenizer[-1]
+        raise RunLookupError(f"run {self._path}: no complete checkpoint with a tokenizer in any stage")
+
+    def load_state(self, stage: str, tag: str = FINAL_TAG) -> Any:
+        """Training state saved with the checkpoint (see `rlhf_lens.runs.state`)."""
+        cp = self.checkpoint(stage, tag)
+        try:
+            return load_state(cp.path)
+        except FileNotFoundError as err:
+            raise RunLookupError(str(err)) from err
+
+    # ------------------------------------------------------------------ logs
+
+    def _log_records(self) -> list[dict[str, Any]]:
+        path = metrics_path(self._path)
+        if not path.is_file():
+            self.torn_metric_lines = 0
+            return []
+        records, self.torn_metric_lines = read_jsonl(path)
+        return records
+
+    def metrics(self, stage: str | None = None) -> pd.DataFrame:
+        """Metric records of logs/metrics.jsonl as a DataFrame (stage, step, time, <metric>...).
+
+        Events are left out (see `events()`). Sets `torn_metric_lines`.
+        """
+        import pandas as pd
+
+        if stage is not None:
+            self.stage(stage)
+        rows = [r for r in self._log_records() if "event" not in r and (stage is None or r.get("stage") == stage)]
+        return pd.DataFrame.from_records(rows) if rows else pd.DataFrame(columns=["stage", "step", "time"])
+
+    def events(self) -> pd.DataFrame:
+        """Event records of logs/metrics.jsonl (event, time, ...) as a DataFrame. Sets `torn_metric_lines`."""
+        import pandas as pd
+
+        rows = [r for r in self._log_records() if "event" in r]
+        return pd.DataFrame.from_records(rows) if rows else pd.DataFrame(columns=["event", "time"])
+
+    def rollouts(self, stage: str | None = None) -> pd.DataFrame:
+        """All rollout shards (of one stage, or all) as one DataFrame, sorted by stage and step.
+
+        Per-token columns come back as numpy arrays, one per row.
+        """
+        import pandas as pd
+        import pyarrow.parquet as pq
+
+        if stage is not None:
+            folders = [rollouts_dir(self._path, self.stage(stage).name)]
+        else:
+            root = rollouts_root(self._path)
+            folders = sorted(d for d in root.iterdir() if d.is_dir()) if root.is_dir() else []
+        frames = []
+        for folder in folders:
+            for shard in sorted(folder.glob("step-*.parquet")) if folder.is_dir() else []:
+                try:
+                    frames.append(pq.read_table(shard).to_pandas())
+                except Exception as err:  # pyarrow raises several types for damaged files
+                    raise RunFormatError(f"{shard}: not a readable parquet file ({err})") from err
+        if not frames:
+            return pd.DataFrame(columns=["stage", "step"])
+        df = pd.concat(frames, ignore_index=True)
+        return df.sort_values(["stage", "step"], kind="stable").reset_index(drop=True)
+
+    # ------------------------------------------------------------------ data
+
+    def data(self, kind: str) -> list[dict[str, Any]]:
+        """Records of data/<kind>.jsonl (kind: corpus, sft, prompts, feedback), checked against run.json's sha256."""
+        file_name = data_file_name(kind)
+        path = data_path(self._path, kind)
+        entry = self._manifest["data"].get(file_name)
+        if not path.is_file():
+            have = sorted(self._manifest["data"]) or "none"
+            raise RunLookupError(f"run {self._path} has no {path.relative_to(self._path)}; data files: {have}")
+        if entry is None:
+            warnings.warn(f"{path} is not recorded in run.json; reading it unchecked", stacklevel=2)
+        elif sha256_file(path) != entry["sha256"]:
+            raise RunFormatError(
+                f"{path} changed after the run was written: its sha256 differs from run.json's "
+                f"{entry['sha256'][:12]}...; restore the original file to analyse this run"
+            )
+        records, torn = read_jsonl(path)
+        if torn:
+            raise RunFormatError(f"{path}: the last line is not valid JSON; data files are never appended to")
+        return records
+
+    def feedback(self) -> pd.DataFrame:
+        """data/feedback.jsonl as a DataFrame, one row per judgement."""
+        import pandas as pd
+
+        return pd.DataFrame.from_records(self.data("feedback"))
+
+    # ------------------------------------------------------------------ analysis cache
+
+    def save_analysis(self, key: str, df: pd.DataFrame, meta: dict[str, Any]) -> None:
+        """Cache an analysis result as analyses/<key>.parquet + <key>.json (written last)."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        parquet_path, json_path = analysis_paths(self._path, key)
+        clean_meta = to_jsonable(meta, where=f"analysis {key!r} meta", nonfinite="null")
+        buffer = io.BytesIO()
+        pq.write_table(pa.Table.from_pandas(df), buffer)
+        atomic_write_bytes(parquet_path, buffer.getvalue())
+        atomic_write_json(json_path, clean_meta)
+
+    def load_analysis(self, key: str) -> tuple[pd.DataFrame, dict[str, Any]] | None:
+        """(df, meta) cached under `key`, or None when there is no complete cache entry."""
+        import pyarrow.parquet as pq
+
+        parquet_path, json_path = analysis_paths(self._path, key)
+        if not (json_path.is_file() and parquet_path.is_file()):
+            return None
+        try:
+            meta = json.loads(json_path.read_text(encoding="utf-8"))
+            df = pq.read_table(parquet_path).to_pandas()
+        except Exception as err:  # a damaged cache entry: say which file
+            raise RunFormatError(
+                f"analysis cache {key!r} in {parquet_path.parent} is damaged ({err}); delete "
+                f"{parquet_path.name} and {json_path.name} to recompute it"
+            ) from err
+        return df, meta
+
+    def analysis_dir(self, key: str) -> Path:
+        """analyses/<key>/ for bulky intermediates (created if missing)."""
+        folder = analysis_dir(self._path, key)
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+
+def _has_tokenizer(folder: Path) -> bool:
+    return any((folder / name).is_file() for name in TOKENIZER_FILES)
+
+
+def load_hf_folder(folder: str | os.PathLike[str], head: str = "causal_lm") -> Any:
+    """from_pretrained on a vetted safetensors folder, offline, eval mode.
+
+    `head` is "causal_lm" (AutoModelForCausalLM) or "score" (AutoModelForSequenceClassification).
+    """
+    safetensors_weight_files(folder)  # refuses pickles and fake safetensors before any loader runs
+    if head == "score":
+        from transformers import AutoModelForSequenceClassification as Auto
+    else:
+        from transformers import AutoModelForCausalLM as Auto
+    model = Auto.from_pretrained(str(folder), use_safetensors=True, local_files_only=True)
+    return model.eval()
+
+
+__all__ = ["HEADS", "Run", "load_hf_folder"]
