@@ -48,9 +48,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def quiet_transformers() -> None:
+    """Keep transformers' load reports and weight-loading bars out of our own progress output."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     args = build_parser().parse_args(argv)
+    quiet_transformers()
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, FloatingPointError) as exc:

@@ -299,3 +299,90 @@ def exact_kl_per_token(logits: torch.Tensor, ref_logits: torch.Tensor) -> torch.
 def warn_if_truncated(kept: int, total: int, what: str) -> None:
     if kept < total:
         warnings.warn(f"{what}: {total} tokens exceed the context; kept the last {kept}.", stacklevel=2)
+
+
+# --------------------------------------------------------------------------- reward scoring
+
+
+def reward_input_ids(tokenizer, prompts: Sequence[str], completions: Sequence[str], context: int) -> list[list[int]]:
+    """BOS + prompt + completion token ids, as every reward model reads them.
+
+    A sequence longer than `context` loses tokens from the left (with a warning)
+    so that the completion, the thing being judged, survives.
+    """
+    sequences = [p + ids for p, ids in zip(encode_prompts(tokenizer, prompts), tokenizer(list(completions), add_special_tokens=False)["input_ids"])]
+    too_long = sum(len(s) > context for s in sequences)
+    if too_long:
+        warnings.warn(
+            f"{too_long} prompt+completion sequence(s) exceed the reward model's context of {context} tokens; "
+            "truncated from the left so the completions survive.",
+            stacklevel=2,
+        )
+    return [fit_to_context(s, context) for s in sequences]
+
+
+def score_rewards(reward_model: torch.nn.Module, input_ids: Sequence[Sequence[int]], pad_id: int) -> torch.Tensor:
+    """Scalar rewards of a sequence-classification reward model: -> (batch,).
+
+    Right padding; the model pools its last non-pad token. The centring offset
+    stored in the config (`reward_offset`, set by the trainer) is subtracted.
+    Differentiable: wrap in torch.no_grad() when no gradient is needed.
+    """
+    device = next(reward_model.parameters()).device
+    ids, mask = pad_right(input_ids, pad_id)
+    # A pad id equal to EOS would hide a trailing EOS from HF's pooling; reward inputs carry none.
+    logits = reward_model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits  # (batch, 1)
+    return logits[:, 0].float() - float(getattr(reward_model.config, "reward_offset", 0.0))
+
+
+@torch.no_grad()
+def score_texts(reward_model: torch.nn.Module, tokenizer, prompts: Sequence[str], completions: Sequence[str], *, batch_size: int = 64) -> torch.Tensor:
+    """Rewards of (prompt, completion) pairs in batches: -> (n,)."""
+    ids = reward_input_ids(tokenizer, prompts, completions, context_length(reward_model))
+    pad_id = tokenizer.pad_token_id
+    return torch.cat([score_rewards(reward_model, ids[i : i + batch_size], pad_id) for i in range(0, len(ids), batch_size)]) if ids else torch.zeros(0)
+
+
+# --------------------------------------------------------------------------- generative reward models
+# A generative reward model is a causal LM fine-tuned to continue
+#   prompt + completion + "\nCritique: <critique>\nVerdict: good|bad" + EOS.
+# Its reward is log p(" good") - log p(" bad") at the verdict, after its own greedy
+# critique or, with critique=False, directly after the completion.
+
+CRITIQUE_MARK = "\nCritique:"
+VERDICT_MARK = "\nVerdict:"
+VERDICTS = (" good", " bad")
+
+
+def verdict_prefix(prompt: str, completion: str, critique: str | None) -> str:
+    """The text after which a generative reward model states its verdict."""
+    body = prompt + completion
+    if critique is not None:
+        body += CRITIQUE_MARK + " " + critique.strip()
+    return body + VERDICT_MARK
+
+
+def write_critiques(model: torch.nn.Module, tokenizer, prompts: Sequence[str], completions: Sequence[str], *, max_new_tokens: int, batch_size: int = 64) -> list[str]:
+    """Greedy critiques of (prompt, completion) pairs, cut where the model starts its verdict."""
+    critiques: list[str] = []
+    for start in range(0, len(prompts), batch_size):
+        texts = [p + c + CRITIQUE_MARK for p, c in zip(prompts[start : start + batch_size], completions[start : start + batch_size])]
+        out = sample(model, tokenizer, encode_prompts(tokenizer, texts), [0] * len(texts), max_new_tokens=max_new_tokens, temperature=0.0)
+        critiques.extend(text.split(VERDICT_MARK.strip())[0].strip() for text in out.texts)
+    return critiques
+
+
+@torch.no_grad()
+def generative_rewards(model: torch.nn.Module, tokenizer, prompts: Sequence[str], completions: Sequence[str], critiques: Sequence[str] | None, *, batch_size: int = 64) -> torch.Tensor:
+    """log p(verdict good) - log p(verdict bad) per pair: -> (n,). `critiques=None` skips the critique."""
+    prefixes = [verdict_prefix(p, c, None if critiques is None else critiques[i]) for i, (p, c) in enumerate(zip(prompts, completions))]
+    prefix_ids = [fit_to_context(ids, context_length(model) - 4) for ids in encode_prompts(tokenizer, prefixes)]
+    good, bad = (tokenizer(v, add_special_tokens=False)["input_ids"] for v in VERDICTS)
+    rewards = []
+    for start in range(0, len(prefix_ids), batch_size):
+        chunk = prefix_ids[start : start + batch_size]
+        lp_good, mask_good = completion_logprobs(model, chunk, [good] * len(chunk), tokenizer.pad_token_id)
+        lp_bad, mask_bad = completion_logprobs(model, chunk, [bad] * len(chunk), tokenizer.pad_token_id)
+        rewards.append(sequence_logprobs(lp_good, mask_good) - sequence_logprobs(lp_bad, mask_bad))
+    offset = float(getattr(model.config, "reward_offset", 0.0))
+    return (torch.cat(rewards) if rewards else torch.zeros(0)) - offset

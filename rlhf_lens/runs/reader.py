@@ -331,17 +331,18 @@ def _has_tokenizer(folder: Path) -> bool:
     return any((folder / name).is_file() for name in TOKENIZER_FILES)
 
 
-def load_hf_folder(folder: str | os.PathLike[str], head: str = "causal_lm") -> Any:
+def load_hf_folder(folder: str | os.PathLike[str], head: str = "causal_lm", **kwargs: Any) -> Any:
     """from_pretrained on a vetted safetensors folder, offline, eval mode.
 
-    `head` is "causal_lm" (AutoModelForCausalLM) or "score" (AutoModelForSequenceClassification).
+    `head` is "causal_lm" (AutoModelForCausalLM) or "score" (AutoModelForSequenceClassification);
+    `kwargs` go to from_pretrained (e.g. num_labels=1 to put a fresh scalar head on a causal LM).
     """
     safetensors_weight_files(folder)  # refuses pickles and fake safetensors before any loader runs
     if head == "score":
         from transformers import AutoModelForSequenceClassification as Auto
     else:
         from transformers import AutoModelForCausalLM as Auto
-    model = Auto.from_pretrained(str(folder), use_safetensors=True, local_files_only=True)
+    model = Auto.from_pretrained(str(folder), use_safetensors=True, local_files_only=True, **kwargs)
     return model.eval()
 
 

@@ -19,6 +19,7 @@ __all__ = [
     "DataConfig",
     "LMStageConfig",
     "ModelConfig",
+    "RewardStageConfig",
     "RunConfig",
     "TaskConfig",
     "apply_overrides",
@@ -138,7 +139,74 @@ class LMStageConfig:
         _require(self.max_new_tokens > 0, f"{where}.max_new_tokens must be positive, got {self.max_new_tokens}")
 
 
-STAGE_CONFIGS: dict[str, type] = {"base": LMStageConfig, "sft": LMStageConfig}
+REWARD_KINDS = ("ranking", "scoring", "generative")
+RANKING_LOSSES = ("bradley_terry", "plackett_luce")
+
+
+@dataclass(frozen=True)
+class RewardStageConfig:
+    """A reward model learned from human (or simulated) feedback."""
+
+    kind: str = "reward"
+    """Stage kind: reward."""
+    name: str = ""
+    """Stage name in the run (defaults to the kind); a run may hold several reward stages."""
+    init_from: str = ""
+    """Backbone to start from: "" (the latest language-model stage of this run, or model.base_model), or "runs/X:sft/final"."""
+    reward_kind: str = "ranking"
+    """ranking (pairwise Bradley-Terry or K-wise Plackett-Luce), scoring (regression on 1-5 ratings) or generative (critique + verdict)."""
+    ranking_loss: str = "bradley_terry"
+    """For simulated ranking feedback: bradley_terry (pairwise comparisons) or plackett_luce (K-wise rankings)."""
+    feedback: str = ""
+    """Feedback file (JSONL in the DESIGN formats, HH-RLHF pairs, or CSV ratings); "" simulates labelers on policy samples."""
+    feedback_prompts: int = 256
+    """Simulated feedback: number of training prompts whose samples are judged."""
+    completions_per_prompt: int = 4
+    """Simulated feedback: completions sampled from the starting policy per prompt."""
+    max_new_tokens: int = 48
+    """Length limit of sampled completions."""
+    heldout_fraction: float = 0.2
+    """Feedback from a file: fraction of prompts held out for evaluation (simulated feedback holds out the eval prompts)."""
+    epochs: int = 2
+    """Passes over the training feedback."""
+    batch_size: int = 32
+    """Records (pairs, ratings, rankings or critiques) per optimizer step."""
+    lr: float = 5e-4
+    """Peak learning rate (AdamW)."""
+    warmup_steps: int = 10
+    """Linear warmup steps."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    grad_clip: float = 1.0
+    """Gradient norm clip."""
+    margin: float = 0.0
+    """Bradley-Terry margin subtracted from r_chosen - r_rejected."""
+    center: bool = True
+    """Shift rewards so their mean on the starting policy's samples is 0."""
+    critique_first: bool = True
+    """Generative kind: reward read after the model's own greedy critique (else directly after the completion)."""
+    critique_max_tokens: int = 40
+    """Generative kind: length limit of a generated critique."""
+    eval_every: int = 0
+    """Evaluate on held-out feedback every this many steps (0: only at the end)."""
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            object.__setattr__(self, "name", self.kind)
+        where = f"stages.{self.name}"
+        _require(self.kind == "reward", f"{where}.kind must be reward, got {self.kind!r}")
+        _require(self.reward_kind in REWARD_KINDS, f"{where}.reward_kind must be one of {REWARD_KINDS}, got {self.reward_kind!r}")
+        _require(self.ranking_loss in RANKING_LOSSES, f"{where}.ranking_loss must be one of {RANKING_LOSSES}, got {self.ranking_loss!r}")
+        for name in ("feedback_prompts", "completions_per_prompt", "max_new_tokens", "epochs", "batch_size", "critique_max_tokens"):
+            _require(getattr(self, name) > 0, f"{where}.{name} must be positive, got {getattr(self, name)}")
+        _require(self.completions_per_prompt >= 2, f"{where}.completions_per_prompt must be >= 2 to compare completions, got {self.completions_per_prompt}")
+        _require(0 < self.lr < 1, f"{where}.lr must be in (0, 1), got {self.lr}")
+        _require(0 < self.heldout_fraction < 1, f"{where}.heldout_fraction must be in (0, 1), got {self.heldout_fraction}")
+        _require(self.margin >= 0, f"{where}.margin must be >= 0, got {self.margin}")
+        _require(self.warmup_steps >= 0 and self.eval_every >= 0, f"{where}.warmup_steps and eval_every must be >= 0")
+
+
+STAGE_CONFIGS: dict[str, type] = {"base": LMStageConfig, "sft": LMStageConfig, "reward": RewardStageConfig}
 
 
 @dataclass(frozen=True)

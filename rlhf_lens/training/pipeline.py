@@ -10,15 +10,21 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import math
+
+import numpy as np
 import torch
 
 from rlhf_lens.models import check_vocab_fits, context_length, load_causal_lm, load_tokenizer
-from rlhf_lens.runs import RunWriter, resolve_init_from
+from rlhf_lens.runs import RunWriter, load_hf_folder, resolve_init_from
 from rlhf_lens.tasks import get_task
 from rlhf_lens.training.build import build_model, load_base_model, train_tokenizer
-from rlhf_lens.training.config import LMStageConfig, RunConfig, to_dict
+from rlhf_lens.training.config import ConfigError, LMStageConfig, RewardStageConfig, RunConfig, to_dict
+from rlhf_lens.training.feedback_data import from_file, simulate
 from rlhf_lens.training.data import pack_blocks, split_heldout, tokenize_pairs
-from rlhf_lens.training.lm import corpus_task, eos_rate, heldout_perplexity, sft_task, train_lm
+from rlhf_lens.training.lm import completion_objective, corpus_objective, eos_rate, heldout_perplexity
+from rlhf_lens.training.loop import Schedule, fit
+from rlhf_lens.training.reward import evaluate_reward, example_critiques, reward_function, reward_objective
 
 
 @dataclass(frozen=True)
@@ -43,12 +49,18 @@ class RunContext:
     quiet: bool
     sources: dict[str, dict] = field(default_factory=dict)
     """Resolved `init_from` of each stage that has one: {"spec", "path", "sha256"}."""
+    task: object = None
+    """The built-in task object (corpus, prompts, labelers, oracle)."""
     latest_lm: tuple[torch.nn.Module, object] | None = None
+    """The most recently trained language model and its tokenizer, in memory."""
+    latest_lm_folder: Path | None = None
+    """Its final checkpoint folder (reward models start from it)."""
+    feedback_records: list[dict] = field(default_factory=list)
+    """All feedback records of the run so far (data/feedback.jsonl)."""
 
 
-def generate_data(config: RunConfig, writer: RunWriter) -> RunData:
+def generate_data(config: RunConfig, task, writer: RunWriter) -> RunData:
     """Generate the task's corpus, SFT pairs and prompts and copy them into the run."""
-    task = get_task(config.task.name, **dict(config.task.options))
     seed = config.seed
     data = RunData(
         corpus=task.corpus(config.data.corpus_size, seed),
@@ -77,6 +89,14 @@ def starting_model(stage: LMStageConfig, ctx: RunContext):
     return build_model(ctx.config.model, tokenizer, seed=ctx.config.seed), tokenizer
 
 
+def fit_and_save(stage: LMStageConfig, model, tokenizer, objective, ctx: RunContext, *, seed: int) -> dict:
+    """Fit a language-modelling stage and save its `final` checkpoint; return the final metrics."""
+    result = fit(stage.name, Schedule.of(stage), model, tokenizer, objective, ctx.writer, seed=seed, quiet=ctx.quiet)
+    folder = ctx.writer.save_checkpoint(stage.name, "final", model=model, tokenizer=tokenizer, step=stage.steps, metrics=result.metrics, state=result.state)
+    ctx.latest_lm, ctx.latest_lm_folder = (model, tokenizer), folder
+    return result.metrics
+
+
 def run_base_stage(stage: LMStageConfig, ctx: RunContext) -> dict:
     model, tokenizer = starting_model(stage, ctx)
     context = min(ctx.config.model.context, context_length(model))
@@ -86,8 +106,8 @@ def run_base_stage(stage: LMStageConfig, ctx: RunContext) -> dict:
     heldout_blocks = pack_blocks([texts[i] for i in heldout_idx], tokenizer, context)
     untrained = heldout_perplexity(model, heldout_blocks, stage.batch_size)
     torch.manual_seed(ctx.config.seed)
-    final = train_lm(stage, model, tokenizer, corpus_task(model, blocks, heldout_blocks, stage.batch_size), ctx.writer, seed=ctx.config.seed, quiet=ctx.quiet)
-    ctx.latest_lm = (model, tokenizer)
+    objective = corpus_objective(model, blocks, heldout_blocks, stage.batch_size)
+    final = fit_and_save(stage, model, tokenizer, objective, ctx, seed=ctx.config.seed)
     return {"eval/perplexity": final["eval/perplexity"], "start_eval/perplexity": untrained, "train_tokens": int(blocks.numel())}
 
 
@@ -98,14 +118,73 @@ def run_sft_stage(stage: LMStageConfig, ctx: RunContext) -> dict:
     pairs = tokenize_pairs(ctx.data.sft, tokenizer, context)
     train, heldout = pairs.select(train_idx), pairs.select(heldout_idx)
     torch.manual_seed(ctx.config.seed + 1)
-    final = train_lm(stage, model, tokenizer, sft_task(model, train, heldout, tokenizer.pad_token_id, stage.batch_size), ctx.writer, seed=ctx.config.seed + 1, quiet=ctx.quiet)
-    ctx.latest_lm = (model, tokenizer)
+    objective = completion_objective(model, train, heldout, tokenizer.pad_token_id, stage.batch_size)
+    final = fit_and_save(stage, model, tokenizer, objective, ctx, seed=ctx.config.seed + 1)
     prompts = ctx.data.prompt_texts("eval")[: stage.eval_samples]
     sampled = eos_rate(model, tokenizer, prompts, seed=ctx.config.seed, max_new_tokens=stage.max_new_tokens)
     return {"eval/perplexity": final["eval/perplexity"], "eos_rate": sampled["eos_rate"], "mean_length": sampled["mean_length"], "max_new_tokens": stage.max_new_tokens}
 
 
-STAGE_RUNNERS = {"base": run_base_stage, "sft": run_sft_stage}
+def starting_folder(stage, ctx: RunContext) -> Path:
+    """The checkpoint folder a reward stage builds on."""
+    if stage.name in ctx.sources:
+        return Path(ctx.sources[stage.name]["path"])
+    if ctx.latest_lm_folder is not None:
+        return ctx.latest_lm_folder
+    if ctx.config.model.base_model:
+        return Path(ctx.config.model.base_model)
+    raise ConfigError(
+        f"stages.{stage.name}: a reward model needs a language model to start from. Put base/sft stages before it, "
+        f"set stages.{stage.name}.init_from (e.g. \"runs/X:sft/final\"), or set model.base_model."
+    )
+
+
+def run_reward_stage(stage: RewardStageConfig, ctx: RunContext) -> dict:
+    folder = starting_folder(stage, ctx)
+    tokenizer, policy = load_tokenizer(folder), load_causal_lm(folder)
+    check_vocab_fits(policy, tokenizer, where=str(folder))
+    seed = ctx.config.seed + 2
+    if stage.feedback:
+        feedback = from_file(stage, stage.feedback, seed=seed)
+    else:
+        labelers = ctx.task.labelers(seed)
+        feedback = simulate(stage, labelers, policy, tokenizer, ctx.data.prompt_texts("train"), ctx.data.prompt_texts("eval"), seed=seed)
+    ctx.feedback_records += feedback.records
+    ctx.writer.write_data("feedback", ctx.feedback_records)
+
+    if stage.reward_kind == "generative":
+        model = policy
+    else:
+        model = load_hf_folder(folder, "score", num_labels=1)
+        model.config.pad_token_id = tokenizer.pad_token_id
+    reward_fn = reward_function(stage, model, tokenizer)
+    gold_fn = ctx.task.gold_reward if getattr(ctx.task, "has_oracle", False) else None
+    audits: list[dict] = []
+
+    def evaluate() -> dict:
+        metrics, audit = evaluate_reward(reward_fn, feedback, gold_fn)
+        audits.append(audit)
+        return metrics
+
+    steps = stage.epochs * math.ceil(len(feedback.train) / stage.batch_size)
+    objective = reward_objective(stage, model, tokenizer, feedback, evaluate)
+    result = fit(stage.name, Schedule.of(stage, steps), model, tokenizer, objective, ctx.writer, seed=seed, quiet=ctx.quiet)
+    offset = 0.0
+    if stage.center:  # rewards are shift-invariant for every rm/ metric, so centring after evaluation is safe
+        texts = feedback.centring_texts[:CENTRING_SAMPLES]
+        offset = float(np.mean(reward_fn([p for p, _ in texts], [c for _, c in texts])))
+        model.config.reward_offset = offset
+    extra = {"reward_kind": stage.reward_kind, "reward_offset": offset, "audit": audits[-1], "train_records": len(feedback.train)}
+    if stage.reward_kind == "generative":
+        extra["critique_first"] = stage.critique_first
+        extra["critiques"] = example_critiques(stage, model, tokenizer, feedback.eval_texts()[:EXAMPLE_CRITIQUES])
+    ctx.writer.save_checkpoint(stage.name, "final", model=model, tokenizer=tokenizer, step=steps, metrics=result.metrics, state=result.state, extra_meta=extra)
+    return {k: v for k, v in result.metrics.items() if k.startswith("rm/")} | {"reward_offset": offset, "train_records": len(feedback.train)}
+
+
+CENTRING_SAMPLES = 256
+EXAMPLE_CRITIQUES = 20
+STAGE_RUNNERS = {"base": run_base_stage, "sft": run_sft_stage, "reward": run_reward_stage}
 
 
 def train(config: RunConfig, out: str | Path, *, quiet: bool = False, overwrite: bool = False) -> Path:
@@ -116,7 +195,8 @@ def train(config: RunConfig, out: str | Path, *, quiet: bool = False, overwrite:
     sources = {s.name: resolve_init_from(s.init_from) for s in config.stages if getattr(s, "init_from", "")}
     for stage in config.stages:
         writer.add_stage(stage.name, stage.kind, init_from=sources.get(stage.name))
-    ctx = RunContext(config=config, writer=writer, data=generate_data(config, writer), quiet=quiet, sources=sources)
+    task = get_task(config.task.name, **dict(config.task.options))
+    ctx = RunContext(config=config, writer=writer, data=generate_data(config, task, writer), quiet=quiet, sources=sources, task=task)
     for stage in config.stages:
         writer.set_stage_status(stage.name, "running")
         try:

@@ -104,3 +104,51 @@ def test_tokenizer_larger_than_embedding_table_is_refused(tiny_gpt2, tiny_tokeni
     with pytest.raises(ModelLoadError, match=r"embedding table has only \d+ rows"):
         check_vocab_fits(tiny_gpt2, tiny_tokenizer_copy, where="test-model")
     check_vocab_fits(tiny_gpt2, tiny_tokenizer)  # the matching tokenizer passes
+
+
+@pytest.fixture(scope="module")
+def tiny_scorer(tiny_gpt2, tmp_path_factory):
+    """A sequence-classification reward model (num_labels=1) on the tiny GPT-2 backbone."""
+    from transformers import AutoModelForSequenceClassification
+
+    folder = tmp_path_factory.mktemp("scorer")
+    tiny_gpt2.save_pretrained(folder)
+    model = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=1).eval()
+    model.config.pad_token_id = tiny_gpt2.config.pad_token_id
+    return model
+
+
+def test_reward_scores_do_not_depend_on_padding(tiny_scorer, tiny_tokenizer):
+    from rlhf_lens.models import reward_input_ids, score_rewards
+
+    ids = reward_input_ids(tiny_tokenizer, ["The hotel was", "My phone"], [" very clean and the staff were kind.", ""], context=64)
+    with torch.no_grad():
+        together = score_rewards(tiny_scorer, ids, tiny_tokenizer.pad_token_id)
+        alone = [score_rewards(tiny_scorer, [seq], tiny_tokenizer.pad_token_id).item() for seq in ids]
+    assert together.tolist() == pytest.approx(alone, abs=1e-5)
+    assert torch.isfinite(together).all()  # the empty completion scores too (its prompt's last token)
+    tiny_scorer.config.reward_offset = 0.25
+    with torch.no_grad():
+        shifted = score_rewards(tiny_scorer, ids, tiny_tokenizer.pad_token_id)
+    del tiny_scorer.config.reward_offset
+    assert (together - shifted).tolist() == pytest.approx([0.25, 0.25], abs=1e-6)
+
+
+def test_reward_inputs_longer_than_context_lose_the_prompt_first(tiny_tokenizer):
+    from rlhf_lens.models import reward_input_ids
+
+    completion = " the staff were kind."
+    with pytest.warns(UserWarning, match="truncated from the left"):
+        (ids,) = reward_input_ids(tiny_tokenizer, ["the room was nice. " * 30], [completion], context=32)
+    assert len(ids) == 32
+    assert tiny_tokenizer.decode(ids).endswith(completion)
+
+
+def test_generative_reward_is_the_verdict_log_odds(tiny_gpt2, tiny_tokenizer):
+    from rlhf_lens.models import VERDICTS, generative_rewards, verdict_prefix
+
+    reward = generative_rewards(tiny_gpt2, tiny_tokenizer, ["The food"], [" was great."], ["It says great."]).item()
+    prefix = encode_prompts(tiny_tokenizer, [verdict_prefix("The food", " was great.", "It says great.")])[0]
+    good, bad = (tiny_tokenizer(v, add_special_tokens=False)["input_ids"] for v in VERDICTS)
+    expected = sum(direct_logprobs(tiny_gpt2, prefix, good)) - sum(direct_logprobs(tiny_gpt2, prefix, bad))
+    assert reward == pytest.approx(expected, abs=1e-4)

@@ -1,0 +1,325 @@
+"""Our ranking reward trainer against TRL's `RewardTrainer`, side by side in one run.
+
+Run:
+    .venv/bin/python benchmarks/reward_vs_trl.py                 # both sizes, 2 epochs (~10-15 min on 2 cores)
+    .venv/bin/python benchmarks/reward_vs_trl.py --quick         # smoke run (~2 min)
+    .venv/bin/python benchmarks/reward_vs_trl.py --sizes demo --epochs 3
+
+What it measures, per model size (demo: GPT-2 4 layers, d_model 128, 4 heads; large: 6 layers,
+d_model 256, 8 heads):
+
+1. Setup (not timed): our pipeline pretrains a base model and SFTs it on the sentiment task, then
+   its reward stage samples the SFT policy and lets the simulated labelers compare the samples.
+   That run's train-split comparisons are the training pairs, its eval-split comparisons (distinct
+   prompts) the held-out pairs.
+2. Ours: a reward-only recipe (`reward_kind = "ranking"`, Bradley-Terry) starting from the SFT
+   checkpoint, fed the training pairs as a JSONL file, run through `load_recipe` + `train`. The
+   whole `train()` call is timed: it also writes the run, task data, the end-of-training
+   evaluation and the checkpoint, so it overstates our training time.
+3. TRL: `RewardTrainer` from the same SFT checkpoint on exactly the pairs our stage trained on
+   (our stage holds out a sliver of prompts itself), with the same epochs, batch size, learning
+   rate, warmup, cosine-to-10% schedule, gradient clip and max length, fp32, no dropout. Only
+   `trainer.train()` is timed: TRL's dataset tokenisation in `__init__` is excluded, which
+   favours TRL.
+4. Both models are scored with the same function (`rlhf_lens.models.score_texts`, BOS + prompt +
+   completion) on the held-out pairs: accuracy against the labels, and against the task oracle's
+   ordering (`gold_accuracy`).
+
+Prints a table (ours s, trl s, trl/ours, accuracies) and writes the rows to
+benchmarks/results/reward_vs_trl.json.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_DISABLED", "true")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import argparse
+import json
+import math
+import tempfile
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rlhf_lens.models import reward_input_ids, score_texts
+from rlhf_lens.runs import Run
+from rlhf_lens.tasks import get_task
+from rlhf_lens.training.config import load_recipe
+from rlhf_lens.training.feedback_data import _heldout
+from rlhf_lens.training.pipeline import train
+from rlhf_lens.training.reward_eval import gold_accuracy, pairwise_accuracy
+
+ROOT = Path(__file__).resolve().parent.parent
+BASE_RECIPE = ROOT / "training" / "sentiment_quick.toml"
+RESULTS = ROOT / "benchmarks" / "results" / "reward_vs_trl.json"
+
+SIZES = {
+    "demo": {"n_layer": 4, "d_model": 128, "n_head": 4},
+    "large": {"n_layer": 6, "d_model": 256, "n_head": 8},
+}
+CONTEXT = 96
+REWARD_SEED_OFFSET = 2  # the pipeline's reward stage uses seed + 2 (batch order, held-out split)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What both trainers share, plus how big the (untimed) setup run is."""
+
+    epochs: int = 2
+    batch_size: int = 32
+    lr: float = 1e-3
+    warmup_steps: int = 10
+    max_length: int = CONTEXT
+    seed: int = 0
+    quick: bool = False
+
+
+@dataclass
+class Pairs:
+    train: list[dict]
+    heldout: list[dict]
+
+
+# --------------------------------------------------------------------------- setup (not timed)
+
+
+def setup_overrides(size: str, settings: Settings) -> list[str]:
+    """Overrides of the quick sentiment recipe: model size, shorter base/SFT, a cheap reward stage."""
+    model = [f"model.{k}={v}" for k, v in SIZES[size].items()] + [f"model.context={CONTEXT}"]
+    if settings.quick:
+        stages = ["stages.base.steps=40", "stages.sft.steps=20", "stages.sft.eval_samples=16",
+                  "stages.reward.feedback_prompts=64", "stages.reward.epochs=1",
+                  "data.corpus_size=2000", "data.sft_size=400", "data.train_prompts=64", "data.eval_prompts=16"]
+    else:
+        stages = ["stages.base.steps=150", "stages.sft.steps=60", "stages.reward.epochs=1"]
+    return model + stages + [f"seed={settings.seed}"]
+
+
+def setup_run(size: str, settings: Settings, workdir: Path) -> Path:
+    """Pretrain + SFT + simulated feedback with our pipeline; returns the run directory."""
+    config = load_recipe(BASE_RECIPE, setup_overrides(size, settings))
+    start = time.perf_counter()
+    out = train(config, workdir / f"setup-{size}", quiet=True)
+    print(f"[{size}] setup run (base + sft + feedback) took {time.perf_counter() - start:.0f}s (not timed)", flush=True)
+    return out
+
+
+def comparison_pairs(run: Path) -> Pairs:
+    """Train- and eval-split comparisons of a run's feedback; eval pairs deduplicated."""
+    records = [r for r in Run.open(run).data("feedback") if r["kind"] == "comparison"]
+    heldout = {(r["prompt"], r["chosen"], r["rejected"]): r for r in records if r["split"] == "eval"}
+    return Pairs(train=[r for r in records if r["split"] == "train"], heldout=list(heldout.values()))
+
+
+# --------------------------------------------------------------------------- our trainer
+
+
+def write_feedback(records: list[dict], path: Path) -> Path:
+    keys = ("kind", "prompt", "chosen", "rejected", "labeler")
+    path.write_text("".join(json.dumps({k: r[k] for k in keys}) + "\n" for r in records))
+    return path
+
+
+def heldout_fraction_for(records: list[dict], seed: int) -> float:
+    """Smallest of 1%, 2%, 4%, ... at which our stage holds out at least one prompt (it refuses zero)."""
+    prompts = {r["prompt"] for r in records}
+    fraction = 0.01
+    while not any(_heldout(p, fraction, seed + REWARD_SEED_OFFSET) for p in prompts):
+        fraction *= 2
+    return fraction
+
+
+def reward_recipe(sft_spec: str, feedback: Path, fraction: float, task_options: dict, settings: Settings) -> str:
+    """A reward-only recipe; [data] is tiny because the pipeline always writes task data."""
+    options = ", ".join(f"{k} = {json.dumps(v)}" for k, v in task_options.items())
+    return f"""name = "reward-vs-trl"
+seed = {settings.seed}
+
+[task]
+name = "sentiment"
+options = {{ {options} }}
+
+[data]
+corpus_size = 200
+sft_size = 50
+train_prompts = 16
+eval_prompts = 8
+
+[[stages]]
+kind = "reward"
+reward_kind = "ranking"
+init_from = {json.dumps(sft_spec)}
+feedback = {json.dumps(str(feedback))}
+epochs = {settings.epochs}
+batch_size = {settings.batch_size}
+lr = {settings.lr}
+warmup_steps = {settings.warmup_steps}
+heldout_fraction = {fraction}
+center = false
+"""
+
+
+def train_ours(setup: Path, pairs: Pairs, settings: Settings, workdir: Path):
+    """Time our whole reward-only `train()`; return (seconds, model, tokenizer, pairs it trained on)."""
+    feedback = write_feedback(pairs.train, workdir / "train_pairs.jsonl")
+    fraction = heldout_fraction_for(pairs.train, settings.seed)
+    task_options = Run.open(setup).config["task"]["options"]
+    recipe = workdir / "reward_only.toml"
+    recipe.write_text(reward_recipe(f"{setup}:sft/final", feedback, fraction, task_options, settings))
+    config = load_recipe(recipe)
+    torch.manual_seed(settings.seed)
+    start = time.perf_counter()
+    out = train(config, workdir / "ours", quiet=True)
+    seconds = time.perf_counter() - start
+    run = Run.open(out)
+    trained = [r for r in run.data("feedback") if r["split"] == "train"]
+    return seconds, run.load_model("reward"), run.load_tokenizer("reward"), trained
+
+
+# --------------------------------------------------------------------------- TRL
+
+
+def trl_dataset(records: list[dict], bos: str):
+    """Text pairs in RewardTrainer's implicit-prompt format; BOS + prompt + completion like ours."""
+    from datasets import Dataset
+
+    return Dataset.from_list([{"chosen": bos + r["prompt"] + r["chosen"], "rejected": bos + r["prompt"] + r["rejected"]} for r in records])
+
+
+def trl_config(settings: Settings, output_dir: Path):
+    from trl import RewardConfig
+
+    return RewardConfig(
+        output_dir=str(output_dir), num_train_epochs=settings.epochs, per_device_train_batch_size=settings.batch_size,
+        learning_rate=settings.lr, warmup_steps=settings.warmup_steps, weight_decay=0.0, max_grad_norm=1.0,
+        lr_scheduler_type="cosine_with_min_lr", lr_scheduler_kwargs={"min_lr_rate": 0.1},  # ours: cosine to 10%
+        max_length=settings.max_length, use_cpu=True, bf16=False, report_to=[], save_strategy="no", eval_strategy="no",
+        logging_steps=10**6, disable_tqdm=True, disable_dropout=True, center_rewards_coefficient=None, seed=settings.seed,
+    )
+
+
+def trl_input_check(dataset, tokenizer, records: list[dict], context: int) -> dict:
+    """How TRL's token ids compare with ours (BOS + prompt + completion): pairs kept, and ids equal up to its EOS."""
+    prompts = [r["prompt"] for r in records] * 2
+    completions = [r["chosen"] for r in records] + [r["rejected"] for r in records]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ours = reward_input_ids(tokenizer, prompts, completions, 10**6)
+    by_text = {tokenizer.bos_token + p + c: ids for p, c, ids in zip(prompts, completions, ours)}
+    eos, eos_id = tokenizer.eos_token, tokenizer.eos_token_id
+    same = [by_text[row[side][: -len(eos)]] + [eos_id] == row[f"{side}_ids"] for row in dataset for side in ("chosen", "rejected")]
+    return {"trl_pairs": len(dataset), "trl_dropped_pairs": len(records) - len(dataset),
+            "ours_truncated_seqs": sum(len(ids) > context for ids in ours),
+            "trl_ids_equal_ours_plus_eos": float(np.mean(same)) if same else float("nan")}
+
+
+def train_trl(sft_folder: Path, records: list[dict], settings: Settings, workdir: Path):
+    """Time `RewardTrainer.train()`; return (seconds, model, tokenizer, input check)."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from trl import RewardTrainer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(sft_folder))
+    torch.manual_seed(settings.seed)
+    model = AutoModelForSequenceClassification.from_pretrained(str(sft_folder), num_labels=1)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    trainer = RewardTrainer(model=model, args=trl_config(settings, workdir / "trl"), train_dataset=trl_dataset(records, tokenizer.bos_token), processing_class=tokenizer)
+    check = trl_input_check(trainer.train_dataset, tokenizer, records, settings.max_length)
+    torch.manual_seed(settings.seed)
+    start = time.perf_counter()
+    trainer.train()
+    return time.perf_counter() - start, trainer.model.eval(), tokenizer, check
+
+
+# --------------------------------------------------------------------------- evaluation and report
+
+
+def heldout_accuracy(model, tokenizer, pairs: list[dict], gold_fn) -> tuple[float, float]:
+    """(accuracy against the labels, accuracy against the oracle's ordering) on held-out pairs."""
+    prompts = [r["prompt"] for r in pairs]
+    chosen, rejected = [r["chosen"] for r in pairs], [r["rejected"] for r in pairs]
+    r_chosen = score_texts(model, tokenizer, prompts, chosen).numpy()
+    r_rejected = score_texts(model, tokenizer, prompts, rejected).numpy()
+    g_chosen, g_rejected = np.asarray(gold_fn(prompts, chosen)), np.asarray(gold_fn(prompts, rejected))
+    return pairwise_accuracy(r_chosen, r_rejected), gold_accuracy(r_chosen, r_rejected, g_chosen, g_rejected)
+
+
+def bench_size(size: str, settings: Settings, workdir: Path) -> dict:
+    """Setup, then both trainers on the same pairs; one result row."""
+    setup = setup_run(size, settings, workdir)
+    pairs = comparison_pairs(setup)
+    task_config = Run.open(setup).config["task"]
+    task = get_task(task_config["name"], **task_config["options"])
+    ours_s, ours_model, ours_tok, trained = train_ours(setup, pairs, settings, workdir)
+    print(f"[{size}] ours: {ours_s:.1f}s on {len(trained)} pairs", flush=True)
+    sft_folder = Run.open(setup).checkpoint("sft").path
+    trl_s, trl_model, trl_tok, check = train_trl(sft_folder, trained, settings, workdir)
+    print(f"[{size}] trl: {trl_s:.1f}s on {check['trl_pairs']} pairs", flush=True)
+    acc_ours, gold_ours = heldout_accuracy(ours_model, ours_tok, pairs.heldout, task.gold_reward)
+    acc_trl, gold_trl = heldout_accuracy(trl_model, trl_tok, pairs.heldout, task.gold_reward)
+    params = sum(p.numel() for p in ours_model.parameters())
+    return {"size": size, **SIZES[size], "params": params, "ours_s": ours_s, "trl_s": trl_s, "trl_over_ours": trl_s / ours_s,
+            "acc_ours": acc_ours, "acc_trl": acc_trl, "gold_ours": gold_ours, "gold_trl": gold_trl,
+            "train_pairs": len(trained), "setup_train_pairs": len(pairs.train), "heldout_pairs": len(pairs.heldout),
+            "steps_ours": settings.epochs * math.ceil(len(trained) / settings.batch_size), **check}
+
+
+COLUMNS = [("size", "size", "{}"), ("ours_s", "ours s", "{:.1f}"), ("trl_s", "trl s", "{:.1f}"), ("trl_over_ours", "trl/ours", "{:.2f}x"),
+           ("acc_ours", "acc ours", "{:.3f}"), ("acc_trl", "acc trl", "{:.3f}"), ("gold_ours", "gold ours", "{:.3f}"), ("gold_trl", "gold trl", "{:.3f}")]
+
+
+def format_table(rows: list[dict]) -> str:
+    cells = [[label for _, label, _ in COLUMNS]] + [[fmt.format(row[key]) for key, _, fmt in COLUMNS] for row in rows]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(COLUMNS))]
+    lines = [" | ".join(c.rjust(w) for c, w in zip(line, widths)) for line in cells]
+    return "\n".join([lines[0], "-+-".join("-" * w for w in widths), *lines[1:]])
+
+
+def save_results(rows: list[dict], settings: Settings) -> None:
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    versions = {"torch": torch.__version__, "transformers": __import__("transformers").__version__, "trl": __import__("trl").__version__}
+    RESULTS.write_text(json.dumps({"settings": asdict(settings), "threads": torch.get_num_threads(), "versions": versions, "rows": rows}, indent=2) + "\n")
+
+
+def parse_args() -> tuple[list[str], Settings]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="demo,large", help="comma-separated, from: " + ", ".join(SIZES))
+    parser.add_argument("--epochs", type=int, default=None, help="epochs for both trainers (default 2, 1 with --quick)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--quick", action="store_true", help="tiny setup runs and 1 epoch: a smoke run")
+    args = parser.parse_args()
+    sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
+    unknown = [s for s in sizes if s not in SIZES]
+    if unknown:
+        parser.error(f"unknown size(s) {unknown}; choose from {list(SIZES)}")
+    epochs = args.epochs if args.epochs is not None else (1 if args.quick else 2)
+    return sizes, Settings(epochs=epochs, batch_size=args.batch_size, lr=args.lr, quick=args.quick)
+
+
+def main() -> None:
+    sizes, settings = parse_args()
+    print(f"settings: {asdict(settings)}; torch threads: {torch.get_num_threads()}", flush=True)
+    rows = []
+    for size in sizes:
+        with tempfile.TemporaryDirectory(prefix=f"reward_vs_trl_{size}_") as tmp:
+            rows.append(bench_size(size, settings, Path(tmp)))
+    print()
+    print(format_table(rows))
+    for row in rows:
+        print(f"  {row['size']}: {row['params']:,} params, {row['train_pairs']} train pairs ({row['steps_ours']} steps ours), "
+              f"{row['heldout_pairs']} held-out pairs; TRL kept {row['trl_pairs']} (dropped {row['trl_dropped_pairs']} over max_length), "
+              f"TRL ids == ours + EOS for {row['trl_ids_equal_ours_plus_eos']:.1%} of sequences")
+    save_results(rows, settings)
+    print(f"wrote {RESULTS.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,172 @@
+"""Reward-model objectives and evaluation for the three kinds of reward model.
+
+- scoring: regression of a scalar head on 1-5 ratings (normalised to [-1, 1]);
+- ranking: Bradley-Terry on comparisons, Plackett-Luce on K-wise rankings;
+- generative: a causal LM fine-tuned to write a critique then a verdict; its
+  reward is log p(good) - log p(bad) at the verdict.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from rlhf_lens.models import (
+    CRITIQUE_MARK,
+    VERDICT_MARK,
+    context_length,
+    encode_prompts,
+    generative_rewards,
+    reward_input_ids,
+    score_rewards,
+    score_texts,
+    write_critiques,
+)
+from rlhf_lens.training.data import PromptCompletions
+from rlhf_lens.training.feedback_data import Feedback
+from rlhf_lens.training.lm import completion_nll
+from rlhf_lens.training.loop import Objective
+from rlhf_lens.training.losses import bradley_terry_loss, plackett_luce_loss, rating_regression_loss
+from rlhf_lens.training.reward_eval import (
+    calibration,
+    disputed_records,
+    gold_accuracy,
+    labeler_agreement,
+    labeler_profiles,
+    linear_correlation,
+    pairwise_accuracy,
+    rank_correlation,
+    sigmoid,
+)
+
+RewardFn = Callable[[Sequence[str], Sequence[str]], np.ndarray]
+"""reward_fn(prompts, completions) -> (n,) rewards."""
+
+
+# --------------------------------------------------------------------------- training objectives
+
+
+def as_ranking(record: dict) -> tuple[list[str], list[int]]:
+    """A comparison or ranking record as (completions, order best first)."""
+    if record["kind"] == "comparison":
+        return [record["chosen"], record["rejected"]], [0, 1]
+    return list(record["completions"]), list(record["order"])
+
+
+def ranking_loss(model, tokenizer, records: Sequence[dict], margin: float) -> torch.Tensor:
+    """Bradley-Terry for pairs, Plackett-Luce for K > 2; records grouped by K and weighted by count."""
+    context, pad_id = context_length(model), tokenizer.pad_token_id
+    groups: dict[int, list[tuple[list[str], list[int], str]]] = {}  # K -> [(completions, order, prompt)]
+    for record in records:
+        completions, order = as_ranking(record)
+        groups.setdefault(len(completions), []).append((completions, order, record["prompt"]))
+    total = torch.zeros(())
+    for k, group in groups.items():
+        prompts = [prompt for _, _, prompt in group for _ in range(k)]
+        texts = [c for completions, _, _ in group for c in completions]
+        rewards = score_rewards(model, reward_input_ids(tokenizer, prompts, texts, context), pad_id).view(len(group), k)  # (batch, k)
+        order = torch.tensor([o for _, o, _ in group])  # (batch, k)
+        if k == 2:
+            ranked = torch.gather(rewards, 1, order)
+            loss = bradley_terry_loss(ranked[:, 0], ranked[:, 1], margin)
+        else:
+            loss = plackett_luce_loss(rewards, order)
+        total = total + loss * len(group) / len(records)
+    return total
+
+
+def rating_loss(model, tokenizer, records: Sequence[dict]) -> torch.Tensor:
+    ids = reward_input_ids(tokenizer, [r["prompt"] for r in records], [r["completion"] for r in records], context_length(model))
+    ratings = torch.tensor([r["rating"] for r in records])
+    return rating_regression_loss(score_rewards(model, ids, tokenizer.pad_token_id), ratings)
+
+
+def critique_examples(records: Sequence[dict], tokenizer, context: int) -> PromptCompletions:
+    """Two examples per critique record: critique then verdict, and the verdict alone."""
+    prefixes, targets = [], []
+    for r in records:
+        verdict = " " + r["verdict"]
+        prefixes.append(r["prompt"] + r["completion"] + CRITIQUE_MARK)
+        targets.append(" " + r["critique"].strip() + VERDICT_MARK + verdict)
+        prefixes.append(r["prompt"] + r["completion"] + VERDICT_MARK)
+        targets.append(verdict)
+    eos = tokenizer.eos_token_id
+    target_ids = [ids + [eos] for ids in tokenizer(targets, add_special_tokens=False)["input_ids"]]
+    prefix_ids = [p[-(context - len(t)) :] for p, t in zip(encode_prompts(tokenizer, prefixes), target_ids)]
+    return PromptCompletions(prefix_ids, target_ids)
+
+
+def reward_objective(stage, model, tokenizer, feedback: Feedback, evaluate: Callable[[], dict]) -> Objective:
+    """The training objective of `stage.reward_kind` over `feedback.train`."""
+    records = feedback.train
+    if stage.reward_kind == "ranking":
+        loss = lambda idx: ranking_loss(model, tokenizer, [records[i] for i in idx], stage.margin)  # noqa: E731
+    elif stage.reward_kind == "scoring":
+        loss = lambda idx: rating_loss(model, tokenizer, [records[i] for i in idx])  # noqa: E731
+    else:
+        examples = critique_examples(records, tokenizer, context_length(model))
+        # examples 2i and 2i+1 come from record i: train on both forms of the same record together.
+        loss = lambda idx: completion_nll(model, examples.select([2 * i + j for i in idx for j in (0, 1)]), tokenizer.pad_token_id)  # noqa: E731
+    return Objective(n_items=len(records), train_loss=loss, evaluate=evaluate)
+
+
+# --------------------------------------------------------------------------- rewards and evaluation
+
+
+def reward_function(stage, model, tokenizer) -> RewardFn:
+    """reward_fn(prompts, completions) for the trained model (centring offset applied)."""
+    if stage.reward_kind != "generative":
+        return lambda prompts, completions: score_texts(model, tokenizer, prompts, completions).numpy()
+
+    def generative(prompts, completions):
+        critiques = write_critiques(model, tokenizer, prompts, completions, max_new_tokens=stage.critique_max_tokens) if stage.critique_first else None
+        return generative_rewards(model, tokenizer, prompts, completions, critiques).numpy()
+
+    return generative
+
+
+def evaluate_reward(reward_fn: RewardFn, feedback: Feedback, gold_fn: Callable | None) -> tuple[dict[str, float], dict]:
+    """Held-out metrics under the `rm/` keys, plus the calibration bins and feedback audit (for meta.json)."""
+    texts = feedback.eval_texts()
+    prompts, completions = [p for p, _ in texts], [c for _, c in texts]
+    rewards = dict(zip(texts, reward_fn(prompts, completions).tolist()))
+    pairs = feedback.eval_pairs
+    r_chosen = np.array([rewards[(r["prompt"], r["chosen"])] for r in pairs])
+    r_rejected = np.array([rewards[(r["prompt"], r["rejected"])] for r in pairs])
+    ece, bins = calibration(sigmoid(r_chosen - r_rejected))
+    lengths = np.array([len(c.split()) for c in completions], dtype=float)
+    metrics = {
+        "rm/accuracy": pairwise_accuracy(r_chosen, r_rejected),
+        "rm/margin_mean": float(np.mean(r_chosen - r_rejected)),
+        "rm/length_corr": linear_correlation(np.array([rewards[t] for t in texts]), lengths),
+        "rm/ece": ece,
+        "rm/labeler_agreement": labeler_agreement(pairs),
+    }
+    gold = None
+    if gold_fn is not None:
+        gold = dict(zip(texts, np.asarray(gold_fn(prompts, completions), dtype=float).tolist()))
+        g_chosen = np.array([gold[(r["prompt"], r["chosen"])] for r in pairs])
+        g_rejected = np.array([gold[(r["prompt"], r["rejected"])] for r in pairs])
+        metrics["rm/accuracy_gold"] = gold_accuracy(r_chosen, r_rejected, g_chosen, g_rejected)
+        metrics["rm/spearman_gold"] = rank_correlation(np.array([rewards[t] for t in texts]), np.array([gold[t] for t in texts]))
+        metrics["rm/label_accuracy_gold"] = gold_accuracy(np.ones(len(pairs)), np.zeros(len(pairs)), g_chosen, g_rejected)
+    audit = {
+        "labeler_agreement": metrics["rm/labeler_agreement"],
+        "labelers": labeler_profiles(pairs, gold),
+        "disputed": disputed_records(pairs, r_chosen, r_rejected),
+        "calibration": bins,
+        "heldout_pairs": len(pairs),
+        "heldout_texts": len(texts),
+    }
+    return metrics, audit
+
+
+@torch.no_grad()
+def example_critiques(stage, model, tokenizer, texts: Sequence[tuple[str, str]]) -> list[dict]:
+    """Critiques the generative reward model writes for some held-out texts, with their rewards."""
+    prompts, completions = [p for p, _ in texts], [c for _, c in texts]
+    critiques = write_critiques(model, tokenizer, prompts, completions, max_new_tokens=stage.critique_max_tokens)
+    rewards = generative_rewards(model, tokenizer, prompts, completions, critiques if stage.critique_first else None)
+    return [{"prompt": p, "completion": c, "critique": k, "reward": float(r)} for p, c, k, r in zip(prompts, completions, critiques, rewards)]
