@@ -79,6 +79,7 @@ class Settings:
     warmup_steps: int = 10
     max_length: int = CONTEXT
     seed: int = 0
+    threads: int = 1
     quick: bool = False
 
 
@@ -95,9 +96,9 @@ def setup_overrides(size: str, settings: Settings) -> list[str]:
     """Overrides of the quick sentiment recipe: model size, shorter base/SFT, a cheap reward stage."""
     model = [f"model.{k}={v}" for k, v in SIZES[size].items()] + [f"model.context={CONTEXT}"]
     if settings.quick:
-        stages = ["stages.base.steps=40", "stages.sft.steps=20", "stages.sft.eval_samples=16",
-                  "stages.reward.feedback_prompts=64", "stages.reward.epochs=1",
-                  "data.corpus_size=2000", "data.sft_size=400", "data.train_prompts=64", "data.eval_prompts=16"]
+        stages = ["stages.base.steps=30", "stages.base.warmup_steps=5", "stages.sft.steps=15", "stages.sft.eval_samples=8",
+                  "stages.reward.feedback_prompts=48", "stages.reward.epochs=1",
+                  "data.corpus_size=1000", "data.sft_size=200", "data.train_prompts=48", "data.eval_prompts=8"]
     else:
         stages = ["stages.base.steps=150", "stages.sft.steps=60", "stages.reward.epochs=1"]
     return model + stages + [f"seed={settings.seed}"]
@@ -223,7 +224,7 @@ def trl_input_check(dataset, tokenizer, records: list[dict], context: int) -> di
 
 def train_trl(sft_folder: Path, records: list[dict], settings: Settings, workdir: Path):
     """Time `RewardTrainer.train()`; return (seconds, model, tokenizer, input check)."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, PrinterCallback
     from trl import RewardTrainer
 
     tokenizer = AutoTokenizer.from_pretrained(str(sft_folder))
@@ -231,6 +232,7 @@ def train_trl(sft_folder: Path, records: list[dict], settings: Settings, workdir
     model = AutoModelForSequenceClassification.from_pretrained(str(sft_folder), num_labels=1)
     model.config.pad_token_id = tokenizer.pad_token_id
     trainer = RewardTrainer(model=model, args=trl_config(settings, workdir / "trl"), train_dataset=trl_dataset(records, tokenizer.bos_token), processing_class=tokenizer)
+    trainer.remove_callback(PrinterCallback)  # its end-of-training metrics line would interrupt our output
     check = trl_input_check(trainer.train_dataset, tokenizer, records, settings.max_length)
     torch.manual_seed(settings.seed)
     start = time.perf_counter()
@@ -285,7 +287,7 @@ def format_table(rows: list[dict]) -> str:
 def save_results(rows: list[dict], settings: Settings) -> None:
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     versions = {"torch": torch.__version__, "transformers": __import__("transformers").__version__, "trl": __import__("trl").__version__}
-    RESULTS.write_text(json.dumps({"settings": asdict(settings), "threads": torch.get_num_threads(), "versions": versions, "rows": rows}, indent=2) + "\n")
+    RESULTS.write_text(json.dumps({"settings": asdict(settings), "versions": versions, "rows": rows}, indent=2) + "\n")
 
 
 def parse_args() -> tuple[list[str], Settings]:
@@ -295,18 +297,34 @@ def parse_args() -> tuple[list[str], Settings]:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--quick", action="store_true", help="tiny setup runs and 1 epoch: a smoke run")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (default 1: on a shared 2-core machine two threads oversubscribe the cores and "
+                             "make every op several times slower and noisier)")
     args = parser.parse_args()
     sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
     unknown = [s for s in sizes if s not in SIZES]
     if unknown:
         parser.error(f"unknown size(s) {unknown}; choose from {list(SIZES)}")
     epochs = args.epochs if args.epochs is not None else (1 if args.quick else 2)
-    return sizes, Settings(epochs=epochs, batch_size=args.batch_size, lr=args.lr, quick=args.quick)
+    return sizes, Settings(epochs=epochs, batch_size=args.batch_size, lr=args.lr, threads=args.threads, quick=args.quick)
+
+
+def quiet_libraries() -> None:
+    """No progress bars or load reports from transformers/datasets between our lines."""
+    import datasets
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+    warnings.filterwarnings("ignore", category=FutureWarning)
 
 
 def main() -> None:
     sizes, settings = parse_args()
-    print(f"settings: {asdict(settings)}; torch threads: {torch.get_num_threads()}", flush=True)
+    torch.set_num_threads(settings.threads)
+    quiet_libraries()
+    print(f"settings: {asdict(settings)}", flush=True)
     rows = []
     for size in sizes:
         with tempfile.TemporaryDirectory(prefix=f"reward_vs_trl_{size}_") as tmp:

@@ -7,7 +7,10 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import time
+from transformers.utils import logging as hf_logging
+
+hf_logging.set_verbosity_error()  # keep load reports of fresh score heads out of test logs
+
 from pathlib import Path
 
 import pytest
@@ -18,14 +21,12 @@ QUICK_RECIPE = REPO / "training" / "sentiment_quick.toml"
 
 @pytest.fixture(scope="session")
 def shared_run(tmp_path_factory) -> Path:
-    """The quick recipe trained once; tests read it and must not modify it."""
+    """The quick recipe (base, sft, reward) trained once; tests read it and must not modify it."""
     from rlhf_lens.training.config import load_recipe
     from rlhf_lens.training.pipeline import train
 
     out = tmp_path_factory.mktemp("shared") / "quick"
-    started = time.perf_counter()
     train(load_recipe(QUICK_RECIPE), out, quiet=True)
-    (out.parent / "train_seconds.txt").write_text(f"{time.perf_counter() - started:.1f}")
     return out
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import math
+import time
 
 import numpy as np
 import torch
@@ -199,11 +200,12 @@ def train(config: RunConfig, out: str | Path, *, quiet: bool = False, overwrite:
     ctx = RunContext(config=config, writer=writer, data=generate_data(config, task, writer), quiet=quiet, sources=sources, task=task)
     for stage in config.stages:
         writer.set_stage_status(stage.name, "running")
+        started = time.perf_counter()
         try:
             results = STAGE_RUNNERS[stage.kind](stage, ctx)
         except BaseException:
             writer.set_stage_status(stage.name, "failed")
             raise
-        writer.update_results(stage.name, results)
+        writer.update_results(stage.name, results | {"seconds": round(time.perf_counter() - started, 1)})
         writer.set_stage_status(stage.name, "done")
     return writer.path

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 
 SMALL = [
     "data.corpus_size=300", "data.sft_size=50", "data.train_prompts=128", "data.eval_prompts=32",
-    "stages.reward.feedback_prompts=128", "stages.reward.epochs=2",
+    "stages.reward.feedback_prompts=128", "stages.reward.epochs=3", "stages.reward.batch_size=8",
 ]
 
 
@@ -75,7 +75,7 @@ def test_scoring_reward_model_learns_from_ratings(shared_run, tmp_path):
 
 
 def test_generative_reward_model_writes_critiques_and_verdicts(shared_run, tmp_path):
-    run = reward_run(shared_run, tmp_path, "reward_generative_quick.toml", "stages.reward.epochs=3")
+    run = reward_run(shared_run, tmp_path, "reward_generative_quick.toml")
     results = run.manifest["results"]["reward"]
     assert results["rm/accuracy_gold"] > 0.6, results
     meta = run.checkpoint("reward").meta
