@@ -20,8 +20,8 @@ $(STAMP): pyproject.toml constraints/cpu.txt
 demo: setup
 	$(VENV)/bin/rlhf-lens train training/sentiment_default.toml --out runs/demo --overwrite
 	$(VENV)/bin/rlhf-lens inspect runs/demo
-	@echo "The demo trained the stages that exist so far (base, sft) into runs/demo."
-	@echo "Reward models, policy optimisation and runs/demo/report.html arrive with the next issues."
+	@echo "The demo trained the stages that exist so far (base, sft, reward) into runs/demo."
+	@echo "Policy optimisation and runs/demo/report.html are not built yet; they arrive with the next issues."
 
 lint-imports: setup
 	$(VENV)/bin/lint-imports
