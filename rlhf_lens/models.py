@@ -296,11 +296,6 @@ def exact_kl_per_token(logits: torch.Tensor, ref_logits: torch.Tensor) -> torch.
     return (logp.exp() * (logp - logq)).sum(-1)
 
 
-def warn_if_truncated(kept: int, total: int, what: str) -> None:
-    if kept < total:
-        warnings.warn(f"{what}: {total} tokens exceed the context; kept the last {kept}.", stacklevel=2)
-
-
 # --------------------------------------------------------------------------- reward scoring
 
 

@@ -38,3 +38,96 @@ def rating_regression_loss(predicted: torch.Tensor, ratings: torch.Tensor) -> to
 def normalise_ratings(ratings: torch.Tensor) -> torch.Tensor:
     """Ratings 1..5 -> [-1, 1] (3 -> 0)."""
     return (ratings.float() - 3.0) / 2.0
+
+
+# --------------------------------------------------------------------------- policy optimisation
+# Shapes: batch, gen_len; `mask` is 1 on completion tokens, 0 on padding.
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return (x * mask).sum() / mask.sum().clamp(min=1)
+
+
+def whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
+    """Normalise to unit variance (and zero mean) over masked entries (lm-human-preferences `whiten`)."""
+    mean = masked_mean(x, mask)
+    var = masked_mean((x - mean) ** 2, mask)
+    out = (x - mean) * torch.rsqrt(var + eps)
+    return (out if shift_mean else out + mean) * mask
+
+
+def kl_k3(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
+    """k3 estimator of KL(p || ref) per token: (r - 1) - log r with r = ref/p; unbiased and >= 0.
+
+    J. Schulman, "Approximating KL divergence" (2020); the estimator GRPO uses (Shao et al. 2024, eq. 4).
+    """
+    log_ratio = ref_logprobs - logprobs
+    return torch.expm1(log_ratio) - log_ratio
+
+
+def token_rewards(seq_rewards: torch.Tensor, kl_per_token: torch.Tensor, mask: torch.Tensor, beta: float) -> torch.Tensor:
+    """Per-token rewards: -beta * KL on every token, plus the sequence reward on the last token.
+
+    (batch,), (batch, gen_len) -> (batch, gen_len); Ziegler et al. 2019, eq. 2.
+    """
+    rewards = -beta * kl_per_token * mask
+    last = (mask.sum(-1).long() - 1).clamp(min=0)  # (batch,)
+    return rewards.scatter_add(1, last[:, None], seq_rewards[:, None].to(rewards.dtype))
+
+
+def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation (Schulman et al. 2016): -> advantages, returns (batch, gen_len).
+
+    delta_t = r_t + gamma * V_{t+1} - V_t, A_t = delta_t + gamma * lam * A_{t+1}; V after the last
+    completion token is 0.
+    """
+    advantages = torch.zeros_like(rewards)
+    next_value = torch.zeros_like(rewards[:, 0])
+    next_advantage = torch.zeros_like(rewards[:, 0])
+    for t in reversed(range(rewards.shape[1])):
+        live = mask[:, t]
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        advantage = delta + gamma * lam * next_advantage
+        advantages[:, t] = advantage * live
+        next_value = torch.where(live.bool(), values[:, t], next_value)
+        next_advantage = torch.where(live.bool(), advantage, next_advantage)
+    return advantages, (advantages + values) * mask
+
+
+def clipped_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, clip_range: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """PPO clipped surrogate (Schulman et al. 2017, eq. 7): -> loss, clip fraction, approx KL (k3 of old vs new)."""
+    log_ratio = logprobs - old_logprobs
+    ratio = torch.exp(log_ratio)
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
+    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    clipfrac = masked_mean((clipped > unclipped).float(), mask)
+    approxkl = masked_mean(0.5 * log_ratio**2, mask)
+    return loss, clipfrac, approxkl
+
+
+def clipped_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, clip_range: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """PPO value loss with the value clipped around the rollout's values: -> loss, clip fraction."""
+    clipped_values = old_values + torch.clamp(values - old_values, -clip_range, clip_range)
+    unclipped_loss = (values - returns) ** 2
+    clipped_loss = (clipped_values - returns) ** 2
+    loss = 0.5 * masked_mean(torch.maximum(unclipped_loss, clipped_loss), mask)
+    clipfrac = masked_mean((clipped_loss > unclipped_loss).float(), mask)
+    return loss, clipfrac
+
+
+def group_advantages(rewards: torch.Tensor, method: str, eps: float = 1e-4) -> torch.Tensor:
+    """Critic-free advantages from groups of completions of one prompt: (groups, k) -> (groups, k).
+
+    grpo: (r - mean) / (std + eps) over the group (Shao et al. 2024, sec. 4.1.2);
+    rloo: r - mean of the other k-1 rewards (Ahmadian et al. 2024, eq. 7).
+    """
+    k = rewards.shape[1]
+    if k < 2:
+        raise ValueError(f"a group baseline needs at least 2 completions per prompt, got {k}")
+    mean = rewards.mean(dim=1, keepdim=True)
+    if method == "grpo":
+        return (rewards - mean) / (rewards.std(dim=1, keepdim=True) + eps)
+    if method == "rloo":
+        return (rewards - mean) * k / (k - 1)
+    raise ValueError(f"method must be grpo or rloo, got {method!r}")
