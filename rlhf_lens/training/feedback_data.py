@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
+from tqdm.auto import tqdm
 
 from rlhf_lens.models import encode_prompts, sample
 from rlhf_lens.tasks import read_feedback, simulate_feedback
@@ -45,11 +46,11 @@ class Feedback:
         return list(seen)
 
 
-def sample_items(policy: torch.nn.Module, tokenizer, prompts: Sequence[str], k: int, *, max_new_tokens: int, seed: int, batch_size: int = 64) -> list[dict]:
+def sample_items(policy: torch.nn.Module, tokenizer, prompts: Sequence[str], k: int, *, max_new_tokens: int, seed: int, batch_size: int = 64, quiet: bool = True) -> list[dict]:
     """K sampled completions per prompt: -> [{"prompt", "completions": [...]}]. Seeds are per sample."""
     flat = [p for p in prompts for _ in range(k)]
     texts: list[str] = []
-    for start in range(0, len(flat), batch_size):
+    for start in tqdm(range(0, len(flat), batch_size), desc="sampling for feedback", unit="batch", disable=quiet):
         chunk = flat[start : start + batch_size]
         seeds = [seed * 1_000_003 + start + i for i in range(len(chunk))]
         texts += sample(policy, tokenizer, encode_prompts(tokenizer, chunk), seeds, max_new_tokens=max_new_tokens).texts
@@ -60,11 +61,11 @@ def _tag(records: list[dict], split: str, stage: str) -> list[dict]:
     return [{**r, "split": split, "stage": stage} for r in records]
 
 
-def simulate(stage, labelers, policy, tokenizer, train_prompts: list[str], eval_prompts: list[str], *, seed: int) -> Feedback:
+def simulate(stage, labelers, policy, tokenizer, train_prompts: list[str], eval_prompts: list[str], *, seed: int, quiet: bool = True) -> Feedback:
     """Sample from `policy` and let the simulated labelers judge (see the module docstring)."""
     k, max_new = stage.completions_per_prompt, stage.max_new_tokens
-    train_items = sample_items(policy, tokenizer, train_prompts[: stage.feedback_prompts], k, max_new_tokens=max_new, seed=seed)
-    eval_items = sample_items(policy, tokenizer, eval_prompts, k, max_new_tokens=max_new, seed=seed + 1)
+    train_items = sample_items(policy, tokenizer, train_prompts[: stage.feedback_prompts], k, max_new_tokens=max_new, seed=seed, quiet=quiet)
+    eval_items = sample_items(policy, tokenizer, eval_prompts, k, max_new_tokens=max_new, seed=seed + 1, quiet=quiet)
     train_kind = {"ranking": "ranking" if stage.ranking_loss == "plackett_luce" else "comparison", "scoring": "rating", "generative": "critique"}[stage.reward_kind]
     train = simulate_feedback(train_kind, train_items, labelers)
     names = [p.name for p in labelers.profiles]

@@ -149,7 +149,7 @@ def run_reward_stage(stage: RewardStageConfig, ctx: RunContext) -> dict:
         feedback = from_file(stage, stage.feedback, seed=seed)
     else:
         labelers = ctx.task.labelers(seed)
-        feedback = simulate(stage, labelers, policy, tokenizer, ctx.data.prompt_texts("train"), ctx.data.prompt_texts("eval"), seed=seed)
+        feedback = simulate(stage, labelers, policy, tokenizer, ctx.data.prompt_texts("train"), ctx.data.prompt_texts("eval"), seed=seed, quiet=ctx.quiet)
     ctx.feedback_records += feedback.records
     ctx.writer.write_data("feedback", ctx.feedback_records)
 
