@@ -158,6 +158,7 @@ def run_reward_stage(stage: RewardStageConfig, ctx: RunContext) -> dict:
     else:
         model = load_hf_folder(folder, "score", num_labels=1)
         model.config.pad_token_id = tokenizer.pad_token_id
+    model.config.reward_offset = 0.0  # a start from a centred reward checkpoint must not stack offsets
     reward_fn = reward_function(stage, model, tokenizer)
     gold_fn = ctx.task.gold_reward if getattr(ctx.task, "has_oracle", False) else None
     audits: list[dict] = []

@@ -62,12 +62,12 @@ def ranking_loss(model, tokenizer, records: Sequence[dict], margin: float) -> to
     for record in records:
         completions, order = as_ranking(record)
         groups.setdefault(len(completions), []).append((completions, order, record["prompt"]))
-    total = torch.zeros(())
+    total = torch.zeros((), device=next(model.parameters()).device)
     for k, group in groups.items():
         prompts = [prompt for _, _, prompt in group for _ in range(k)]
         texts = [c for completions, _, _ in group for c in completions]
         rewards = score_rewards(model, reward_input_ids(tokenizer, prompts, texts, context), pad_id).view(len(group), k)  # (batch, k)
-        order = torch.tensor([o for _, o, _ in group])  # (batch, k)
+        order = torch.tensor([o for _, o, _ in group], device=rewards.device)  # (batch, k)
         if k == 2:
             ranked = torch.gather(rewards, 1, order)
             loss = bradley_terry_loss(ranked[:, 0], ranked[:, 1], margin)
@@ -79,8 +79,9 @@ def ranking_loss(model, tokenizer, records: Sequence[dict], margin: float) -> to
 
 def rating_loss(model, tokenizer, records: Sequence[dict]) -> torch.Tensor:
     ids = reward_input_ids(tokenizer, [r["prompt"] for r in records], [r["completion"] for r in records], context_length(model))
-    ratings = torch.tensor([r["rating"] for r in records])
-    return rating_regression_loss(score_rewards(model, ids, tokenizer.pad_token_id), ratings)
+    predicted = score_rewards(model, ids, tokenizer.pad_token_id)
+    ratings = torch.tensor([r["rating"] for r in records], device=predicted.device)
+    return rating_regression_loss(predicted, ratings)
 
 
 def critique_examples(records: Sequence[dict], tokenizer, context: int) -> PromptCompletions:
@@ -93,8 +94,9 @@ def critique_examples(records: Sequence[dict], tokenizer, context: int) -> Promp
         prefixes.append(r["prompt"] + r["completion"] + VERDICT_MARK)
         targets.append(verdict)
     eos = tokenizer.eos_token_id
-    target_ids = [ids + [eos] for ids in tokenizer(targets, add_special_tokens=False)["input_ids"]]
-    prefix_ids = [p[-(context - len(t)) :] for p, t in zip(encode_prompts(tokenizer, prefixes), target_ids)]
+    # A target keeps at most context - 1 tokens so at least one prefix token (BOS or text) precedes it.
+    target_ids = [(ids + [eos])[: context - 1] for ids in tokenizer(targets, add_special_tokens=False)["input_ids"]]
+    prefix_ids = [p[len(p) - min(len(p), context - len(t)) :] for p, t in zip(encode_prompts(tokenizer, prefixes), target_ids)]
     return PromptCompletions(prefix_ids, target_ids)
 
 

@@ -63,3 +63,13 @@ def test_comparisons_implied_by_rankings_ratings_and_verdicts():
     ]
     pairs = {(p["prompt"], p["chosen"], p["rejected"]) for p in comparisons_from(feedback)}
     assert pairs == {("p", "c", "a"), ("p", "c", "b"), ("p", "a", "b"), ("q", "good", "bad"), ("r", "fine", "awful")}
+
+
+def test_critique_examples_fit_the_context_even_with_long_targets(tiny_tokenizer):
+    from rlhf_lens.training.reward import critique_examples
+
+    record = {"prompt": "The food", "completion": " was fine.", "critique": "it says fine. " * 40, "verdict": "good"}
+    examples = critique_examples([record], tiny_tokenizer, context=32)
+    for prefix, target in zip(examples.prompt_ids, examples.completion_ids):
+        assert len(prefix) >= 1 and len(prefix) + len(target) <= 32
+    assert tiny_tokenizer.decode(examples.completion_ids[1], skip_special_tokens=True) == " good"
