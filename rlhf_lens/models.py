@@ -227,6 +227,21 @@ def sample(
 # --------------------------------------------------------------------------- log-probabilities
 
 
+def completion_positions(prompt_ids: Sequence[Sequence[int]], completion_ids: Sequence[Sequence[int]], seq_len: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where each completion token is predicted in the right-padded prompt+completion rows.
+
+    Token j of completion i sits at position len(p_i)+j and is predicted at position
+    len(p_i)+j-1. Returns predict_at (batch, gen_len) and completion_mask (batch, gen_len).
+    """
+    gen_len = max(max(len(c) for c in completion_ids), 1)
+    starts = torch.tensor([len(p) - 1 for p in prompt_ids], device=device)  # (batch,)
+    offsets = torch.arange(gen_len, device=device)  # (gen_len,)
+    lengths = torch.tensor([len(c) for c in completion_ids], device=device)
+    completion_mask = offsets[None, :] < lengths[:, None]  # (batch, gen_len)
+    predict_at = (starts[:, None] + offsets[None, :]).clamp(max=seq_len - 1)  # (batch, gen_len)
+    return predict_at, completion_mask
+
+
 def completion_logits(
     model: torch.nn.Module,
     prompt_ids: Sequence[Sequence[int]],
@@ -244,19 +259,46 @@ def completion_logits(
     ids, mask = pad_right(sequences, pad_id)
     ids, mask = ids.to(device), mask.to(device)
     logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask)).logits  # (batch, seq, vocab)
-    gen_len = max(max(len(c) for c in completion_ids), 1)
-    batch, vocab = len(sequences), logits.shape[-1]
-    # Token j of completion i sits at position len(p_i)+j and is predicted at position len(p_i)+j-1.
-    starts = torch.tensor([len(p) - 1 for p in prompt_ids], device=device)  # (batch,)
-    offsets = torch.arange(gen_len, device=device)  # (gen_len,)
-    lengths = torch.tensor([len(c) for c in completion_ids], device=device)
-    completion_mask = offsets[None, :] < lengths[:, None]  # (batch, gen_len)
-    predict_at = (starts[:, None] + offsets[None, :]).clamp(max=ids.shape[1] - 1)  # (batch, gen_len)
+    predict_at, completion_mask = completion_positions(prompt_ids, completion_ids, ids.shape[1], device)
+    batch, gen_len, vocab = len(sequences), predict_at.shape[1], logits.shape[-1]
     picked = torch.gather(logits, 1, predict_at[:, :, None].expand(batch, gen_len, vocab))
     target_at = (predict_at + 1).clamp(max=ids.shape[1] - 1)
     targets = torch.gather(ids, 1, target_at)
     targets = torch.where(completion_mask, targets, torch.zeros_like(targets))
     return picked, targets, completion_mask
+
+
+class TokenValues(torch.nn.Module):
+    """A sequence-classification model read at every position: its scalar head (`score`) applied to
+    each hidden state of its backbone, as in TRL's PPO value model. forward -> values (batch, seq)."""
+
+    def __init__(self, score_model: torch.nn.Module):
+        super().__init__()
+        self.model = score_model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+        backbone = getattr(self.model, self.model.base_model_prefix)
+        hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).last_hidden_state  # (batch, seq, d_model)
+        return self.model.score(hidden).squeeze(-1).float()  # (batch, seq)
+
+
+def completion_values(
+    value_model: torch.nn.Module,
+    prompt_ids: Sequence[Sequence[int]],
+    completion_ids: Sequence[Sequence[int]],
+    pad_id: int,
+) -> torch.Tensor:
+    """Per-token values V(state before completion token j) of a `TokenValues` model: -> (batch, gen_len).
+
+    Padding positions hold 0. Differentiable.
+    """
+    device = next(value_model.parameters()).device
+    sequences = [list(p) + list(c) for p, c in zip(prompt_ids, completion_ids)]
+    ids, mask = pad_right(sequences, pad_id)
+    ids, mask = ids.to(device), mask.to(device)
+    values = value_model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask))  # (batch, seq)
+    predict_at, completion_mask = completion_positions(prompt_ids, completion_ids, ids.shape[1], device)
+    return torch.gather(values, 1, predict_at) * completion_mask
 
 
 def completion_logprobs(

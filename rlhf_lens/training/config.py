@@ -19,6 +19,7 @@ __all__ = [
     "DataConfig",
     "LMStageConfig",
     "ModelConfig",
+    "PolicyStageConfig",
     "RewardStageConfig",
     "RunConfig",
     "TaskConfig",
@@ -170,7 +171,8 @@ class RewardStageConfig:
     epochs: int = 2
     """Passes over the training feedback."""
     batch_size: int = 32
-    """Records (pairs, ratings, rankings or critiques) per optimizer step."""
+    """Records (pairs, ratings, rankings or critiques) per optimizer step. Ranking models take whole prompts
+    with all their records, about this many records per step, so each completion is scored once per step."""
     lr: float = 5e-4
     """Peak learning rate (AdamW)."""
     warmup_steps: int = 10
@@ -206,7 +208,116 @@ class RewardStageConfig:
         _require(self.warmup_steps >= 0 and self.eval_every >= 0, f"{where}.warmup_steps and eval_every must be >= 0")
 
 
-STAGE_CONFIGS: dict[str, type] = {"base": LMStageConfig, "sft": LMStageConfig, "reward": RewardStageConfig}
+ALGORITHMS = ("ppo", "grpo", "rloo", "dpo", "best_of_n")
+ONLINE_ALGORITHMS = ("ppo", "grpo", "rloo")
+
+
+@dataclass(frozen=True)
+class PolicyStageConfig:
+    """A policy-optimisation stage: PPO, GRPO, RLOO (online), DPO (offline pairs) or best-of-n (no training)."""
+
+    kind: str = "policy"
+    """Stage kind: policy."""
+    name: str = ""
+    """Stage name in the run (defaults to the kind); a run may hold several policy stages."""
+    algorithm: str = "ppo"
+    """ppo, grpo, rloo, dpo or best_of_n."""
+    init_from: str = ""
+    """Policy to start from (also the frozen reference): "" (the latest language-model stage), or "runs/X:sft/final"."""
+    reward_from: str = ""
+    """Reward: "" (the latest reward stage of this run), "runs/X:reward/final", or "gold" (the task's oracle)."""
+    feedback: str = ""
+    """DPO: preference file (JSONL/HH/CSV); "" uses the comparisons of this run's reward stages (data/feedback.jsonl)."""
+    steps: int = 100
+    """Optimizer rounds (online: one batch of rollouts each; DPO: one batch of pairs each)."""
+    batch_size: int = 16
+    """Prompts per step (online: each sampled group_size times); DPO: preference pairs per step."""
+    group_size: int = 1
+    """Completions sampled per prompt; GRPO and RLOO need >= 2 for their group baseline."""
+    max_new_tokens: int = 32
+    """Length limit of sampled completions."""
+    temperature: float = 1.0
+    """Sampling temperature of rollouts."""
+    epochs: int = 1
+    """Optimisation passes over each batch of rollouts (PPO's "ppo_epochs")."""
+    minibatches: int = 1
+    """Minibatches per pass; a prompt's group stays in one minibatch."""
+    lr: float = 3e-5
+    """Peak learning rate of the policy (AdamW)."""
+    value_lr: float = 1e-4
+    """PPO: learning rate of the value model."""
+    warmup_steps: int = 0
+    """Linear warmup steps."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    grad_clip: float = 1.0
+    """Gradient norm clip."""
+    clip_range: float = 0.2
+    """PPO/GRPO ratio clip epsilon."""
+    value_clip_range: float = 0.2
+    """PPO: value clip around the rollout's values."""
+    vf_coef: float = 0.1
+    """PPO: weight of the value loss."""
+    gamma: float = 1.0
+    """PPO: discount of GAE."""
+    lam: float = 0.95
+    """PPO: lambda of GAE."""
+    kl_coef: float = 0.05
+    """beta: PPO/RLOO per-token KL penalty in the reward; GRPO k3 KL term in the loss; 0 turns it off."""
+    adaptive_kl: bool = False
+    """PPO/RLOO: adapt beta towards kl_target (Ziegler et al. 2019)."""
+    kl_target: float = 6.0
+    """Adaptive KL: target sequence KL in nats."""
+    kl_horizon: int = 10_000
+    """Adaptive KL: horizon in samples."""
+    whiten_advantages: bool = True
+    """PPO: whiten advantages over the batch (statistics reduced across processes)."""
+    normalize_reward: bool = True
+    """Divide proxy rewards by their std on the starting policy's samples (lm-human-preferences)."""
+    missing_eos_penalty: float = 1.0
+    """Subtracted from the reward of a completion that never reaches EOS."""
+    dpo_beta: float = 0.1
+    """DPO: beta of the implicit reward."""
+    best_of: tuple = (1, 2, 4, 8, 16, 32, 64)
+    """Best-of-n: the values of n, each logged as a step."""
+    eval_every: int = 10
+    """Score samples of the eval prompts (proxy and gold reward, KL) every this many steps (0: only at the end)."""
+    eval_prompts: int = 64
+    """Eval prompts scored at each evaluation."""
+    log_every: int = 10
+    """Write a rollout shard every this many steps (and at the last step)."""
+    save_every: int = 0
+    """Save a step-N checkpoint every this many steps (0: only final)."""
+    max_bad_steps: int = 3
+    """Stop with an error after this many consecutive steps with NaN/inf rewards, losses or gradients."""
+    device: str = "auto"
+    """auto (CUDA when available), cpu or cuda."""
+    bf16: bool = True
+    """On CUDA, run forward passes under bf16 autocast (weights and optimizer stay fp32)."""
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            object.__setattr__(self, "name", self.kind)
+        object.__setattr__(self, "best_of", tuple(self.best_of))
+        where = f"stages.{self.name}"
+        _require(self.kind == "policy", f"{where}.kind must be policy, got {self.kind!r}")
+        _require(self.algorithm in ALGORITHMS, f"{where}.algorithm must be one of {ALGORITHMS}, got {self.algorithm!r}")
+        for name in ("steps", "batch_size", "group_size", "max_new_tokens", "epochs", "minibatches", "eval_prompts", "max_bad_steps", "kl_horizon"):
+            _require(getattr(self, name) > 0, f"{where}.{name} must be positive, got {getattr(self, name)}")
+        if self.algorithm in ("grpo", "rloo"):
+            _require(self.group_size >= 2, f"{where}.group_size must be >= 2 for {self.algorithm} (its baseline is the group mean), got {self.group_size}")
+        _require(self.batch_size % self.minibatches == 0, f"{where}.batch_size ({self.batch_size}) must be divisible by minibatches ({self.minibatches})")
+        _require(self.temperature > 0, f"{where}.temperature must be > 0, got {self.temperature}")
+        _require(0 < self.lr < 1 and 0 < self.value_lr < 1, f"{where}.lr and value_lr must be in (0, 1)")
+        _require(self.kl_coef >= 0 and self.dpo_beta > 0, f"{where}.kl_coef must be >= 0 and dpo_beta > 0")
+        _require(0 <= self.gamma <= 1 and 0 <= self.lam <= 1, f"{where}.gamma and lam must be in [0, 1]")
+        _require(len(self.best_of) > 0 and all(isinstance(n, int) and n >= 1 for n in self.best_of), f"{where}.best_of must list integers >= 1, got {list(self.best_of)}")
+        _require(self.device in ("auto", "cpu", "cuda"), f"{where}.device must be auto, cpu or cuda, got {self.device!r}")
+        for name in ("warmup_steps", "eval_every", "log_every", "save_every"):
+            _require(getattr(self, name) >= 0, f"{where}.{name} must be >= 0, got {getattr(self, name)}")
+
+
+STAGE_CONFIGS: dict[str, type] = {"base": LMStageConfig, "sft": LMStageConfig, "reward": RewardStageConfig, "policy": PolicyStageConfig}
 
 
 @dataclass(frozen=True)

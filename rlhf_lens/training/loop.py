@@ -50,6 +50,9 @@ class Objective:
     n_items: int
     train_loss: Callable[[list[int]], torch.Tensor]
     evaluate: Callable[[], dict[str, float]]
+    batch_size: int | None = None
+    """Items per batch when an item is not one record (e.g. a prompt with all its comparisons);
+    None: the schedule's batch size."""
 
 
 @dataclass(frozen=True)
@@ -80,7 +83,7 @@ def fit(
     metrics: dict[str, float] = {}
     bar = tqdm(range(start + 1, schedule.steps + 1), desc=stage_name, disable=quiet, initial=start, total=schedule.steps)
     for step in bar:
-        indices = batch_indices(objective.n_items, schedule.batch_size, seed, step)
+        indices = batch_indices(objective.n_items, objective.batch_size or schedule.batch_size, seed, step)
         loss = objective.train_loss(indices)
         if not guard.check(loss.detach()):
             writer.log_event("nan_skip", stage=stage_name, step=step, what="loss")

@@ -5,6 +5,8 @@ Shapes: batch, gen_len, k (completions per ranking).
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -44,8 +46,9 @@ def normalise_ratings(ratings: torch.Tensor) -> torch.Tensor:
 # Shapes: batch, gen_len; `mask` is 1 on completion tokens, 0 on padding.
 
 
-def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return (x * mask).sum() / mask.sum().clamp(min=1)
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, count: torch.Tensor | float | None = None) -> torch.Tensor:
+    """Mean of x over mask == 1; `count` replaces mask.sum() (e.g. the token count of all processes)."""
+    return (x * mask).sum() / (mask.sum().clamp(min=1) if count is None else count)
 
 
 def whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
@@ -94,25 +97,39 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
     return advantages, (advantages + values) * mask
 
 
-def clipped_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, clip_range: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """PPO clipped surrogate (Schulman et al. 2017, eq. 7): -> loss, clip fraction, approx KL (k3 of old vs new)."""
-    log_ratio = logprobs - old_logprobs
-    ratio = torch.exp(log_ratio)
-    unclipped = -advantages * ratio
-    clipped = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
-    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
-    clipfrac = masked_mean((clipped > unclipped).float(), mask)
-    approxkl = masked_mean(0.5 * log_ratio**2, mask)
+def clipped_policy_loss(
+    logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, clip_range: float, count: torch.Tensor | float | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """PPO clipped surrogate (Schulman et al. 2017, eq. 7): -> loss, clip fraction, approx KL (0.5 * log-ratio^2).
+
+    Means over mask, or sums divided by `count` (the token count of every process under DDP)."""
+    per_token, was_clipped = clipped_surrogate(logprobs, old_logprobs, advantages, clip_range)
+    loss = masked_mean(per_token, mask, count)
+    clipfrac = masked_mean(was_clipped, mask, count)
+    approxkl = masked_mean(0.5 * (logprobs - old_logprobs) ** 2, mask, count)
     return loss, clipfrac, approxkl
 
 
-def clipped_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, clip_range: float) -> tuple[torch.Tensor, torch.Tensor]:
+def clipped_surrogate(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, clip_range: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token PPO surrogate loss max(-A r, -A clip(r, 1-eps, 1+eps)) and where the clip bound (1.0/0.0).
+
+    All (batch, gen_len); `advantages` may be (batch, 1) for sequence-level advantages (GRPO, RLOO).
+    """
+    ratio = torch.exp(logprobs - old_logprobs)
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
+    return torch.maximum(unclipped, clipped), (clipped > unclipped).float()
+
+
+def clipped_value_loss(
+    values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, clip_range: float, count: torch.Tensor | float | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """PPO value loss with the value clipped around the rollout's values: -> loss, clip fraction."""
     clipped_values = old_values + torch.clamp(values - old_values, -clip_range, clip_range)
     unclipped_loss = (values - returns) ** 2
     clipped_loss = (clipped_values - returns) ** 2
-    loss = 0.5 * masked_mean(torch.maximum(unclipped_loss, clipped_loss), mask)
-    clipfrac = masked_mean((clipped_loss > unclipped_loss).float(), mask)
+    loss = 0.5 * masked_mean(torch.maximum(unclipped_loss, clipped_loss), mask, count)
+    clipfrac = masked_mean((clipped_loss > unclipped_loss).float(), mask, count)
     return loss, clipfrac
 
 
@@ -131,3 +148,33 @@ def group_advantages(rewards: torch.Tensor, method: str, eps: float = 1e-4) -> t
     if method == "rloo":
         return (rewards - mean) * k / (k - 1)
     raise ValueError(f"method must be grpo or rloo, got {method!r}")
+
+
+def dpo_loss(
+    logps_chosen: torch.Tensor, logps_rejected: torch.Tensor, ref_logps_chosen: torch.Tensor, ref_logps_rejected: torch.Tensor, beta: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Direct preference optimisation (Rafailov et al. 2023, eq. 7): (batch,) x 4 -> loss, chosen and rejected implicit rewards.
+
+    The implicit reward of a completion is beta * (log pi(y|x) - log pi_ref(y|x)).
+    """
+    rewards_chosen = beta * (logps_chosen - ref_logps_chosen)
+    rewards_rejected = beta * (logps_rejected - ref_logps_rejected)
+    return -F.logsigmoid(rewards_chosen - rewards_rejected).mean(), rewards_chosen.detach(), rewards_rejected.detach()
+
+
+def adaptive_kl_coef(kl_coef: float, seq_kl: float, n_samples: int, target: float, horizon: int) -> float:
+    """One update of the adaptive KL controller (Ziegler et al. 2019, sec. 2.2):
+    beta <- beta * (1 + clip((KL - target) / target, -0.2, 0.2) * n / horizon)."""
+    error = min(max((seq_kl - target) / target, -0.2), 0.2)
+    return kl_coef * (1.0 + error * n_samples / horizon)
+
+
+def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy of the softmax at each position: (..., vocab) -> (...)."""
+    logp = F.log_softmax(logits.float(), dim=-1)
+    return -(logp.exp() * logp).sum(-1)
+
+
+def best_of_n_kl(n: int) -> float:
+    """Analytic KL(best-of-n || policy) = log n - (n - 1) / n (Stiennon et al. 2020, app. G.3; an upper bound, exact without ties)."""
+    return math.log(n) - (n - 1) / n

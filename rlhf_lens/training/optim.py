@@ -24,11 +24,18 @@ def warmup_cosine(warmup_steps: int, total_steps: int, floor: float = 0.1):
 
 def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, warmup_steps: int, total_steps: int):
     """AdamW (no decay on biases and norms) with a warmup-cosine schedule."""
-    decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim < 2]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=lr
-    )
+    return make_multi_optimizer([(model, lr)], weight_decay, warmup_steps, total_steps)
+
+
+def make_multi_optimizer(models: list[tuple[torch.nn.Module, float]], weight_decay: float, warmup_steps: int, total_steps: int):
+    """One AdamW over several models, each with its own peak learning rate (e.g. PPO's policy and value
+    model), no decay on biases and norms, and one warmup-cosine schedule."""
+    groups = []
+    for model, lr in models:
+        decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+        no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+        groups += [{"params": decay, "weight_decay": weight_decay, "lr": lr}, {"params": no_decay, "weight_decay": 0.0, "lr": lr}]
+    optimizer = torch.optim.AdamW(groups, lr=models[0][1])
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(warmup_steps, total_steps))
     return optimizer, scheduler
 

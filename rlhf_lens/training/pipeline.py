@@ -17,14 +17,16 @@ import numpy as np
 import torch
 
 from rlhf_lens.models import check_vocab_fits, context_length, load_causal_lm, load_tokenizer
-from rlhf_lens.runs import RunWriter, load_hf_folder, resolve_init_from
+from rlhf_lens.runs import Run, RunWriter, load_hf_folder, load_state, resolve_init_from
 from rlhf_lens.tasks import get_task
 from rlhf_lens.training.build import build_model, load_base_model, train_tokenizer
 from rlhf_lens.training.config import ConfigError, LMStageConfig, RewardStageConfig, RunConfig, to_dict
 from rlhf_lens.training.feedback_data import from_file, simulate
+from rlhf_lens.training.distributed import NullWriter, init_world, local_device
 from rlhf_lens.training.data import pack_blocks, split_heldout, tokenize_pairs
 from rlhf_lens.training.lm import completion_objective, corpus_objective, eos_rate, heldout_perplexity
 from rlhf_lens.training.loop import Schedule, fit
+from rlhf_lens.training.policy import run_policy_stage
 from rlhf_lens.training.reward import evaluate_reward, example_critiques, reward_function, reward_objective
 
 
@@ -56,6 +58,8 @@ class RunContext:
     """The most recently trained language model and its tokenizer, in memory."""
     latest_lm_folder: Path | None = None
     """Its final checkpoint folder (reward models start from it)."""
+    latest_reward_folder: Path | None = None
+    """The final checkpoint folder of the latest reward stage (policy stages optimise it)."""
     feedback_records: list[dict] = field(default_factory=list)
     """All feedback records of the run so far (data/feedback.jsonl)."""
 
@@ -90,15 +94,16 @@ def starting_model(stage: LMStageConfig, ctx: RunContext):
     return build_model(ctx.config.model, tokenizer, seed=ctx.config.seed), tokenizer
 
 
-def fit_and_save(stage: LMStageConfig, model, tokenizer, objective, ctx: RunContext, *, seed: int) -> dict:
-    """Fit a language-modelling stage and save its `final` checkpoint; return the final metrics."""
-    result = fit(stage.name, Schedule.of(stage), model, tokenizer, objective, ctx.writer, seed=seed, quiet=ctx.quiet)
+def fit_and_save(stage: LMStageConfig, model, tokenizer, objective, ctx: RunContext, *, seed: int, resume: dict | None) -> dict:
+    """Fit a language-modelling stage (from a resume checkpoint's state, if any) and save `final`; return the final metrics."""
+    state = resume["state"] if resume else None
+    result = fit(stage.name, Schedule.of(stage), model, tokenizer, objective, ctx.writer, seed=seed, quiet=ctx.quiet, resume_state=state)
     folder = ctx.writer.save_checkpoint(stage.name, "final", model=model, tokenizer=tokenizer, step=stage.steps, metrics=result.metrics, state=result.state)
     ctx.latest_lm, ctx.latest_lm_folder = (model, tokenizer), folder
     return result.metrics
 
 
-def run_base_stage(stage: LMStageConfig, ctx: RunContext) -> dict:
+def run_base_stage(stage: LMStageConfig, ctx: RunContext, resume: dict | None = None) -> dict:
     model, tokenizer = starting_model(stage, ctx)
     context = min(ctx.config.model.context, context_length(model))
     texts = [record["text"] for record in ctx.data.corpus]
@@ -107,20 +112,22 @@ def run_base_stage(stage: LMStageConfig, ctx: RunContext) -> dict:
     heldout_blocks = pack_blocks([texts[i] for i in heldout_idx], tokenizer, context)
     untrained = heldout_perplexity(model, heldout_blocks, stage.batch_size)
     torch.manual_seed(ctx.config.seed)
+    model = resumed_weights(model, resume)
     objective = corpus_objective(model, blocks, heldout_blocks, stage.batch_size)
-    final = fit_and_save(stage, model, tokenizer, objective, ctx, seed=ctx.config.seed)
+    final = fit_and_save(stage, model, tokenizer, objective, ctx, seed=ctx.config.seed, resume=resume)
     return {"eval/perplexity": final["eval/perplexity"], "start_eval/perplexity": untrained, "train_tokens": int(blocks.numel())}
 
 
-def run_sft_stage(stage: LMStageConfig, ctx: RunContext) -> dict:
+def run_sft_stage(stage: LMStageConfig, ctx: RunContext, resume: dict | None = None) -> dict:
     model, tokenizer = starting_model(stage, ctx)
+    model = resumed_weights(model, resume)
     context = min(ctx.config.model.context, context_length(model))
     train_idx, heldout_idx = split_heldout(len(ctx.data.sft), ctx.config.data.heldout_fraction, ctx.config.seed)
     pairs = tokenize_pairs(ctx.data.sft, tokenizer, context)
     train, heldout = pairs.select(train_idx), pairs.select(heldout_idx)
     torch.manual_seed(ctx.config.seed + 1)
     objective = completion_objective(model, train, heldout, tokenizer.pad_token_id, stage.batch_size)
-    final = fit_and_save(stage, model, tokenizer, objective, ctx, seed=ctx.config.seed + 1)
+    final = fit_and_save(stage, model, tokenizer, objective, ctx, seed=ctx.config.seed + 1, resume=resume)
     prompts = ctx.data.prompt_texts("eval")[: stage.eval_samples]
     sampled = eos_rate(model, tokenizer, prompts, seed=ctx.config.seed, max_new_tokens=stage.max_new_tokens)
     return {"eval/perplexity": final["eval/perplexity"], "eos_rate": sampled["eos_rate"], "mean_length": sampled["mean_length"], "max_new_tokens": stage.max_new_tokens}
@@ -140,7 +147,13 @@ def starting_folder(stage, ctx: RunContext) -> Path:
     )
 
 
-def run_reward_stage(stage: RewardStageConfig, ctx: RunContext) -> dict:
+def resumed_weights(model, resume: dict | None):
+    """The model to train: `model`, or the weights of the checkpoint a resumed stage continues from."""
+    return model if resume is None else load_causal_lm(resume["folder"])
+
+
+def run_reward_stage(stage: RewardStageConfig, ctx: RunContext, resume: dict | None = None) -> dict:
+    """A reward stage; it has no step checkpoints, so a resumed run trains it again (`resume` is always None)."""
     folder = starting_folder(stage, ctx)
     tokenizer, policy = load_tokenizer(folder), load_causal_lm(folder)
     check_vocab_fits(policy, tokenizer, where=str(folder))
@@ -168,8 +181,8 @@ def run_reward_stage(stage: RewardStageConfig, ctx: RunContext) -> dict:
         audits.append(audit)
         return metrics
 
-    steps = stage.epochs * math.ceil(len(feedback.train) / stage.batch_size)
     objective = reward_objective(stage, model, tokenizer, feedback, evaluate)
+    steps = stage.epochs * math.ceil(objective.n_items / (objective.batch_size or stage.batch_size))
     result = fit(stage.name, Schedule.of(stage, steps), model, tokenizer, objective, ctx.writer, seed=seed, quiet=ctx.quiet)
     offset = 0.0
     if stage.center:  # rewards are shift-invariant for every rm/ metric, so centring after evaluation is safe
@@ -180,33 +193,122 @@ def run_reward_stage(stage: RewardStageConfig, ctx: RunContext) -> dict:
     if stage.reward_kind == "generative":
         extra["critique_first"] = stage.critique_first
         extra["critiques"] = example_critiques(stage, model, tokenizer, feedback.eval_texts()[:EXAMPLE_CRITIQUES])
-    ctx.writer.save_checkpoint(stage.name, "final", model=model, tokenizer=tokenizer, step=steps, metrics=result.metrics, state=result.state, extra_meta=extra)
+    ctx.latest_reward_folder = ctx.writer.save_checkpoint(stage.name, "final", model=model, tokenizer=tokenizer, step=steps, metrics=result.metrics, state=result.state, extra_meta=extra)
     return {k: v for k, v in result.metrics.items() if k.startswith("rm/")} | {"reward_offset": offset, "train_records": len(feedback.train)}
 
 
 CENTRING_SAMPLES = 256
 EXAMPLE_CRITIQUES = 20
-STAGE_RUNNERS = {"base": run_base_stage, "sft": run_sft_stage, "reward": run_reward_stage}
+STAGE_RUNNERS = {"base": run_base_stage, "sft": run_sft_stage, "reward": run_reward_stage, "policy": run_policy_stage}
 
 
-def train(config: RunConfig, out: str | Path, *, quiet: bool = False, overwrite: bool = False) -> Path:
-    """Train every stage of `config` into a new run directory at `out`; return its path."""
+def train(config: RunConfig, out: str | Path, *, quiet: bool = False, overwrite: bool = False, resume: bool = False) -> Path:
+    """Train every stage of `config` into a run directory at `out`; return its path.
+
+    With `resume`, `out` must be a run started from the same config: finished stages
+    are reused, and the first unfinished stage continues from its last complete
+    checkpoint (or starts again if it has none), its logs cut back to that step.
+    """
     torch.manual_seed(config.seed)
-    writer = RunWriter.create(out, name=config.name, task=config.task.name, seed=config.seed, config=to_dict(config), overwrite=overwrite)
-    # Resolve every init_from first, so a bad reference fails before any training.
+    world = start_processes(config)
     sources = {s.name: resolve_init_from(s.init_from) for s in config.stages if getattr(s, "init_from", "")}
-    for stage in config.stages:
-        writer.add_stage(stage.name, stage.kind, init_from=sources.get(stage.name))
     task = get_task(config.task.name, **dict(config.task.options))
-    ctx = RunContext(config=config, writer=writer, data=generate_data(config, task, writer), quiet=quiet, sources=sources, task=task)
+    if resume:
+        writer = open_for_resume(config, out) if world.is_main else NullWriter(Path(out).absolute())
+        data = read_run_data(out)
+    else:
+        writer = new_writer(config, out, overwrite, sources) if world.is_main else NullWriter(Path(out).absolute())
+        data = generate_data(config, task, writer)
+    ctx = RunContext(config=config, writer=writer, data=data, quiet=quiet, sources=sources, task=task)
     for stage in config.stages:
+        resume_from = None
+        if resume:
+            status, resume_from = resume_point(Run.open(out), stage.name)
+            if status == "done":
+                adopt_finished_stage(stage, ctx, Run.open(out))
+                continue
+            ctx.writer.rewind_metrics(stage.name, resume_from["state"]["step"] if resume_from else 0)
         writer.set_stage_status(stage.name, "running")
         started = time.perf_counter()
         try:
-            results = STAGE_RUNNERS[stage.kind](stage, ctx)
+            results = STAGE_RUNNERS[stage.kind](stage, ctx, resume_from)
         except BaseException:
             writer.set_stage_status(stage.name, "failed")
             raise
         writer.update_results(stage.name, results | {"seconds": round(time.perf_counter() - started, 1)})
         writer.set_stage_status(stage.name, "done")
-    return writer.path
+    return Path(out).absolute() if not world.is_main else writer.path
+
+
+def new_writer(config: RunConfig, out, overwrite: bool, sources: dict) -> RunWriter:
+    writer = RunWriter.create(out, name=config.name, task=config.task.name, seed=config.seed, config=to_dict(config), overwrite=overwrite)
+    for stage in config.stages:  # every init_from was resolved first, so a bad reference fails before any training
+        writer.add_stage(stage.name, stage.kind, init_from=sources.get(stage.name))
+    return writer
+
+
+def start_processes(config: RunConfig):
+    """One process, or the process group torchrun started (policy stages only; rank 0 writes)."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return init_world(torch.device("cpu"))
+    others = [s.name for s in config.stages if s.kind != "policy"]
+    if others:
+        raise ConfigError(
+            f"under torchrun only policy stages run in several processes; stages {others} are not policy stages. Train them "
+            "in one process first, then run the policy stage with init_from = \"runs/X:sft/final\" and reward_from."
+        )
+    return init_world(local_device(config.stages[0].device))
+
+
+def open_for_resume(config: RunConfig, out) -> RunWriter:
+    """The run at `out`, checked to have been started from this config."""
+    writer = RunWriter.open(out)
+    stored, current = writer.manifest["config"], to_dict(config)
+    if stored != current:
+        difference = first_difference(stored, current)
+        raise ConfigError(
+            f"{out}: cannot resume: the recipe differs from the config the run was started with at {difference}. "
+            "Resume with the same recipe and --set overrides, or train into a new --out."
+        )
+    return writer
+
+
+def first_difference(a, b, where: str = "config") -> str:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b)):
+            if a.get(key) != b.get(key):
+                return first_difference(a.get(key), b.get(key), f"{where}.{key}")
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        for i, (x, y) in enumerate(zip(a, b)):
+            if x != y:
+                return first_difference(x, y, f"{where}[{i}]")
+    return f"{where} (run: {a!r}, recipe: {b!r})"
+
+
+def read_run_data(out) -> RunData:
+    run = Run.open(out)
+    return RunData(corpus=run.data("corpus"), sft=run.data("sft"), prompts=run.data("prompts"))
+
+
+def resume_point(run: Run, stage: str) -> tuple[str, dict | None]:
+    """(status, {"folder", "state"} of the last complete step checkpoint with training state, or None)."""
+    status = run.stage(stage).status
+    if status == "done":
+        return status, None
+    steps = [cp for cp in run.checkpoints(stage) if cp.tag != "final" and (cp.path / "state.json").is_file()]
+    if not steps:
+        return status, None
+    last = steps[-1]
+    return status, {"folder": last.path, "state": load_state(last.path)}
+
+
+def adopt_finished_stage(stage, ctx: RunContext, run: Run) -> None:
+    """Put a finished stage's outputs into the context, as if it had just run."""
+    folder = run.checkpoint(stage.name).path
+    if stage.kind == "reward":
+        ctx.latest_reward_folder = folder
+        ctx.feedback_records = [r for r in run.data("feedback")] if "feedback" in run.manifest.get("data", {}) else []
+    else:
+        ctx.latest_lm, ctx.latest_lm_folder = (load_causal_lm(folder), load_tokenizer(folder)), folder

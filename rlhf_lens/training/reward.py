@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
@@ -55,25 +56,55 @@ def as_ranking(record: dict) -> tuple[list[str], list[int]]:
     return list(record["completions"]), list(record["order"])
 
 
-def ranking_loss(model, tokenizer, records: Sequence[dict], margin: float) -> torch.Tensor:
-    """Bradley-Terry for pairs, Plackett-Luce for K > 2; records grouped by K and weighted by count."""
-    context, pad_id = context_length(model), tokenizer.pad_token_id
-    groups: dict[int, list[tuple[list[str], list[int], str]]] = {}  # K -> [(completions, order, prompt)]
-    for record in records:
-        completions, order = as_ranking(record)
-        groups.setdefault(len(completions), []).append((completions, order, record["prompt"]))
-    total = torch.zeros((), device=next(model.parameters()).device)
-    for k, group in groups.items():
-        prompts = [prompt for _, _, prompt in group for _ in range(k)]
-        texts = [c for completions, _, _ in group for c in completions]
-        rewards = score_rewards(model, reward_input_ids(tokenizer, prompts, texts, context), pad_id).view(len(group), k)  # (batch, k)
-        order = torch.tensor([o for _, o, _ in group], device=rewards.device)  # (batch, k)
+@dataclass(frozen=True)
+class PromptGroups:
+    """Comparisons and rankings grouped by prompt, every distinct (prompt, completion) tokenized once.
+
+    A batch is a set of prompts with all their records (InstructGPT's batching,
+    Ouyang et al. 2022, sec. 3.5): each completion is scored once per step however
+    many comparisons it appears in, K completions cost K forward passes, not K(K-1).
+    """
+
+    input_ids: list[list[int]]
+    """BOS + prompt + completion ids of each distinct text."""
+    ranked: list[list[int]]
+    """Per record: indices into `input_ids`, best first (a comparison is [chosen, rejected])."""
+    groups: list[list[int]]
+    """Per prompt: the indices of its records."""
+
+    @classmethod
+    def of(cls, records: Sequence[dict], tokenizer, context: int) -> "PromptGroups":
+        text_index: dict[tuple[str, str], int] = {}
+        ranked, groups = [], {}
+        for i, record in enumerate(records):
+            completions, order = as_ranking(record)
+            ranked.append([text_index.setdefault((record["prompt"], completions[j]), len(text_index)) for j in order])
+            groups.setdefault(record["prompt"], []).append(i)
+        texts = list(text_index)
+        return cls(reward_input_ids(tokenizer, [p for p, _ in texts], [c for _, c in texts], context), ranked, list(groups.values()))
+
+    def prompts_per_batch(self, records_per_batch: int) -> int:
+        """How many prompts give about `records_per_batch` records on average."""
+        return max(1, round(records_per_batch * len(self.groups) / len(self.ranked)))
+
+
+def ranking_loss(model, pad_id: int, data: PromptGroups, prompt_indices: Sequence[int], margin: float) -> torch.Tensor:
+    """Bradley-Terry over the pairs, Plackett-Luce over K > 2 rankings of some prompts, weighted by record count."""
+    records = [r for g in prompt_indices for r in data.groups[g]]
+    texts = sorted({t for r in records for t in data.ranked[r]})
+    position = {t: i for i, t in enumerate(texts)}
+    rewards = score_rewards(model, [data.input_ids[t] for t in texts], pad_id)  # (n_texts,)
+    by_k: dict[int, list[list[int]]] = {}
+    for r in records:
+        by_k.setdefault(len(data.ranked[r]), []).append([position[t] for t in data.ranked[r]])
+    total = torch.zeros((), device=rewards.device)
+    for k, rows in by_k.items():
+        ranked = rewards[torch.tensor(rows, device=rewards.device)]  # (n, k), best first
         if k == 2:
-            ranked = torch.gather(rewards, 1, order)
             loss = bradley_terry_loss(ranked[:, 0], ranked[:, 1], margin)
         else:
-            loss = plackett_luce_loss(rewards, order)
-        total = total + loss * len(group) / len(records)
+            loss = plackett_luce_loss(ranked, torch.arange(k, device=rewards.device).expand(len(rows), k))
+        total = total + loss * len(rows) / len(records)
     return total
 
 
@@ -104,7 +135,9 @@ def reward_objective(stage, model, tokenizer, feedback: Feedback, evaluate: Call
     """The training objective of `stage.reward_kind` over `feedback.train`."""
     records = feedback.train
     if stage.reward_kind == "ranking":
-        loss = lambda idx: ranking_loss(model, tokenizer, [records[i] for i in idx], stage.margin)  # noqa: E731
+        groups = PromptGroups.of(records, tokenizer, context_length(model))
+        loss = lambda idx: ranking_loss(model, tokenizer.pad_token_id, groups, idx, stage.margin)  # noqa: E731
+        return Objective(n_items=len(groups.groups), train_loss=loss, evaluate=evaluate, batch_size=groups.prompts_per_batch(stage.batch_size))
     elif stage.reward_kind == "scoring":
         loss = lambda idx: rating_loss(model, tokenizer, [records[i] for i in idx])  # noqa: E731
     else:

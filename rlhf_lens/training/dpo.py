@@ -1,0 +1,162 @@
+"""Direct preference optimisation from preference pairs (offline; Rafailov et al. 2023).
+
+Pairs come from a feedback file or from the comparisons of this run's reward
+stages (data/feedback.jsonl): their train split trains, their eval split measures
+the held-out accuracy of the implicit reward beta * log(pi / pi_ref).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from rlhf_lens.models import encode_prompts
+from rlhf_lens.tasks import read_feedback
+from rlhf_lens.training.data import batch_indices
+from rlhf_lens.training.feedback_data import comparisons_from
+from rlhf_lens.training.losses import dpo_loss
+from rlhf_lens.training.optim import make_optimizer, restore_training_state, training_state
+from rlhf_lens.training.policy_eval import evaluate_policy
+from rlhf_lens.training.policy_setup import PolicySetup
+from rlhf_lens.training.reward_eval import gold_accuracy
+from rlhf_lens.training.rollout import token_logprobs
+from rlhf_lens.training.update import apply_gradients
+
+HELDOUT_FRACTION = 0.2
+
+
+@dataclass(frozen=True)
+class Pairs:
+    """Tokenized preference pairs."""
+
+    records: list[dict]
+    prompt_ids: list[list[int]]
+    chosen_ids: list[list[int]]
+    rejected_ids: list[list[int]]
+
+    @classmethod
+    def of(cls, records: list[dict], tokenizer) -> "Pairs":
+        eos = tokenizer.eos_token_id
+
+        def completion_ids(texts):
+            return [ids + [eos] for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+        return cls(records, encode_prompts(tokenizer, [r["prompt"] for r in records]),
+                   completion_ids([r["chosen"] for r in records]), completion_ids([r["rejected"] for r in records]))
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+
+def _heldout(prompt: str, seed: int) -> bool:
+    digest = hashlib.sha256(f"dpo:{seed}:{prompt}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < HELDOUT_FRACTION
+
+
+def preference_pairs(stage, feedback_records: list[dict], seed: int) -> tuple[list[dict], list[dict]]:
+    """(train, held-out) comparisons for DPO, from stage.feedback or the run's feedback records."""
+    if stage.feedback:
+        records = read_feedback(stage.feedback)
+        pairs = comparisons_from(records)
+        train = [p for p in pairs if not _heldout(p["prompt"], seed)]
+        heldout = [p for p in pairs if _heldout(p["prompt"], seed)]
+        where = stage.feedback
+    else:
+        train = comparisons_from([r for r in feedback_records if r.get("split") == "train"])
+        heldout = comparisons_from([r for r in feedback_records if r.get("split") == "eval"])
+        where = "this run's feedback (data/feedback.jsonl)"
+    if not train or not heldout:
+        raise ValueError(
+            f"stages.{stage.name}: DPO needs preference pairs to train on and held-out pairs to evaluate; {where} gives "
+            f"{len(train)} and {len(heldout)}. Put a reward stage (which collects feedback) before it or set "
+            f"stages.{stage.name}.feedback to a JSONL/HH/CSV file."
+        )
+    return train, heldout
+
+
+def pair_logps(model, pairs: Pairs, rows: list[int], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sequence logprobs of the chosen and rejected completions of some pairs: -> (n,), (n,)."""
+    prompts = [pairs.prompt_ids[i] for i in rows] * 2
+    completions = [pairs.chosen_ids[i] for i in rows] + [pairs.rejected_ids[i] for i in rows]
+    width = max(len(c) for c in completions)
+    logps = token_logprobs(model, prompts, completions, pad_id, width).sum(-1)  # (2n,)
+    return logps[: len(rows)], logps[len(rows) :]
+
+
+@torch.no_grad()
+def heldout_metrics(setup: PolicySetup, pairs: Pairs, beta: float, batch_size: int = 64) -> dict[str, float]:
+    """Held-out accuracy of the implicit reward (ties count half), against the labels and the oracle."""
+    pad_id = setup.tokenizer.pad_token_id
+    margins, ref_margins = [], []
+    for start in range(0, len(pairs), batch_size):
+        rows = list(range(start, min(len(pairs), start + batch_size)))
+        chosen, rejected = pair_logps(setup.policy, pairs, rows, pad_id)
+        ref_chosen, ref_rejected = pair_logps(setup.reference, pairs, rows, pad_id)
+        margins.append((beta * ((chosen - ref_chosen) - (rejected - ref_rejected))).cpu())
+        ref_margins.append((ref_chosen - ref_rejected).cpu())
+    margin, ref_margin = torch.cat(margins).numpy(), torch.cat(ref_margins).numpy()
+    metrics = {"eval/rewards/accuracies": float(np.mean((margin > 0) + 0.5 * (margin == 0))),
+               "eval/rewards/margins": float(margin.mean()), "eval/ref_logp_accuracy": float(np.mean(ref_margin > 0))}
+    if setup.gold_fn is not None:
+        prompts = [r["prompt"] for r in pairs.records]
+        g_chosen = np.asarray(setup.gold_fn(prompts, [r["chosen"] for r in pairs.records]))
+        g_rejected = np.asarray(setup.gold_fn(prompts, [r["rejected"] for r in pairs.records]))
+        metrics["eval/accuracy_gold"] = gold_accuracy(margin, np.zeros_like(margin), g_chosen, g_rejected)
+    return metrics
+
+
+def run_dpo(stage, setup: PolicySetup, writer, feedback_records: list[dict], *, seed: int, quiet: bool, resume: dict | None) -> dict:
+    """Train with DPO; save `final`; return the stage's results for run.json."""
+    world, pad_id = setup.world, setup.tokenizer.pad_token_id
+    train_records, heldout_records = preference_pairs(stage, feedback_records, seed)
+    train, heldout = Pairs.of(train_records, setup.tokenizer), Pairs.of(heldout_records, setup.tokenizer)
+    optimizer, scheduler = make_optimizer(setup.policy, stage.lr, stage.weight_decay, stage.warmup_steps, stage.steps)
+    model = torch.nn.parallel.DistributedDataParallel(setup.policy) if world.distributed else setup.policy
+    results = {"train_pairs": len(train), "heldout_pairs": len(heldout)}
+    start = 0
+    if resume is not None:
+        start = restore_training_state(resume["state"], optimizer, scheduler)
+    elif world.is_main:
+        start_metrics = heldout_metrics(setup, heldout, stage.dpo_beta) | evaluate_policy(setup, stage, seed)
+        results |= {f"start_{k}": v for k, v in start_metrics.items()}
+    bad_steps, metrics = 0, {}
+    bar = tqdm(range(start + 1, stage.steps + 1), desc=f"{stage.name} (dpo)", disable=quiet or not world.is_main, initial=start, total=stage.steps)
+    for step in bar:
+        rows = world.shard(batch_indices(len(train), stage.batch_size, seed, step))
+        with setup.autocast():
+            chosen, rejected = pair_logps(model, train, rows, pad_id)
+            with torch.no_grad():
+                ref_chosen, ref_rejected = pair_logps(setup.reference, train, rows, pad_id)
+            loss, r_chosen, r_rejected = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, stage.dpo_beta)
+        share = len(rows) / stage.batch_size  # this process's share of the global mean
+        applied = apply_gradients(loss * share * world.size, optimizer, stage.grad_clip, world)
+        scheduler.step()
+        if not applied:
+            writer.log_event("nan_skip", stage=stage.name, step=step, what="loss or gradient")
+            bad_steps += 1
+            if bad_steps >= stage.max_bad_steps:
+                raise FloatingPointError(f"stage {stage.name}: {bad_steps} consecutive DPO steps had a non-finite loss or gradient; stopping. Lower stages.{stage.name}.lr.")
+            continue
+        bad_steps = 0
+
+        def mean(x):
+            return float(world.sum(x.detach().float().sum())) / stage.batch_size
+
+        metrics = {"loss": mean(loss.detach().expand(len(rows))), "rewards/chosen": mean(r_chosen), "rewards/rejected": mean(r_rejected),
+                   "rewards/margins": mean(r_chosen - r_rejected), "rewards/accuracies": mean((r_chosen > r_rejected).float()),
+                   "logps/chosen": mean(chosen), "logps/rejected": mean(rejected), "learning_rate": scheduler.get_last_lr()[0]}
+        if ((stage.eval_every and step % stage.eval_every == 0) or step == stage.steps) and world.is_main:
+            metrics |= heldout_metrics(setup, heldout, stage.dpo_beta) | evaluate_policy(setup, stage, seed)
+        world.barrier()
+        writer.log_metrics(stage.name, step, metrics)
+        bar.set_postfix(loss=f"{metrics['loss']:.3f}")
+        if stage.save_every and step % stage.save_every == 0 and step != stage.steps:
+            writer.save_checkpoint(stage.name, f"step-{step:06d}", model=setup.policy, tokenizer=setup.tokenizer, step=step, metrics=metrics,
+                                   state=training_state(optimizer, scheduler, step), extra_meta={"algorithm": "dpo"})
+    writer.save_checkpoint(stage.name, "final", model=setup.policy, tokenizer=setup.tokenizer, step=stage.steps, metrics=metrics,
+                           state=training_state(optimizer, scheduler, stage.steps), extra_meta={"algorithm": "dpo"})
+    return results | {k: v for k, v in metrics.items() if k.startswith("eval/")} | {"algorithm": "dpo"}

@@ -1,0 +1,190 @@
+"""The online policy stage (PPO, GRPO, RLOO), top to bottom like CleanRL's ppo.py.
+
+Each step: pick the step's prompts (a function of seed and step), sample and
+score rollouts, update, log the DESIGN.md metrics, and every `log_every` steps
+write a rollout shard. Checkpoints every `save_every` steps carry optimizer,
+scheduler, RNG, KL coefficient and reward scale, so a resumed run continues
+exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
+
+from rlhf_lens.models import TokenValues, context_length, encode_prompts, sample
+from rlhf_lens.runs import checkpoint_tag, load_hf_folder
+from rlhf_lens.training.data import batch_indices
+from rlhf_lens.training.group import group_update
+from rlhf_lens.training.losses import adaptive_kl_coef
+from rlhf_lens.training.optim import make_multi_optimizer, restore_training_state, training_state
+from rlhf_lens.training.policy_setup import PolicySetup
+from rlhf_lens.training.policy_eval import evaluate_policy
+from rlhf_lens.training.ppo import ppo_update
+from rlhf_lens.training.rollout import Rollout, collect_rollout, gather_rollout, rollout_rows, sample_seed
+
+SCALE_STEP = -2  # the sampling "step" of the samples that measure the reward scale
+KL_NEGATIVE_STEPS = 5  # flag a mean sequence KL below -KL_NEGATIVE_TOLERANCE for this many steps in a row
+KL_NEGATIVE_TOLERANCE = 0.05
+KL_BLOWUP_PER_TOKEN = 1.0  # flag a mean KL above this many nats per completion token
+
+
+class BadStepCounter:
+    """Consecutive steps skipped for non-finite rewards, losses or gradients; raises after too many."""
+
+    def __init__(self, stage: str, limit: int):
+        self.stage, self.limit, self.consecutive = stage, limit, 0
+
+    def ok(self) -> None:
+        self.consecutive = 0
+
+    def bad(self, step: int, what: str) -> None:
+        self.consecutive += 1
+        if self.consecutive >= self.limit:
+            raise FloatingPointError(
+                f"stage {self.stage}: {self.consecutive} consecutive steps (up to step {step}) had non-finite {what}; stopping so "
+                f"no NaN reaches the weights. The last complete checkpoint is intact. Check the reward function, lower "
+                f"stages.{self.stage}.lr, or raise stages.{self.stage}.max_bad_steps."
+            )
+
+
+@torch.no_grad()
+def measure_reward_scale(setup: PolicySetup, stage, seed: int) -> float:
+    """1 / std of the reward model's scores on the starting policy's samples (lm-human-preferences' reward normalisation)."""
+    prompts = setup.train_prompts[: max(stage.eval_prompts, 32)]
+    seeds = [sample_seed(seed, SCALE_STEP, p["index"], 0) for p in prompts]
+    texts = sample(setup.policy, setup.tokenizer, encode_prompts(setup.tokenizer, [p["prompt"] for p in prompts]), seeds,
+                   max_new_tokens=stage.max_new_tokens, temperature=stage.temperature).texts
+    scores = setup.reward.score([p["prompt"] for p in prompts], texts)
+    std = float(np.std(scores[np.isfinite(scores)])) if np.isfinite(scores).any() else float("nan")
+    return 1.0 / std if std > 1e-6 and math.isfinite(std) else 1.0
+
+
+def step_metrics(rollout: Rollout, algorithm: str, kl_coef: float, world) -> dict[str, float]:
+    """The step's rollout statistics under the DESIGN.md keys (PPO/RLOO: objective/*, GRPO: reward, kl, ...)."""
+    n = world.sum(torch.tensor(float(len(rollout)), device=rollout.scores.device))
+    mask = rollout.completion_mask
+
+    def mean(x):
+        return float(world.sum(x.sum()) / n)
+
+    seq_kl, scores = mean(rollout.seq_kl), mean(rollout.scores)
+    entropy = float(world.sum((rollout.entropy * mask).sum()) / world.sum(mask.sum()).clamp(min=1))
+    rewards = rollout.rewards
+    reward_mean = mean(rewards)
+    reward_std = math.sqrt(max(mean(rewards**2) - reward_mean**2, 0.0))
+    if algorithm == "grpo":
+        metrics = {"reward": reward_mean, "reward_std": reward_std, "kl": seq_kl, "entropy": entropy}
+    else:
+        metrics = {"objective/kl": seq_kl, "objective/scores": scores, "objective/rlhf_reward": reward_mean - kl_coef * seq_kl,
+                   "objective/entropy": entropy, "reward_std": reward_std}
+    metrics["completions/mean_length"] = mean(rollout.lengths)
+    metrics["completions/finished_rate"] = mean(rollout.finished.float())
+    metrics["kl_coef"] = kl_coef
+    if rollout.gold is not None:
+        gold_mean = mean(rollout.gold)
+        metrics["gold/mean"] = gold_mean
+        metrics["gold/std"] = math.sqrt(max(mean(rollout.gold**2) - gold_mean**2, 0.0))
+    return metrics
+
+
+def run_online(stage, setup: PolicySetup, writer, *, seed: int, quiet: bool, resume: dict | None) -> dict:
+    """Train with PPO, GRPO or RLOO; save `final`; return the stage's results for run.json."""
+    world, tokenizer, pad_id = setup.world, setup.tokenizer, setup.tokenizer.pad_token_id
+    policy, value_model = setup.policy, None
+    models = [(policy, stage.lr)]
+    if stage.algorithm == "ppo":
+        if setup.resume_folder is not None:
+            source = setup.resume_folder / "value"
+        else:  # TRL's choice: the value model starts as the reward model (or the policy with a fresh head)
+            source = setup.reward_folder if is_score_model(setup.reward_folder) else setup.policy_folder
+        value_model = TokenValues(load_hf_folder(source, "score", num_labels=1)).to(setup.device)
+        models.append((value_model, stage.value_lr))
+    optimizer, scheduler = make_multi_optimizer(models, stage.weight_decay, stage.warmup_steps, stage.steps)
+    train_policy = DistributedDataParallel(policy) if world.distributed else policy
+    train_value = DistributedDataParallel(value_model) if world.distributed and value_model is not None else value_model
+
+    results: dict = {}
+    if resume is not None:
+        start = restore_training_state(resume["state"], optimizer, scheduler)
+        kl_coef, reward_scale = resume["state"]["extra"]["kl_coef"], resume["state"]["extra"]["reward_scale"]
+    else:
+        start, kl_coef = 0, stage.kl_coef
+        reward_scale = measure_reward_scale(setup, stage, seed) if stage.normalize_reward and setup.reward_folder is not None else 1.0
+        if world.is_main:
+            results |= {f"start_{k}": v for k, v in evaluate_policy(setup, stage, seed).items()}
+        world.barrier()
+    bad = BadStepCounter(stage.name, stage.max_bad_steps)
+    negative_kl_run = 0
+    metrics: dict = {}
+    bar = tqdm(range(start + 1, stage.steps + 1), desc=f"{stage.name} ({stage.algorithm})", disable=quiet or not world.is_main,
+               initial=start, total=stage.steps)
+    for step in bar:
+        indices = batch_indices(len(setup.train_prompts), stage.batch_size, seed, step)
+        prompts = world.shard([setup.train_prompts[i] for i in indices])
+        with setup.autocast():
+            rollout = collect_rollout(policy, setup.reference, tokenizer, setup.reward, setup.gold_fn, prompts,
+                                      group_size=stage.group_size, seed=seed, step=step, max_new_tokens=stage.max_new_tokens,
+                                      temperature=stage.temperature, reward_scale=reward_scale, eos_penalty=stage.missing_eos_penalty)
+        if float(world.sum((~torch.isfinite(rollout.scores)).float().sum())) > 0:
+            writer.log_event("nan_skip", stage=stage.name, step=step, what="reward")
+            scheduler.step()
+            bad.bad(step, "rewards")
+            continue
+        with setup.autocast():
+            if stage.algorithm == "ppo":
+                update, applied = ppo_update(train_policy, train_value, optimizer, rollout, stage, kl_coef=kl_coef, pad_id=pad_id, world=world)
+            else:
+                update, applied = group_update(train_policy, optimizer, rollout, stage, kl_coef=kl_coef, pad_id=pad_id, world=world)
+        scheduler.step()
+        if not applied:
+            writer.log_event("nan_skip", stage=stage.name, step=step, what="loss or gradient")
+            bad.bad(step, "losses or gradients")
+        else:
+            bad.ok()
+
+        metrics = step_metrics(rollout, stage.algorithm, kl_coef, world) | update | {"learning_rate": scheduler.get_last_lr()[0]}
+        seq_kl = metrics.get("objective/kl", metrics.get("kl"))
+        negative_kl_run = negative_kl_run + 1 if seq_kl < -KL_NEGATIVE_TOLERANCE else 0
+        metrics["kl/negative_flag"] = float(negative_kl_run >= KL_NEGATIVE_STEPS)
+        metrics["kl/blowup_flag"] = float(seq_kl / max(metrics["completions/mean_length"], 1.0) > KL_BLOWUP_PER_TOKEN)
+        if metrics["kl/negative_flag"] or metrics["kl/blowup_flag"]:
+            writer.log_event("kl_warning", stage=stage.name, step=step, kl=seq_kl,
+                             what="persistent negative KL estimate" if metrics["kl/negative_flag"] else "KL blow-up")
+        if stage.adaptive_kl and stage.algorithm != "grpo":
+            kl_coef = adaptive_kl_coef(kl_coef, seq_kl, stage.batch_size * stage.group_size, stage.kl_target, stage.kl_horizon)
+        if (stage.eval_every and step % stage.eval_every == 0) or step == stage.steps:
+            if world.is_main:
+                metrics |= evaluate_policy(setup, stage, seed)
+            world.barrier()
+        writer.log_metrics(stage.name, step, metrics)
+        if (stage.log_every and step % stage.log_every == 0) or step == stage.steps:
+            full = gather_rollout(rollout, world, tokenizer, setup.prompts_by_index, context_length(policy))
+            writer.write_rollouts(stage.name, step, rollout_rows(full, stage=stage.name, step=step, first_sample_id=(step - 1) * stage.batch_size * stage.group_size))
+        bar.set_postfix(reward=f"{metrics.get('reward', metrics.get('objective/scores', 0.0)):.3f}", kl=f"{seq_kl:.2f}")
+        if stage.save_every and step % stage.save_every == 0 and step != stage.steps:
+            save(writer, stage, checkpoint_tag(step), setup, value_model, step, metrics, optimizer, scheduler, kl_coef, reward_scale)
+    save(writer, stage, "final", setup, value_model, stage.steps, metrics, optimizer, scheduler, kl_coef, reward_scale)
+    final = {k: v for k, v in metrics.items() if k.startswith("eval/")}
+    return results | final | {"reward_scale": reward_scale, "kl_coef": kl_coef, "algorithm": stage.algorithm}
+
+
+def save(writer, stage, tag, setup: PolicySetup, value_model, step, metrics, optimizer, scheduler, kl_coef, reward_scale) -> None:
+    state = training_state(optimizer, scheduler, step, extra={"kl_coef": kl_coef, "reward_scale": reward_scale})
+    extra = {"algorithm": stage.algorithm, "reward_from": str(setup.reward_folder or "gold")}
+    writer.save_checkpoint(stage.name, tag, model=setup.policy, tokenizer=setup.tokenizer, step=step, metrics=metrics, state=state,
+                           value_model=value_model.model if value_model is not None else None, extra_meta=extra)
+
+
+def is_score_model(folder) -> bool:
+    """A reward checkpoint with a scalar head (a sensible initialisation of the value model)."""
+    if folder is None:
+        return False
+    config = json.loads((Path(folder) / "config.json").read_text())
+    return any(a.endswith("ForSequenceClassification") for a in config.get("architectures", []))

@@ -1,0 +1,177 @@
+"""Rollouts of an online policy stage: sample, score, and everything the reward log keeps.
+
+A rollout holds one step's samples of this process: `group_size` completions for
+each of its prompts, their per-token logprobs under the policy and the frozen
+reference, the proxy reward and its parts, and the oracle's gold reward. Per-token
+tensors are right-padded to `gen_len = max_new_tokens`, so rollouts of different
+processes have one shape and can be gathered.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from rlhf_lens.models import completion_logits, encode_prompts, sample
+from rlhf_lens.training.losses import entropy_from_logits
+from rlhf_lens.training.policy_reward import RewardSource
+
+
+def sample_seed(seed: int, step: int, prompt_index: int, j: int) -> int:
+    """The sampling seed of completion j of a prompt at a step: independent of batch layout and process count."""
+    return int(np.random.SeedSequence([seed, step + 10, prompt_index, j]).generate_state(1)[0])  # SeedSequence needs >= 0
+
+
+@dataclass
+class Rollout:
+    prompt_id: list[str]
+    """(batch,) id of each sample's prompt (data/prompts.jsonl)."""
+    prompt_index: list[int]
+    """(batch,) line of that prompt in data/prompts.jsonl."""
+    sample_index: list[int]
+    """(batch,) j of the sample within its prompt's group."""
+    prompt_ids: list[list[int]]
+    completion_ids: list[list[int]]
+    """Token ids; a finished completion ends with EOS."""
+    prompts: list[str]
+    completions: list[str]
+    finished: torch.Tensor
+    """(batch,) bool: the completion reached EOS."""
+    logprobs: torch.Tensor
+    """(batch, gen_len) log pi(token) at sampling time."""
+    ref_logprobs: torch.Tensor
+    """(batch, gen_len) log pi_ref(token)."""
+    entropy: torch.Tensor
+    """(batch, gen_len) policy entropy at each completion position."""
+    completion_mask: torch.Tensor
+    """(batch, gen_len) 1.0 on completion tokens."""
+    scores: torch.Tensor
+    """(batch,) proxy reward-model score (normalised)."""
+    eos_penalty: torch.Tensor
+    """(batch,) subtracted from the score when the completion never reached EOS."""
+    gold: torch.Tensor | None
+    """(batch,) the oracle's reward, when the task has one."""
+
+    @property
+    def rewards(self) -> torch.Tensor:
+        """(batch,) proxy reward: score - missing-EOS penalty."""
+        return self.scores - self.eos_penalty
+
+    @property
+    def kl_per_token(self) -> torch.Tensor:
+        """(batch, gen_len) k1 estimate log pi - log pi_ref at the sampled tokens."""
+        return (self.logprobs - self.ref_logprobs) * self.completion_mask
+
+    @property
+    def seq_kl(self) -> torch.Tensor:
+        return self.kl_per_token.sum(-1)
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        """(batch,) completion tokens, EOS included."""
+        return self.completion_mask.sum(-1)
+
+    def __len__(self) -> int:
+        return len(self.prompt_ids)
+
+
+def token_logprobs(model, prompt_ids, completion_ids, pad_id: int, gen_len: int, with_entropy: bool = False):
+    """Per-token logprobs (and entropies) of completions, right-padded to gen_len: -> (batch, gen_len) [, (batch, gen_len)]."""
+    logits, targets, mask = completion_logits(model, prompt_ids, completion_ids, pad_id)  # (batch, L, vocab)
+    logprobs = torch.log_softmax(logits.float(), dim=-1).gather(-1, targets[:, :, None]).squeeze(-1) * mask
+    pad = gen_len - logprobs.shape[1]
+    logprobs = F.pad(logprobs, (0, pad))
+    if not with_entropy:
+        return logprobs
+    return logprobs, F.pad(entropy_from_logits(logits) * mask, (0, pad))
+
+
+def padded_mask(completion_ids: Sequence[Sequence[int]], gen_len: int, device) -> torch.Tensor:
+    lengths = torch.tensor([len(c) for c in completion_ids], device=device)
+    return (torch.arange(gen_len, device=device)[None, :] < lengths[:, None]).float()  # (batch, gen_len)
+
+
+@torch.no_grad()
+def collect_rollout(
+    policy, reference, tokenizer, reward: RewardSource | None, gold_fn, prompts: Sequence[dict], *,
+    group_size: int, seed: int, step: int, max_new_tokens: int, temperature: float, reward_scale: float, eos_penalty: float,
+) -> Rollout:
+    """Sample `group_size` completions per prompt ({"index", "id", "prompt"}), score them and compute logprobs."""
+    device = next(policy.parameters()).device
+    flat = [p for p in prompts for _ in range(group_size)]
+    seeds = [sample_seed(seed, step, p["index"], j) for p in prompts for j in range(group_size)]
+    samples = sample(policy, tokenizer, encode_prompts(tokenizer, [p["prompt"] for p in flat]), seeds, max_new_tokens=max_new_tokens, temperature=temperature)
+    completion_ids = [c if c else [tokenizer.eos_token_id] for c in samples.completion_ids]
+    pad_id = tokenizer.pad_token_id
+    logprobs, entropy = token_logprobs(policy, samples.prompt_ids, completion_ids, pad_id, max_new_tokens, with_entropy=True)
+    ref_logprobs = token_logprobs(reference, samples.prompt_ids, completion_ids, pad_id, max_new_tokens)
+    texts = [p["prompt"] for p in flat]
+    raw = reward.score(texts, samples.texts) if reward is not None else np.zeros(len(texts))  # DPO has no reward
+    scores = torch.tensor(raw, dtype=torch.float32, device=device) * reward_scale
+    finished = torch.tensor(samples.finished, device=device)
+    gold = torch.tensor(np.asarray(gold_fn(texts, samples.texts), dtype=np.float32), device=device) if gold_fn else None
+    return Rollout(
+        prompt_id=[p["id"] for p in flat], prompt_index=[p["index"] for p in flat], sample_index=[j for _ in prompts for j in range(group_size)],
+        prompt_ids=samples.prompt_ids, completion_ids=completion_ids, prompts=texts, completions=samples.texts,
+        finished=finished, logprobs=logprobs, ref_logprobs=ref_logprobs, entropy=entropy,
+        completion_mask=padded_mask(completion_ids, max_new_tokens, device), scores=scores,
+        eos_penalty=(~finished).float() * eos_penalty, gold=gold,
+    )
+
+
+def rollout_rows(rollout: Rollout, *, stage: str, step: int, first_sample_id: int = 0) -> list[dict]:
+    """The rollout as reward-log rows with the DESIGN.md columns (per-token columns are lists)."""
+    lengths = rollout.lengths.long().tolist()
+    logprobs, ref_logprobs, kl = rollout.logprobs.tolist(), rollout.ref_logprobs.tolist(), rollout.kl_per_token.tolist()
+    seq_kl, rewards, scores, penalty = rollout.seq_kl.tolist(), rollout.rewards.tolist(), rollout.scores.tolist(), rollout.eos_penalty.tolist()
+    gold = rollout.gold.tolist() if rollout.gold is not None else [None] * len(rollout)
+    finished = rollout.finished.tolist()
+    return [
+        {
+            "stage": stage, "step": step, "sample_id": first_sample_id + i, "prompt_id": rollout.prompt_id[i],
+            "prompt": rollout.prompts[i], "completion": rollout.completions[i],
+            "prompt_ids": list(rollout.prompt_ids[i]), "completion_ids": list(rollout.completion_ids[i]),
+            "logprobs": logprobs[i][: lengths[i]], "ref_logprobs": ref_logprobs[i][: lengths[i]], "kl_per_token": kl[i][: lengths[i]],
+            "seq_kl": seq_kl[i], "reward": rewards[i], "reward_components": {"score": scores[i], "missing_eos_penalty": -penalty[i]},
+            "gold_reward": gold[i], "length": lengths[i], "finished": bool(finished[i]),
+        }
+        for i in range(len(rollout))
+    ]
+
+
+def gather_rollout(rollout: Rollout, world, tokenizer, prompts_by_index: dict[int, dict], context: int) -> Rollout:
+    """Every process's rollout concatenated in rank order (for the reward log written by rank 0).
+
+    Only tensors travel between processes: token ids are padded with -1 and texts
+    are rebuilt from the prompt ids and by decoding.
+    """
+    if not world.distributed:
+        return rollout
+    device = rollout.logprobs.device
+
+    def ids_tensor(seqs, width):
+        out = torch.full((len(seqs), width), -1, dtype=torch.long, device=device)
+        for i, s in enumerate(seqs):
+            out[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+        return out
+
+    def ids_lists(t):
+        return [[x for x in row if x >= 0] for row in t.tolist()]
+
+    gen_len = rollout.logprobs.shape[1]
+    completion_ids = ids_lists(world.gather(ids_tensor(rollout.completion_ids, gen_len)))
+    prompt_ids = ids_lists(world.gather(ids_tensor(rollout.prompt_ids, context)))
+    prompt_index = world.gather(torch.tensor(rollout.prompt_index, device=device)).tolist()
+    sample_index = world.gather(torch.tensor(rollout.sample_index, device=device)).tolist()
+    gold = world.gather(rollout.gold) if rollout.gold is not None else None
+    return Rollout(
+        prompt_id=[prompts_by_index[i]["id"] for i in prompt_index], prompt_index=prompt_index, sample_index=sample_index,
+        prompt_ids=prompt_ids, completion_ids=completion_ids, prompts=[prompts_by_index[i]["prompt"] for i in prompt_index], completions=tokenizer.batch_decode(completion_ids, skip_special_tokens=True),
+        finished=world.gather(rollout.finished.to(torch.uint8)).bool(), logprobs=world.gather(rollout.logprobs), ref_logprobs=world.gather(rollout.ref_logprobs),
+        entropy=world.gather(rollout.entropy), completion_mask=world.gather(rollout.completion_mask), scores=world.gather(rollout.scores),
+        eos_penalty=world.gather(rollout.eos_penalty), gold=gold,
+    )
