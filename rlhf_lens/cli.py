@@ -14,10 +14,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from rlhf_lens.training.pipeline import train
 
     config = load_recipe(args.recipe, args.set or [])
-    out = Path(args.out) if args.out else Path("runs") / config.name
+    if args.resume and (args.out or args.overwrite):
+        raise ValueError("--resume RUN continues RUN in place; leave out --out and --overwrite")
+    out = Path(args.resume or args.out or Path("runs") / config.name)
     started = time.perf_counter()
-    path = train(config, out, quiet=args.quiet, overwrite=args.overwrite)
-    print(f"trained {len(config.stages)} stage(s) into {path} in {time.perf_counter() - started:.1f} s")
+    path = train(config, out, quiet=args.quiet, overwrite=args.overwrite, resume=bool(args.resume))
+    print(f"{'resumed' if args.resume else 'trained'} {len(config.stages)} stage(s) into {path} in {time.perf_counter() - started:.1f} s")
     print(f"next: rlhf-lens inspect {path}")
     return 0
 
@@ -39,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", help="run directory to create (default: runs/<recipe name>)")
     train.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a recipe field, e.g. stages.sft.steps=10 (repeatable)")
     train.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    train.add_argument("--resume", metavar="RUN", help="continue RUN (started from the same recipe) from its last complete checkpoint")
     train.add_argument("--quiet", action="store_true", help="no progress bars")
     train.set_defaults(func=_cmd_train)
 
@@ -60,9 +63,11 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     args = build_parser().parse_args(argv)
     quiet_transformers()
+    from rlhf_lens.training.policy_reward import RewardError
+
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, FloatingPointError) as exc:
+    except (ValueError, FileNotFoundError, FloatingPointError, RewardError) as exc:
         # Errors a user can cause carry a message meant for them; no traceback needed.
         print(f"rlhf-lens {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -21,9 +21,16 @@ QUICK_RECIPE = REPO / "training" / "sentiment_quick.toml"
 
 @pytest.fixture(scope="session")
 def shared_run(tmp_path_factory) -> Path:
-    """The quick recipe (base, sft, reward) trained once; tests read it and must not modify it."""
+    """The quick recipe (base, sft, reward) trained once; tests read it and must not modify it.
+
+    While iterating, RLHF_LENS_TEST_RUN=runs/quick reuses a run trained by
+    `rlhf-lens train training/sentiment_quick.toml --out runs/quick` (CI always trains afresh).
+    """
     from rlhf_lens.training.config import load_recipe
     from rlhf_lens.training.pipeline import train
+
+    if os.environ.get("RLHF_LENS_TEST_RUN") and not os.environ.get("CI"):
+        return Path(os.environ["RLHF_LENS_TEST_RUN"]).absolute()
 
     out = tmp_path_factory.mktemp("shared") / "quick"
     train(load_recipe(QUICK_RECIPE), out, quiet=True)

@@ -58,12 +58,18 @@ def _heldout(prompt: str, seed: int) -> bool:
 
 
 def preference_pairs(stage, feedback_records: list[dict], seed: int) -> tuple[list[dict], list[dict]]:
-    """(train, held-out) comparisons for DPO, from stage.feedback or the run's feedback records."""
+    """(train, held-out) comparisons for DPO, from stage.feedback or the run's feedback records.
+
+    A file whose records all carry a "split" (a run's data/feedback.jsonl) keeps it; otherwise
+    HELDOUT_FRACTION of the prompts are held out by hash."""
     if stage.feedback:
         records = read_feedback(stage.feedback)
-        pairs = comparisons_from(records)
-        train = [p for p in pairs if not _heldout(p["prompt"], seed)]
-        heldout = [p for p in pairs if _heldout(p["prompt"], seed)]
+        if all(r.get("split") in ("train", "eval") for r in records):  # e.g. another run's data/feedback.jsonl
+            is_heldout = [r["split"] == "eval" for r in records]
+        else:
+            is_heldout = [_heldout(r["prompt"], seed) for r in records]
+        train = comparisons_from([r for r, h in zip(records, is_heldout) if not h])
+        heldout = comparisons_from([r for r, h in zip(records, is_heldout) if h])
         where = stage.feedback
     else:
         train = comparisons_from([r for r in feedback_records if r.get("split") == "train"])

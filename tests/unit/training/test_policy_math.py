@@ -1,0 +1,103 @@
+"""Policy-optimisation math against values computed by hand: DPO, adaptive KL, best-of-n KL,
+the per-token surrogate, global means, minibatches of whole prompts, sampling seeds."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from rlhf_lens.training.distributed import World, masked_moments
+from rlhf_lens.training.losses import (
+    adaptive_kl_coef,
+    best_of_n_kl,
+    clipped_surrogate,
+    dpo_loss,
+    entropy_from_logits,
+    masked_mean,
+    whiten,
+)
+from rlhf_lens.training.rollout import sample_seed
+from rlhf_lens.training.update import minibatch_rows
+
+
+def test_dpo_loss_by_hand():
+    # beta 0.5: chosen implicit reward 0.5*(−1 − (−2)) = 0.5, rejected 0.5*(−3 − (−2)) = −0.5
+    loss, r_chosen, r_rejected = dpo_loss(torch.tensor([-1.0]), torch.tensor([-3.0]), torch.tensor([-2.0]), torch.tensor([-2.0]), beta=0.5)
+    assert r_chosen.item() == pytest.approx(0.5) and r_rejected.item() == pytest.approx(-0.5)
+    assert loss.item() == pytest.approx(-math.log(1 / (1 + math.exp(-1.0))))
+
+
+def test_dpo_loss_is_log2_when_policy_equals_reference():
+    logps = torch.tensor([-4.0, -7.0])
+    loss, _, _ = dpo_loss(logps, logps, logps, logps, beta=0.1)
+    assert loss.item() == pytest.approx(math.log(2))
+
+
+def test_adaptive_kl_controller_by_hand():
+    # KL 9 vs target 6: error clipped to 0.2; beta *= 1 + 0.2 * 64 / 1000
+    assert adaptive_kl_coef(0.1, 9.0, 64, 6.0, 1000) == pytest.approx(0.1 * (1 + 0.2 * 0.064))
+    # KL 5.4 vs 6: error -0.1
+    assert adaptive_kl_coef(0.1, 5.4, 100, 6.0, 1000) == pytest.approx(0.1 * (1 - 0.1 * 0.1))
+
+
+def test_best_of_n_kl_analytic_values():
+    assert best_of_n_kl(1) == 0.0
+    assert best_of_n_kl(2) == pytest.approx(math.log(2) - 0.5)
+    assert best_of_n_kl(64) == pytest.approx(math.log(64) - 63 / 64)
+
+
+def test_clipped_surrogate_by_hand():
+    # ratios e^0.5 ~ 1.65 (clipped to 1.2 for A > 0), e^-0.5 ~ 0.61 (for A < 0 the clip at 0.8 binds)
+    logprobs = torch.tensor([[0.5, -0.5]])
+    loss, clipped = clipped_surrogate(logprobs, torch.zeros(1, 2), torch.tensor([[1.0, -1.0]]), 0.2)
+    assert loss[0, 0].item() == pytest.approx(-1.2)  # max(-1.65, -1.2)
+    assert loss[0, 1].item() == pytest.approx(0.8)  # max(0.61, 0.8)
+    assert clipped.tolist() == [[1.0, 1.0]]
+    # sequence-level advantages broadcast over tokens
+    loss, _ = clipped_surrogate(torch.zeros(2, 3), torch.zeros(2, 3), torch.tensor([[2.0], [-1.0]]), 0.2)
+    assert loss.tolist() == [[-2.0] * 3, [1.0] * 3]
+
+
+def test_masked_mean_with_a_global_count():
+    x, mask = torch.tensor([[1.0, 2.0, 9.0]]), torch.tensor([[1.0, 1.0, 0.0]])
+    assert masked_mean(x, mask).item() == pytest.approx(1.5)
+    assert masked_mean(x, mask, count=6.0).item() == pytest.approx(0.5)  # 3 / 6 tokens of all processes
+
+
+def test_masked_moments_match_whiten_in_one_process():
+    x = torch.tensor([[1.0, 2.0, 3.0, 100.0], [4.0, 5.0, 0.0, 0.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0], [1.0, 1.0, 0.0, 0.0]])
+    mean, var = masked_moments(x, mask, World())
+    assert mean.item() == pytest.approx(3.0) and var.item() == pytest.approx(2.0)
+    expected = whiten(x, mask)
+    assert torch.allclose((x - mean) * torch.rsqrt(var + 1e-8) * mask, expected, atol=1e-6)
+
+
+def test_entropy_of_uniform_logits_is_log_vocab():
+    assert entropy_from_logits(torch.zeros(3, 50)).tolist() == pytest.approx([math.log(50)] * 3)
+
+
+def test_minibatches_keep_groups_and_are_the_same_split_over_processes():
+    rows = minibatch_rows(n_prompts=4, group_size=2, minibatches=2)
+    assert rows == [[0, 1, 4, 5], [2, 3, 6, 7]]  # prompts 0, 2 and 1, 3 with both samples each
+    # Two processes with 2 prompts each (global prompts 0,1 | 2,3): minibatch m holds global prompts m and m + 2.
+    local = minibatch_rows(n_prompts=2, group_size=2, minibatches=2)
+    global_prompts = [sorted({(rank * 2 + r // 2) for rank in (0, 1) for r in local[m]}) for m in range(2)]
+    assert global_prompts == [[0, 2], [1, 3]]
+    with pytest.raises(ValueError, match="multiple of minibatches"):
+        minibatch_rows(n_prompts=3, group_size=2, minibatches=2)
+
+
+def test_sample_seeds_differ_by_every_coordinate_and_are_stable():
+    base = sample_seed(0, 5, 10, 1)
+    assert base == sample_seed(0, 5, 10, 1)
+    others = {sample_seed(1, 5, 10, 1), sample_seed(0, 6, 10, 1), sample_seed(0, 5, 11, 1), sample_seed(0, 5, 10, 2), sample_seed(0, -1, 10, 1)}
+    assert base not in others and len(others) == 5
+
+
+def test_world_shard_refuses_uneven_batches():
+    assert World(rank=1, size=2).shard([0, 1, 2, 3]) == [2, 3]
+    with pytest.raises(ValueError, match="multiple of the process count"):
+        World(rank=0, size=2).shard([0, 1, 2])
