@@ -38,6 +38,7 @@ os.environ.setdefault("WANDB_DISABLED", "true")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import argparse
+import dataclasses
 import json
 import math
 import tempfile
@@ -107,6 +108,7 @@ def setup_overrides(size: str, settings: Settings) -> list[str]:
 def setup_run(size: str, settings: Settings, workdir: Path) -> Path:
     """Pretrain + SFT + simulated feedback with our pipeline; returns the run directory."""
     config = load_recipe(BASE_RECIPE, setup_overrides(size, settings))
+    config = dataclasses.replace(config, stages=tuple(s for s in config.stages if s.kind != "policy"))  # base, sft, reward only
     start = time.perf_counter()
     out = train(config, workdir / f"setup-{size}", quiet=True)
     print(f"[{size}] setup run (base + sft + feedback) took {time.perf_counter() - start:.0f}s (not timed)", flush=True)
@@ -204,6 +206,7 @@ def trl_config(settings: Settings, output_dir: Path):
         lr_scheduler_type="cosine_with_min_lr", lr_scheduler_kwargs={"min_lr_rate": 0.1},  # ours: cosine to 10%
         max_length=settings.max_length, use_cpu=True, bf16=False, report_to=[], save_strategy="no", eval_strategy="no",
         logging_steps=10**6, disable_tqdm=True, disable_dropout=True, center_rewards_coefficient=None, seed=settings.seed,
+        gradient_checkpointing=False,  # TRL 1.x turns it on by default; it trades time for memory we do not need here
     )
 
 

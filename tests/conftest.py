@@ -55,3 +55,15 @@ def tiny_gpt2(tiny_tokenizer):
 
     model = build_model(ModelConfig(n_layer=2, d_model=32, n_head=4, context=64, vocab_size=400), tiny_tokenizer, seed=0)
     return model.eval()
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `gpu` need CUDA (DESIGN.md): they skip, with the reason, where torch sees none."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    no_cuda = pytest.mark.skip(reason="needs CUDA; torch sees no GPU on this machine")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(no_cuda)

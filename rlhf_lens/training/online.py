@@ -113,7 +113,8 @@ def run_online(stage, setup: PolicySetup, writer, *, seed: int, quiet: bool, res
     results: dict = {}
     if resume is not None:
         start = restore_training_state(resume["state"], optimizer, scheduler)
-        kl_coef, reward_scale = resume["state"]["extra"]["kl_coef"], resume["state"]["extra"]["reward_scale"]
+        extra = resume["state"]["extra"]
+        kl_coef, reward_scale, results = extra["kl_coef"], extra["reward_scale"], dict(extra.get("start", {}))
     else:
         start, kl_coef = 0, stage.kl_coef
         reward_scale = measure_reward_scale(setup, stage, seed) if stage.normalize_reward and setup.reward_folder is not None else 1.0
@@ -169,14 +170,16 @@ def run_online(stage, setup: PolicySetup, writer, *, seed: int, quiet: bool, res
             writer.write_rollouts(stage.name, step, rollout_rows(full, stage=stage.name, step=step, first_sample_id=(step - 1) * stage.batch_size * stage.group_size))
         bar.set_postfix(reward=f"{metrics.get('reward', metrics.get('objective/scores', 0.0)):.3f}", kl=f"{seq_kl:.2f}")
         if stage.save_every and step % stage.save_every == 0 and step != stage.steps:
-            save(writer, stage, checkpoint_tag(step), setup, value_model, step, metrics, optimizer, scheduler, kl_coef, reward_scale)
-    save(writer, stage, "final", setup, value_model, stage.steps, metrics, optimizer, scheduler, kl_coef, reward_scale)
+            save(writer, stage, checkpoint_tag(step), setup, value_model, step, metrics, optimizer, scheduler, {"kl_coef": kl_coef, "reward_scale": reward_scale, "start": results})
+    save(writer, stage, "final", setup, value_model, stage.steps, metrics, optimizer, scheduler, {"kl_coef": kl_coef, "reward_scale": reward_scale, "start": results})
     final = {k: v for k, v in metrics.items() if k.startswith("eval/")}
     return results | final | {"reward_scale": reward_scale, "kl_coef": kl_coef, "algorithm": stage.algorithm}
 
 
-def save(writer, stage, tag, setup: PolicySetup, value_model, step, metrics, optimizer, scheduler, kl_coef, reward_scale) -> None:
-    state = training_state(optimizer, scheduler, step, extra={"kl_coef": kl_coef, "reward_scale": reward_scale})
+def save(writer, stage, tag, setup: PolicySetup, value_model, step, metrics, optimizer, scheduler, extra: dict) -> None:
+    """A checkpoint with the value model and everything exact resume needs (`extra`: KL coefficient, reward scale,
+    and the start-of-stage evaluation, so a resumed stage still reports it)."""
+    state = training_state(optimizer, scheduler, step, extra=extra)
     extra = {"algorithm": stage.algorithm, "reward_from": str(setup.reward_folder or "gold")}
     writer.save_checkpoint(stage.name, tag, model=setup.policy, tokenizer=setup.tokenizer, step=step, metrics=metrics, state=state,
                            value_model=value_model.model if value_model is not None else None, extra_meta=extra)

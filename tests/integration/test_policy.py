@@ -133,6 +133,8 @@ def test_resume_continues_exactly(shared_run, tmp_path, monkeypatch):
     straight_loss = list(straight.metrics("policy")["loss/policy_avg"])
     resumed_loss = list(resumed.metrics("policy")["loss/policy_avg"])
     assert straight_loss == resumed_loss
+    start = "start_eval/gold_mean"  # measured before step 1, kept through the resume
+    assert resumed.manifest["results"]["policy"][start] == straight.manifest["results"]["policy"][start]
 
 
 def test_resume_refuses_a_different_recipe(shared_run, tmp_path):
