@@ -15,17 +15,20 @@ d_model 256, 8 heads):
 2. Ours: a reward-only recipe (`reward_kind = "ranking"`, Bradley-Terry) starting from the SFT
    checkpoint, fed the training pairs as a JSONL file, run through `load_recipe` + `train`. The
    whole `train()` call is timed: it also writes the run, task data, the end-of-training
-   evaluation and the checkpoint, so it overstates our training time.
+   evaluation and the checkpoint, so it overstates our training time. Twice: with shuffled pairs
+   (the default) and with `group_by_prompt = true` (batches of whole prompts, each completion
+   scored once per step: fewer forward passes, but fewer distinct prompts per step).
 3. TRL: `RewardTrainer` from the same SFT checkpoint on exactly the pairs our stage trained on
    (our stage holds out a sliver of prompts itself), with the same epochs, batch size, learning
-   rate, warmup, cosine-to-10% schedule, gradient clip and max length, fp32, no dropout. Only
+   rate, warmup, cosine-to-10% schedule, gradient clip and max length, fp32, no dropout, no
+   gradient checkpointing (TRL 1.x turns it on by default; it costs time to save memory). Only
    `trainer.train()` is timed: TRL's dataset tokenisation in `__init__` is excluded, which
    favours TRL.
 4. Both models are scored with the same function (`rlhf_lens.models.score_texts`, BOS + prompt +
    completion) on the held-out pairs: accuracy against the labels, and against the task oracle's
    ordering (`gold_accuracy`).
 
-Prints a table (ours s, trl s, trl/ours, accuracies) and writes the rows to
+Prints a table (ours s, trl s, trl/ours, accuracies; the same for the grouped batches) and writes the rows to
 benchmarks/results/reward_vs_trl.json.
 """
 
@@ -170,13 +173,15 @@ center = false
 """
 
 
-def train_ours(setup: Path, pairs: Pairs, settings: Settings, workdir: Path):
+def train_ours(setup: Path, pairs: Pairs, settings: Settings, workdir: Path, *, group_by_prompt: bool = False):
     """Time our whole reward-only `train()`; return (seconds, model, tokenizer, pairs it trained on)."""
+    workdir = workdir / ("grouped" if group_by_prompt else "shuffled")
+    workdir.mkdir(parents=True, exist_ok=True)
     feedback = write_feedback(pairs.train, workdir / "train_pairs.jsonl")
     fraction = heldout_fraction_for(pairs.train, settings.seed)
     task_options = Run.open(setup).config["task"]["options"]
     recipe = workdir / "reward_only.toml"
-    recipe.write_text(reward_recipe(f"{setup}:sft/final", feedback, fraction, task_options, settings))
+    recipe.write_text(reward_recipe(f"{setup}:sft/final", feedback, fraction, task_options, settings) + f"group_by_prompt = {str(group_by_prompt).lower()}\n")
     config = load_recipe(recipe)
     torch.manual_seed(settings.seed)
     start = time.perf_counter()
@@ -264,20 +269,26 @@ def bench_size(size: str, settings: Settings, workdir: Path) -> dict:
     task = get_task(task_config["name"], **task_config["options"])
     ours_s, ours_model, ours_tok, trained = train_ours(setup, pairs, settings, workdir)
     print(f"[{size}] ours: {ours_s:.1f}s on {len(trained)} pairs", flush=True)
+    grouped_s, grouped_model, grouped_tok, _ = train_ours(setup, pairs, settings, workdir, group_by_prompt=True)
+    print(f"[{size}] ours, batches of whole prompts: {grouped_s:.1f}s", flush=True)
     sft_folder = Run.open(setup).checkpoint("sft").path
     trl_s, trl_model, trl_tok, check = train_trl(sft_folder, trained, settings, workdir)
     print(f"[{size}] trl: {trl_s:.1f}s on {check['trl_pairs']} pairs", flush=True)
     acc_ours, gold_ours = heldout_accuracy(ours_model, ours_tok, pairs.heldout, task.gold_reward)
     acc_trl, gold_trl = heldout_accuracy(trl_model, trl_tok, pairs.heldout, task.gold_reward)
+    acc_grouped, gold_grouped = heldout_accuracy(grouped_model, grouped_tok, pairs.heldout, task.gold_reward)
     params = sum(p.numel() for p in ours_model.parameters())
     return {"size": size, **SIZES[size], "params": params, "ours_s": ours_s, "trl_s": trl_s, "trl_over_ours": trl_s / ours_s,
             "acc_ours": acc_ours, "acc_trl": acc_trl, "gold_ours": gold_ours, "gold_trl": gold_trl,
+            "grouped_s": grouped_s, "trl_over_grouped": trl_s / grouped_s, "acc_grouped": acc_grouped, "gold_grouped": gold_grouped,
             "train_pairs": len(trained), "setup_train_pairs": len(pairs.train), "heldout_pairs": len(pairs.heldout),
             "steps_ours": settings.epochs * math.ceil(len(trained) / settings.batch_size), **check}
 
 
 COLUMNS = [("size", "size", "{}"), ("ours_s", "ours s", "{:.1f}"), ("trl_s", "trl s", "{:.1f}"), ("trl_over_ours", "trl/ours", "{:.2f}x"),
-           ("acc_ours", "acc ours", "{:.3f}"), ("acc_trl", "acc trl", "{:.3f}"), ("gold_ours", "gold ours", "{:.3f}"), ("gold_trl", "gold trl", "{:.3f}")]
+           ("acc_ours", "acc ours", "{:.3f}"), ("acc_trl", "acc trl", "{:.3f}"), ("gold_ours", "gold ours", "{:.3f}"), ("gold_trl", "gold trl", "{:.3f}"),
+           ("grouped_s", "grouped s", "{:.1f}"), ("trl_over_grouped", "trl/grouped", "{:.2f}x"), ("acc_grouped", "acc grouped", "{:.3f}"),
+           ("gold_grouped", "gold grouped", "{:.3f}")]
 
 
 def format_table(rows: list[dict]) -> str:

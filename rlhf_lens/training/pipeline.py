@@ -112,15 +112,14 @@ def run_base_stage(stage: LMStageConfig, ctx: RunContext, resume: dict | None = 
     heldout_blocks = pack_blocks([texts[i] for i in heldout_idx], tokenizer, context)
     untrained = heldout_perplexity(model, heldout_blocks, stage.batch_size)
     torch.manual_seed(ctx.config.seed)
-    model = resumed_weights(model, resume)
+    model, tokenizer = resumed(model, tokenizer, resume)
     objective = corpus_objective(model, blocks, heldout_blocks, stage.batch_size)
     final = fit_and_save(stage, model, tokenizer, objective, ctx, seed=ctx.config.seed, resume=resume)
     return {"eval/perplexity": final["eval/perplexity"], "start_eval/perplexity": untrained, "train_tokens": int(blocks.numel())}
 
 
 def run_sft_stage(stage: LMStageConfig, ctx: RunContext, resume: dict | None = None) -> dict:
-    model, tokenizer = starting_model(stage, ctx)
-    model = resumed_weights(model, resume)
+    model, tokenizer = resumed(*starting_model(stage, ctx), resume)
     context = min(ctx.config.model.context, context_length(model))
     train_idx, heldout_idx = split_heldout(len(ctx.data.sft), ctx.config.data.heldout_fraction, ctx.config.seed)
     pairs = tokenize_pairs(ctx.data.sft, tokenizer, context)
@@ -147,9 +146,9 @@ def starting_folder(stage, ctx: RunContext) -> Path:
     )
 
 
-def resumed_weights(model, resume: dict | None):
-    """The model to train: `model`, or the weights of the checkpoint a resumed stage continues from."""
-    return model if resume is None else load_causal_lm(resume["folder"])
+def resumed(model, tokenizer, resume: dict | None):
+    """The model and tokenizer to train: these, or those of the checkpoint a resumed stage continues from."""
+    return (model, tokenizer) if resume is None else (load_causal_lm(resume["folder"]), load_tokenizer(resume["folder"]))
 
 
 def run_reward_stage(stage: RewardStageConfig, ctx: RunContext, resume: dict | None = None) -> dict:

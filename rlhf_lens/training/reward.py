@@ -58,11 +58,13 @@ def as_ranking(record: dict) -> tuple[list[str], list[int]]:
 
 @dataclass(frozen=True)
 class PromptGroups:
-    """Comparisons and rankings grouped by prompt, every distinct (prompt, completion) tokenized once.
+    """Comparisons and rankings in groups (a batch is a set of groups), every distinct text tokenized once.
 
-    A batch is a set of prompts with all their records (InstructGPT's batching,
-    Ouyang et al. 2022, sec. 3.5): each completion is scored once per step however
-    many comparisons it appears in, K completions cost K forward passes, not K(K-1).
+    With groups by prompt, a batch holds prompts with all their records (InstructGPT's
+    batching, Ouyang et al. 2022, sec. 3.5): each completion is scored once per step however
+    many comparisons it appears in, so K completions cost K forward passes, not K(K-1).
+    With one record per group, batches are plain shuffled records; a text appearing
+    twice in one batch is still scored once.
     """
 
     input_ids: list[list[int]]
@@ -73,18 +75,19 @@ class PromptGroups:
     """Per prompt: the indices of its records."""
 
     @classmethod
-    def of(cls, records: Sequence[dict], tokenizer, context: int) -> "PromptGroups":
+    def of(cls, records: Sequence[dict], tokenizer, context: int, *, by_prompt: bool = True) -> "PromptGroups":
+        """Group records by prompt, or (by_prompt=False) make each record its own group: plain shuffled batches."""
         text_index: dict[tuple[str, str], int] = {}
         ranked, groups = [], {}
         for i, record in enumerate(records):
             completions, order = as_ranking(record)
             ranked.append([text_index.setdefault((record["prompt"], completions[j]), len(text_index)) for j in order])
-            groups.setdefault(record["prompt"], []).append(i)
+            groups.setdefault(record["prompt"] if by_prompt else i, []).append(i)
         texts = list(text_index)
         return cls(reward_input_ids(tokenizer, [p for p, _ in texts], [c for _, c in texts], context), ranked, list(groups.values()))
 
-    def prompts_per_batch(self, records_per_batch: int) -> int:
-        """How many prompts give about `records_per_batch` records on average."""
+    def groups_per_batch(self, records_per_batch: int) -> int:
+        """How many groups give about `records_per_batch` records on average."""
         return max(1, round(records_per_batch * len(self.groups) / len(self.ranked)))
 
 
@@ -135,9 +138,9 @@ def reward_objective(stage, model, tokenizer, feedback: Feedback, evaluate: Call
     """The training objective of `stage.reward_kind` over `feedback.train`."""
     records = feedback.train
     if stage.reward_kind == "ranking":
-        groups = PromptGroups.of(records, tokenizer, context_length(model))
+        groups = PromptGroups.of(records, tokenizer, context_length(model), by_prompt=stage.group_by_prompt)
         loss = lambda idx: ranking_loss(model, tokenizer.pad_token_id, groups, idx, stage.margin)  # noqa: E731
-        return Objective(n_items=len(groups.groups), train_loss=loss, evaluate=evaluate, batch_size=groups.prompts_per_batch(stage.batch_size))
+        return Objective(n_items=len(groups.groups), train_loss=loss, evaluate=evaluate, batch_size=groups.groups_per_batch(stage.batch_size))
     elif stage.reward_kind == "scoring":
         loss = lambda idx: rating_loss(model, tokenizer, [records[i] for i in idx])  # noqa: E731
     else:

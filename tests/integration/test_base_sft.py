@@ -23,7 +23,7 @@ def test_quick_recipe_trains_base_and_sft_within_budget(shared_run):
 
 def test_manifest_describes_stages_data_and_env(shared_run):
     run = Run.open(shared_run)
-    assert [(s.name, s.kind, s.status) for s in run.stages()] == [("base", "base", "done"), ("sft", "sft", "done"), ("reward", "reward", "done")]
+    assert [(s.name, s.kind, s.status) for s in run.stages()] == [("base", "base", "done"), ("sft", "sft", "done"), ("reward", "reward", "done"), ("policy", "policy", "done")]
     manifest = run.manifest
     assert set(manifest["data"]) == {"corpus.jsonl", "sft.jsonl", "prompts.jsonl", "feedback.jsonl"}
     assert manifest["data"]["corpus.jsonl"]["records"] == manifest["config"]["data"]["corpus_size"]
@@ -68,3 +68,64 @@ def test_inspect_cli_describes_the_run(shared_run):
 def test_run_json_is_valid_json_with_format(shared_run):
     manifest = json.loads((shared_run / "run.json").read_text())
     assert manifest["format"] == "rlhf-lens-run" and manifest["format_version"] == 1
+
+
+TINY_RECIPE = """
+name = "tiny-resume"
+seed = 3
+[data]
+corpus_size = 400
+sft_size = 60
+train_prompts = 16
+eval_prompts = 8
+[model]
+n_layer = 1
+d_model = 32
+n_head = 2
+context = 48
+vocab_size = 300
+[[stages]]
+kind = "base"
+steps = 6
+batch_size = 4
+warmup_steps = 2
+save_every = 3
+eval_every = 0
+[[stages]]
+kind = "sft"
+steps = 2
+batch_size = 4
+warmup_steps = 1
+eval_every = 0
+eval_samples = 4
+max_new_tokens = 8
+"""
+
+
+def test_base_stage_resumes_exactly_from_its_step_checkpoint(tmp_path, monkeypatch):
+    from rlhf_lens.training import loop
+    from rlhf_lens.training.config import load_recipe
+    from rlhf_lens.training.pipeline import train
+
+    recipe = tmp_path / "tiny.toml"
+    recipe.write_text(TINY_RECIPE)
+    config = load_recipe(recipe)
+    straight = Run.open(train(config, tmp_path / "straight", quiet=True))
+
+    real = loop.batch_indices
+
+    def crash_at_step_5(n_items, batch_size, seed, step):
+        if step == 5:
+            raise KeyboardInterrupt("simulated crash")
+        return real(n_items, batch_size, seed, step)
+
+    monkeypatch.setattr(loop, "batch_indices", crash_at_step_5)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, tmp_path / "resumed", quiet=True)
+    monkeypatch.setattr(loop, "batch_indices", real)
+    resumed = Run.open(train(config, tmp_path / "resumed", quiet=True, resume=True))
+    for stage in ("base", "sft"):
+        a, b = straight.load_model(stage).state_dict(), resumed.load_model(stage).state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a), stage
+    assert list(resumed.metrics("base")["step"]) == [1, 2, 3, 4, 5, 6]
+    assert list(resumed.metrics("base")["loss"]) == list(straight.metrics("base")["loss"])
