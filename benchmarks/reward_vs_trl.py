@@ -34,14 +34,9 @@ benchmarks/results/reward_vs_trl.json.
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("WANDB_DISABLED", "true")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from common import CONTEXT, QUICK_SETUP, ROOT, SIZES, format_table, quiet_libraries, setup_run, write_feedback  # isort: skip (sets the environment first)
 
 import argparse
-import dataclasses
 import json
 import math
 import tempfile
@@ -61,15 +56,8 @@ from rlhf_lens.training.feedback_data import _heldout
 from rlhf_lens.training.pipeline import train
 from rlhf_lens.training.reward_eval import gold_accuracy, pairwise_accuracy
 
-ROOT = Path(__file__).resolve().parent.parent
-BASE_RECIPE = ROOT / "training" / "sentiment_quick.toml"
 RESULTS = ROOT / "benchmarks" / "results" / "reward_vs_trl.json"
-
-SIZES = {
-    "demo": {"n_layer": 4, "d_model": 128, "n_head": 4},
-    "large": {"n_layer": 6, "d_model": 256, "n_head": 8},
-}
-CONTEXT = 96
+REWARD_SIZES = ("demo", "large")
 REWARD_SEED_OFFSET = 2  # the pipeline's reward stage uses seed + 2 (batch order, held-out split)
 
 
@@ -96,26 +84,10 @@ class Pairs:
 # --------------------------------------------------------------------------- setup (not timed)
 
 
-def setup_overrides(size: str, settings: Settings) -> list[str]:
-    """Overrides of the quick sentiment recipe: model size, shorter base/SFT, a cheap reward stage."""
-    model = [f"model.{k}={v}" for k, v in SIZES[size].items()] + [f"model.context={CONTEXT}"]
-    if settings.quick:
-        stages = ["stages.base.steps=30", "stages.base.warmup_steps=5", "stages.sft.steps=15", "stages.sft.eval_samples=8",
-                  "stages.reward.feedback_prompts=48", "stages.reward.epochs=1",
-                  "data.corpus_size=1000", "data.sft_size=200", "data.train_prompts=48", "data.eval_prompts=8"]
-    else:
-        stages = ["stages.base.steps=150", "stages.sft.steps=60", "stages.reward.epochs=1"]
-    return model + stages + [f"seed={settings.seed}"]
-
-
-def setup_run(size: str, settings: Settings, workdir: Path) -> Path:
-    """Pretrain + SFT + simulated feedback with our pipeline; returns the run directory."""
-    config = load_recipe(BASE_RECIPE, setup_overrides(size, settings))
-    config = dataclasses.replace(config, stages=tuple(s for s in config.stages if s.kind != "policy"))  # base, sft, reward only
-    start = time.perf_counter()
-    out = train(config, workdir / f"setup-{size}", quiet=True)
-    print(f"[{size}] setup run (base + sft + feedback) took {time.perf_counter() - start:.0f}s (not timed)", flush=True)
-    return out
+def setup_overrides(settings: Settings) -> list[str]:
+    """Overrides of the quick sentiment recipe: shorter base/SFT, a cheap reward stage."""
+    stages = QUICK_SETUP if settings.quick else ["stages.base.steps=150", "stages.sft.steps=60", "stages.reward.epochs=1"]
+    return stages + [f"seed={settings.seed}"]
 
 
 def comparison_pairs(run: Path) -> Pairs:
@@ -126,12 +98,6 @@ def comparison_pairs(run: Path) -> Pairs:
 
 
 # --------------------------------------------------------------------------- our trainer
-
-
-def write_feedback(records: list[dict], path: Path) -> Path:
-    keys = ("kind", "prompt", "chosen", "rejected", "labeler")
-    path.write_text("".join(json.dumps({k: r[k] for k in keys}) + "\n" for r in records))
-    return path
 
 
 def heldout_fraction_for(records: list[dict], seed: int) -> float:
@@ -263,7 +229,7 @@ def heldout_accuracy(model, tokenizer, pairs: list[dict], gold_fn) -> tuple[floa
 
 def bench_size(size: str, settings: Settings, workdir: Path) -> dict:
     """Setup, then both trainers on the same pairs; one result row."""
-    setup = setup_run(size, settings, workdir)
+    setup = setup_run(size, setup_overrides(settings), workdir)
     pairs = comparison_pairs(setup)
     task_config = Run.open(setup).config["task"]
     task = get_task(task_config["name"], **task_config["options"])
@@ -291,13 +257,6 @@ COLUMNS = [("size", "size", "{}"), ("ours_s", "ours s", "{:.1f}"), ("trl_s", "tr
            ("gold_grouped", "gold grouped", "{:.3f}")]
 
 
-def format_table(rows: list[dict]) -> str:
-    cells = [[label for _, label, _ in COLUMNS]] + [[fmt.format(row[key]) for key, _, fmt in COLUMNS] for row in rows]
-    widths = [max(len(line[i]) for line in cells) for i in range(len(COLUMNS))]
-    lines = [" | ".join(c.rjust(w) for c, w in zip(line, widths)) for line in cells]
-    return "\n".join([lines[0], "-+-".join("-" * w for w in widths), *lines[1:]])
-
-
 def save_results(rows: list[dict], settings: Settings) -> None:
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     versions = {"torch": torch.__version__, "transformers": __import__("transformers").__version__, "trl": __import__("trl").__version__}
@@ -306,7 +265,7 @@ def save_results(rows: list[dict], settings: Settings) -> None:
 
 def parse_args() -> tuple[list[str], Settings]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", default="demo,large", help="comma-separated, from: " + ", ".join(SIZES))
+    parser.add_argument("--sizes", default="demo,large", help="comma-separated, from: " + ", ".join(REWARD_SIZES))
     parser.add_argument("--epochs", type=int, default=None, help="epochs for both trainers (default 2, 1 with --quick)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3)
@@ -316,22 +275,11 @@ def parse_args() -> tuple[list[str], Settings]:
                              "make every op several times slower and noisier)")
     args = parser.parse_args()
     sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
-    unknown = [s for s in sizes if s not in SIZES]
+    unknown = [s for s in sizes if s not in REWARD_SIZES]
     if unknown:
-        parser.error(f"unknown size(s) {unknown}; choose from {list(SIZES)}")
+        parser.error(f"unknown size(s) {unknown}; choose from {list(REWARD_SIZES)}")
     epochs = args.epochs if args.epochs is not None else (1 if args.quick else 2)
     return sizes, Settings(epochs=epochs, batch_size=args.batch_size, lr=args.lr, threads=args.threads, quick=args.quick)
-
-
-def quiet_libraries() -> None:
-    """No progress bars or load reports from transformers/datasets between our lines."""
-    import datasets
-    import transformers
-
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    datasets.disable_progress_bars()
-    warnings.filterwarnings("ignore", category=FutureWarning)
 
 
 def main() -> None:
@@ -344,7 +292,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix=f"reward_vs_trl_{size}_") as tmp:
             rows.append(bench_size(size, settings, Path(tmp)))
     print()
-    print(format_table(rows))
+    print(format_table(rows, COLUMNS))
     for row in rows:
         print(f"  {row['size']}: {row['params']:,} params, {row['train_pairs']} train pairs ({row['steps_ours']} steps ours), "
               f"{row['heldout_pairs']} held-out pairs; TRL kept {row['trl_pairs']} (dropped {row['trl_dropped_pairs']} over max_length), "

@@ -28,13 +28,18 @@ METRIC_KEYS: Mapping[str, tuple[str, ...]] = MappingProxyType({
     ),
     # oracle (ours)
     "gold": ("gold/mean", "gold/std"),
+    # policy stages (ours): rollout health, KL controller and flags, evaluation on the eval prompts
+    "policy_extra": (
+        "completions/finished_rate", "kl_coef", "kl/negative_flag", "kl/blowup_flag", "eval/kl", "eval/score_mean",
+        "eval/gold_mean", "eval/gold_sem", "eval/mean_length", "eval/finished_rate", "eval/rewards/accuracies",
+    ),
     # language modelling (base, sft)
     "lm": ("loss", "eval/loss", "eval/perplexity"),
 })
 
 ALL_METRIC_KEYS: frozenset[str] = frozenset(k for keys in METRIC_KEYS.values() for k in keys)
 
-_OURS_ONLY = {"rm/", "gold/", "eval/"}
+_OURS_ONLY = {"rm/", "gold/", "eval/", "kl/", "kl_coef", "completions/finished_rate"}
 
 TRL_TO_OURS: Mapping[str, str] = MappingProxyType({
     # keys TRL already logs under our name

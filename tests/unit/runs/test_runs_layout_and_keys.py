@@ -33,7 +33,8 @@ def test_metric_key_table():
                                         "objective/entropy")
     assert "rm/spearman_gold" in METRIC_KEYS["reward_model"] and "eval/perplexity" in METRIC_KEYS["lm"]
     all_keys = [k for keys in METRIC_KEYS.values() for k in keys]
-    assert len(all_keys) == len(set(all_keys)) == 33
+    assert len(all_keys) == len(set(all_keys)) == 44
+    assert "kl_coef" not in TRL_TO_OURS and "eval/gold_mean" in METRIC_KEYS["policy_extra"]
     assert TRL_TO_OURS["eval_loss"] == "eval/loss"
     assert TRL_TO_OURS["objective/kl"] == "objective/kl" and TRL_TO_OURS["rewards/chosen"] == "rewards/chosen"
     assert TRL_TO_OURS["reward_std"] == "reward_std" and TRL_TO_OURS["loss"] == "loss"

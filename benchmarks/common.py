@@ -1,0 +1,73 @@
+"""What the benchmarks against TRL share: offline environment, model sizes, the untimed setup run
+(our base + SFT + reward stages on the quick sentiment recipe), quiet libraries and the printed table."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_DISABLED", "true")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import dataclasses
+import json
+import time
+import warnings
+from pathlib import Path
+
+from rlhf_lens.training.config import load_recipe
+from rlhf_lens.training.pipeline import train
+
+ROOT = Path(__file__).resolve().parent.parent
+BASE_RECIPE = ROOT / "training" / "sentiment_quick.toml"
+CONTEXT = 96
+SIZES = {
+    "demo": {"n_layer": 4, "d_model": 128, "n_head": 4},
+    "large": {"n_layer": 6, "d_model": 256, "n_head": 8},
+    "gpt2small": {"n_layer": 12, "d_model": 768, "n_head": 12},
+}
+QUICK_SETUP = ["stages.base.steps=30", "stages.base.warmup_steps=5", "stages.sft.steps=15", "stages.sft.eval_samples=8",
+               "stages.reward.feedback_prompts=48", "stages.reward.epochs=1",
+               "data.corpus_size=1000", "data.sft_size=200", "data.train_prompts=48", "data.eval_prompts=8"]
+
+
+def model_overrides(size: str) -> list[str]:
+    return [f"model.{k}={v}" for k, v in SIZES[size].items()] + [f"model.context={CONTEXT}"]
+
+
+def setup_run(size: str, overrides: list[str], workdir: Path) -> Path:
+    """Base + SFT + simulated feedback + reward model with our pipeline (not timed); returns the run directory."""
+    config = load_recipe(BASE_RECIPE, model_overrides(size) + overrides)
+    config = dataclasses.replace(config, stages=tuple(s for s in config.stages if s.kind != "policy"))
+    start = time.perf_counter()
+    out = train(config, workdir / f"setup-{size}", quiet=True)
+    print(f"[{size}] setup run (base + sft + feedback + reward) took {time.perf_counter() - start:.0f}s (not timed)", flush=True)
+    return out
+
+
+def write_feedback(records: list[dict], path: Path) -> Path:
+    """Comparison records as a DESIGN.md feedback JSONL file."""
+    keys = ("kind", "prompt", "chosen", "rejected", "labeler")
+    path.write_text("".join(json.dumps({k: r[k] for k in keys}) + "\n" for r in records))
+    return path
+
+
+def quiet_libraries() -> None:
+    """No progress bars or load reports from transformers/datasets between our lines."""
+    import datasets
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+    datasets.utils.logging.set_verbosity_error()
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning)
+
+
+def format_table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
+    """A right-aligned text table; columns are (key, label, format)."""
+    cells = [[label for _, label, _ in columns]] + [[fmt.format(row[key]) for key, _, fmt in columns] for row in rows]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
+    lines = [" | ".join(c.rjust(w) for c, w in zip(line, widths)) for line in cells]
+    return "\n".join([lines[0], "-+-".join("-" * w for w in widths), *lines[1:]])
