@@ -71,7 +71,7 @@ def run_best_of_n(stage, setup: PolicySetup, writer, *, seed: int, quiet: bool) 
         for row in rows_out:  # the best-of-n distribution's KL is analytic; per-token KL against the sampler is 0
             row["seq_kl"] = kl
         writer.write_rollouts(stage.name, n, rows_out)
-        results[f"best_of_{n}"] = {k: v for k, v in metrics.items() if k != "n"}
+        results |= {f"best_of_{n}/{k}": metrics[k] for k in ("objective/kl", "objective/scores", "gold/mean", "eval/gold_sem") if k in metrics}
     writer.save_checkpoint(stage.name, "final", model=setup.policy, tokenizer=setup.tokenizer, step=0, metrics={},
                            extra_meta={"algorithm": "best_of_n", "best_of": list(stage.best_of)})
     return results | {"algorithm": "best_of_n"}

@@ -104,6 +104,7 @@ def test_best_of_n_logs_each_n_with_the_analytic_kl(shared_run, tmp_path):
     assert logged[16]["gold/mean"] > logged[1]["gold/mean"]
     shard = run.rollouts("policy")
     assert sorted(shard["step"].unique()) == [1, 4, 16] and len(shard) == 3 * 16
+    assert run.manifest["results"]["policy"]["best_of_16/gold/mean"] == pytest.approx(logged[16]["gold/mean"])
 
 
 def test_resume_continues_exactly(shared_run, tmp_path, monkeypatch):
