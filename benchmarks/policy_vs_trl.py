@@ -342,7 +342,7 @@ def trl_dpo(sft_folder: Path, records: list[dict], settings: Settings, workdir: 
 
 def dpo_input_check(dataset, tokenizer, records: list[dict]) -> dict:
     """Pairs TRL kept, and how often its prompt / chosen / rejected ids equal ours (`rlhf_lens.training.dpo.Pairs`)."""
-    ours = DPOPairs.of(records, tokenizer)
+    ours = DPOPairs.of(records, tokenizer, 10**6)  # untruncated, like the ids TRL builds
     by_key = {(r["prompt"], r["chosen"], r["rejected"]): i for i, r in enumerate(records)}
     same = []
     for row, r in zip(dataset, records):  # TRL keeps the order (it drops only pairs whose prompt fills max_length)

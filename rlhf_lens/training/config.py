@@ -313,6 +313,11 @@ class PolicyStageConfig:
         _require(self.temperature > 0, f"{where}.temperature must be > 0, got {self.temperature}")
         _require(0 < self.lr < 1 and 0 < self.value_lr < 1, f"{where}.lr and value_lr must be in (0, 1)")
         _require(self.kl_coef >= 0 and self.dpo_beta > 0, f"{where}.kl_coef must be >= 0 and dpo_beta > 0")
+        for name in ("kl_target", "clip_range", "value_clip_range", "grad_clip"):
+            _require(getattr(self, name) > 0, f"{where}.{name} must be > 0, got {getattr(self, name)}")
+        _require(not self.adaptive_kl or self.algorithm in ("ppo", "rloo"),
+                 f"{where}.adaptive_kl adapts the KL penalty in the reward of ppo or rloo; {self.algorithm} has none. Set it to false.")
+        _require(self.warmup_steps < self.steps, f"{where}.warmup_steps must be in [0, steps), got {self.warmup_steps}")
         _require(0 <= self.gamma <= 1 and 0 <= self.lam <= 1, f"{where}.gamma and lam must be in [0, 1]")
         _require(len(self.best_of) > 0 and all(isinstance(n, int) and n >= 1 for n in self.best_of), f"{where}.best_of must list integers >= 1, got {list(self.best_of)}")
         _require(self.device in ("auto", "cpu", "cuda"), f"{where}.device must be auto, cpu or cuda, got {self.device!r}")

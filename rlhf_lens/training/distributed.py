@@ -64,6 +64,8 @@ def init_world(device: torch.device) -> World:
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size == 1:
         return World()
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # NCCL collectives run on this process's GPU
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     return World(rank=dist.get_rank(), size=dist.get_world_size())

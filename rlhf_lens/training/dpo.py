@@ -8,13 +8,14 @@ the held-out accuracy of the implicit reward beta * log(pi / pi_ref).
 from __future__ import annotations
 
 import hashlib
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from rlhf_lens.models import encode_prompts
+from rlhf_lens.models import context_length, encode_prompts
 from rlhf_lens.tasks import read_feedback
 from rlhf_lens.training.data import batch_indices
 from rlhf_lens.training.feedback_data import comparisons_from
@@ -39,14 +40,24 @@ class Pairs:
     rejected_ids: list[list[int]]
 
     @classmethod
-    def of(cls, records: list[dict], tokenizer) -> "Pairs":
+    def of(cls, records: list[dict], tokenizer, context: int) -> "Pairs":
+        """Tokenize BOS + prompt and completion + EOS; a pair too long for the context keeps its completions
+        (at most context - 1 tokens) and the last tokens of its prompt, with a warning."""
         eos = tokenizer.eos_token_id
 
         def completion_ids(texts):
-            return [ids + [eos] for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+            return [(ids + [eos])[: context - 1] for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
-        return cls(records, encode_prompts(tokenizer, [r["prompt"] for r in records]),
-                   completion_ids([r["chosen"] for r in records]), completion_ids([r["rejected"] for r in records]))
+        chosen, rejected = completion_ids([r["chosen"] for r in records]), completion_ids([r["rejected"] for r in records])
+        prompts, cut = [], 0
+        for ids, c, r in zip(encode_prompts(tokenizer, [r["prompt"] for r in records]), chosen, rejected):
+            budget = context - max(len(c), len(r))
+            cut += len(ids) > budget
+            prompts.append(ids[len(ids) - min(len(ids), budget) :])
+        if cut:
+            warnings.warn(f"{cut} of {len(records)} preference pairs are longer than the policy's context of {context} tokens; "
+                          "their prompts keep their last tokens.", stacklevel=2)
+        return cls(records, prompts, chosen, rejected)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -119,16 +130,20 @@ def run_dpo(stage, setup: PolicySetup, writer, feedback_records: list[dict], *, 
     """Train with DPO; save `final`; return the stage's results for run.json."""
     world, pad_id = setup.world, setup.tokenizer.pad_token_id
     train_records, heldout_records = preference_pairs(stage, feedback_records, seed)
-    train, heldout = Pairs.of(train_records, setup.tokenizer), Pairs.of(heldout_records, setup.tokenizer)
+    context = context_length(setup.policy)
+    train, heldout = Pairs.of(train_records, setup.tokenizer, context), Pairs.of(heldout_records, setup.tokenizer, context)
     optimizer, scheduler = make_optimizer(setup.policy, stage.lr, stage.weight_decay, stage.warmup_steps, stage.steps)
     model = torch.nn.parallel.DistributedDataParallel(setup.policy) if world.distributed else setup.policy
     results = {"train_pairs": len(train), "heldout_pairs": len(heldout)}
     start = 0
     if resume is not None:
         start = restore_training_state(resume["state"], optimizer, scheduler)
-    elif world.is_main:
-        start_metrics = heldout_metrics(setup, heldout, stage.dpo_beta) | evaluate_policy(setup, stage, seed)
-        results |= {f"start_{k}": v for k, v in start_metrics.items()}
+        results |= resume["state"]["extra"].get("start", {})
+    else:
+        if world.is_main:
+            start_metrics = heldout_metrics(setup, heldout, stage.dpo_beta) | evaluate_policy(setup, stage, seed)
+            results |= {f"start_{k}": v for k, v in start_metrics.items()}
+        world.barrier()
     bad_steps, metrics = 0, {}
     bar = tqdm(range(start + 1, stage.steps + 1), desc=f"{stage.name} (dpo)", disable=quiet or not world.is_main, initial=start, total=stage.steps)
     for step in bar:
@@ -139,6 +154,7 @@ def run_dpo(stage, setup: PolicySetup, writer, feedback_records: list[dict], *, 
                 ref_chosen, ref_rejected = pair_logps(setup.reference, train, rows, pad_id)
             loss, r_chosen, r_rejected = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, stage.dpo_beta)
         share = len(rows) / stage.batch_size  # this process's share of the global mean
+        learning_rate = scheduler.get_last_lr()[0]
         applied = apply_gradients(loss * share * world.size, optimizer, stage.grad_clip, world)
         scheduler.step()
         if not applied:
@@ -154,7 +170,7 @@ def run_dpo(stage, setup: PolicySetup, writer, feedback_records: list[dict], *, 
 
         metrics = {"loss": mean(loss.detach().expand(len(rows))), "rewards/chosen": mean(r_chosen), "rewards/rejected": mean(r_rejected),
                    "rewards/margins": mean(r_chosen - r_rejected), "rewards/accuracies": mean((r_chosen > r_rejected).float()),
-                   "logps/chosen": mean(chosen), "logps/rejected": mean(rejected), "learning_rate": scheduler.get_last_lr()[0]}
+                   "logps/chosen": mean(chosen), "logps/rejected": mean(rejected), "learning_rate": learning_rate}
         if ((stage.eval_every and step % stage.eval_every == 0) or step == stage.steps) and world.is_main:
             metrics |= heldout_metrics(setup, heldout, stage.dpo_beta) | evaluate_policy(setup, stage, seed)
         world.barrier()
@@ -162,7 +178,7 @@ def run_dpo(stage, setup: PolicySetup, writer, feedback_records: list[dict], *, 
         bar.set_postfix(loss=f"{metrics['loss']:.3f}")
         if stage.save_every and step % stage.save_every == 0 and step != stage.steps:
             writer.save_checkpoint(stage.name, f"step-{step:06d}", model=setup.policy, tokenizer=setup.tokenizer, step=step, metrics=metrics,
-                                   state=training_state(optimizer, scheduler, step), extra_meta={"algorithm": "dpo"})
+                                   state=training_state(optimizer, scheduler, step, extra={"start": results}), extra_meta={"algorithm": "dpo"})
     writer.save_checkpoint(stage.name, "final", model=setup.policy, tokenizer=setup.tokenizer, step=stage.steps, metrics=metrics,
-                           state=training_state(optimizer, scheduler, stage.steps), extra_meta={"algorithm": "dpo"})
+                           state=training_state(optimizer, scheduler, stage.steps, extra={"start": results}), extra_meta={"algorithm": "dpo"})
     return results | {k: v for k, v in metrics.items() if k.startswith("eval/")} | {"algorithm": "dpo"}

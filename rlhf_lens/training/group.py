@@ -36,7 +36,7 @@ def group_update(policy, optimizer, rollout: Rollout, cfg, *, kl_coef: float, pa
         for rows in minibatch_rows(len(rollout) // cfg.group_size, cfg.group_size, cfg.minibatches):
             n_sequences = world.sum(torch.tensor(float(len(rows)), device=mask.device))
             m = mask[rows]
-            logprobs = token_logprobs(policy, [rollout.prompt_ids[i] for i in rows], [rollout.completion_ids[i] for i in rows], pad_id, mask.shape[1])
+            logprobs = token_logprobs(policy, [rollout.prompt_ids[i] for i in rows], [rollout.completion_ids[i] for i in rows], pad_id, mask.shape[1], temperature=cfg.temperature)
             per_token, was_clipped = clipped_surrogate(logprobs, rollout.logprobs[rows], advantages[rows], cfg.clip_range)
             if cfg.algorithm == "grpo" and kl_coef > 0:
                 per_token = per_token + kl_coef * kl_k3(logprobs, rollout.ref_logprobs[rows])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from rlhf_lens.models import TokenValues, context_length, encode_prompts, sample
+from rlhf_lens.models import TokenValues, context_length, encode_prompts, load_tokenizer, sample
 from rlhf_lens.runs import checkpoint_tag, load_hf_folder
 from rlhf_lens.training.data import batch_indices
 from rlhf_lens.training.group import group_update
@@ -100,10 +101,7 @@ def run_online(stage, setup: PolicySetup, writer, *, seed: int, quiet: bool, res
     policy, value_model = setup.policy, None
     models = [(policy, stage.lr)]
     if stage.algorithm == "ppo":
-        if setup.resume_folder is not None:
-            source = setup.resume_folder / "value"
-        else:  # TRL's choice: the value model starts as the reward model (or the policy with a fresh head)
-            source = setup.reward_folder if is_score_model(setup.reward_folder) else setup.policy_folder
+        source = setup.resume_folder / "value" if setup.resume_folder is not None else value_model_start(setup)
         value_model = TokenValues(load_hf_folder(source, "score", num_labels=1)).to(setup.device)
         models.append((value_model, stage.value_lr))
     optimizer, scheduler = make_multi_optimizer(models, stage.weight_decay, stage.warmup_steps, stage.steps)
@@ -123,6 +121,13 @@ def run_online(stage, setup: PolicySetup, writer, *, seed: int, quiet: bool, res
         world.barrier()
     bad = BadStepCounter(stage.name, stage.max_bad_steps)
     negative_kl_run = 0
+    if resume is not None:
+        bad.consecutive, negative_kl_run = extra.get("bad_steps", 0), extra.get("negative_kl_run", 0)
+
+    def resume_extra() -> dict:
+        """What exact resume needs besides optimizer, scheduler and RNG (and the start-of-stage evaluation to report)."""
+        return {"kl_coef": kl_coef, "reward_scale": reward_scale, "start": results, "bad_steps": bad.consecutive, "negative_kl_run": negative_kl_run}
+
     metrics: dict = {}
     bar = tqdm(range(start + 1, stage.steps + 1), desc=f"{stage.name} ({stage.algorithm})", disable=quiet or not world.is_main,
                initial=start, total=stage.steps)
@@ -133,24 +138,23 @@ def run_online(stage, setup: PolicySetup, writer, *, seed: int, quiet: bool, res
             rollout = collect_rollout(policy, setup.reference, tokenizer, setup.reward, setup.gold_fn, prompts,
                                       group_size=stage.group_size, seed=seed, step=step, max_new_tokens=stage.max_new_tokens,
                                       temperature=stage.temperature, reward_scale=reward_scale, eos_penalty=stage.missing_eos_penalty)
+        learning_rate = scheduler.get_last_lr()[0]  # the rate this step trains with
         if float(world.sum((~torch.isfinite(rollout.scores)).float().sum())) > 0:
-            writer.log_event("nan_skip", stage=stage.name, step=step, what="reward")
-            scheduler.step()
-            bad.bad(step, "rewards")
-            continue
-        with setup.autocast():
-            if stage.algorithm == "ppo":
-                update, applied = ppo_update(train_policy, train_value, optimizer, rollout, stage, kl_coef=kl_coef, pad_id=pad_id, world=world)
-            else:
-                update, applied = group_update(train_policy, optimizer, rollout, stage, kl_coef=kl_coef, pad_id=pad_id, world=world)
-        scheduler.step()
-        if not applied:
-            writer.log_event("nan_skip", stage=stage.name, step=step, what="loss or gradient")
-            bad.bad(step, "losses or gradients")
+            update, applied, what = {}, False, "reward"  # no update; the step is still logged (NaN as null)
         else:
+            with setup.autocast():
+                if stage.algorithm == "ppo":
+                    update, applied = ppo_update(train_policy, train_value, optimizer, rollout, stage, kl_coef=kl_coef, pad_id=pad_id, world=world)
+                else:
+                    update, applied = group_update(train_policy, optimizer, rollout, stage, kl_coef=kl_coef, pad_id=pad_id, world=world)
+            what = "loss or gradient"
+        scheduler.step()
+        if applied:
             bad.ok()
+        else:
+            writer.log_event("nan_skip", stage=stage.name, step=step, what=what)
 
-        metrics = step_metrics(rollout, stage.algorithm, kl_coef, world) | update | {"learning_rate": scheduler.get_last_lr()[0]}
+        metrics = step_metrics(rollout, stage.algorithm, kl_coef, world) | update | {"learning_rate": learning_rate}
         seq_kl = metrics.get("objective/kl", metrics.get("kl"))
         negative_kl_run = negative_kl_run + 1 if seq_kl < -KL_NEGATIVE_TOLERANCE else 0
         metrics["kl/negative_flag"] = float(negative_kl_run >= KL_NEGATIVE_STEPS)
@@ -158,31 +162,47 @@ def run_online(stage, setup: PolicySetup, writer, *, seed: int, quiet: bool, res
         if metrics["kl/negative_flag"] or metrics["kl/blowup_flag"]:
             writer.log_event("kl_warning", stage=stage.name, step=step, kl=seq_kl,
                              what="persistent negative KL estimate" if metrics["kl/negative_flag"] else "KL blow-up")
-        if stage.adaptive_kl and stage.algorithm != "grpo":
+        if stage.adaptive_kl and applied and math.isfinite(seq_kl):
             kl_coef = adaptive_kl_coef(kl_coef, seq_kl, stage.batch_size * stage.group_size, stage.kl_target, stage.kl_horizon)
         if (stage.eval_every and step % stage.eval_every == 0) or step == stage.steps:
             if world.is_main:
                 metrics |= evaluate_policy(setup, stage, seed)
             world.barrier()
         writer.log_metrics(stage.name, step, metrics)
+        if not applied:
+            bad.bad(step, "rewards" if what == "reward" else "losses or gradients")  # raises after max_bad_steps in a row
         if (stage.log_every and step % stage.log_every == 0) or step == stage.steps:
             full = gather_rollout(rollout, world, tokenizer, setup.prompts_by_index, context_length(policy))
             writer.write_rollouts(stage.name, step, rollout_rows(full, stage=stage.name, step=step, first_sample_id=(step - 1) * stage.batch_size * stage.group_size))
         bar.set_postfix(reward=f"{metrics.get('reward', metrics.get('objective/scores', 0.0)):.3f}", kl=f"{seq_kl:.2f}")
         if stage.save_every and step % stage.save_every == 0 and step != stage.steps:
-            save(writer, stage, checkpoint_tag(step), setup, value_model, step, metrics, optimizer, scheduler, {"kl_coef": kl_coef, "reward_scale": reward_scale, "start": results})
-    save(writer, stage, "final", setup, value_model, stage.steps, metrics, optimizer, scheduler, {"kl_coef": kl_coef, "reward_scale": reward_scale, "start": results})
+            save(writer, stage, checkpoint_tag(step), setup, value_model, step, metrics, optimizer, scheduler, resume_extra())
+    save(writer, stage, "final", setup, value_model, stage.steps, metrics, optimizer, scheduler, resume_extra())
     final = {k: v for k, v in metrics.items() if k.startswith("eval/")}
     return results | final | {"reward_scale": reward_scale, "kl_coef": kl_coef, "algorithm": stage.algorithm}
 
 
 def save(writer, stage, tag, setup: PolicySetup, value_model, step, metrics, optimizer, scheduler, extra: dict) -> None:
-    """A checkpoint with the value model and everything exact resume needs (`extra`: KL coefficient, reward scale,
-    and the start-of-stage evaluation, so a resumed stage still reports it)."""
+    """A checkpoint with the value model and the training state (`extra`: see run_online's resume_extra)."""
     state = training_state(optimizer, scheduler, step, extra=extra)
     extra = {"algorithm": stage.algorithm, "reward_from": str(setup.reward_folder or "gold")}
     writer.save_checkpoint(stage.name, tag, model=setup.policy, tokenizer=setup.tokenizer, step=step, metrics=metrics, state=state,
                            value_model=value_model.model if value_model is not None else None, extra_meta=extra)
+
+
+def value_model_start(setup: PolicySetup) -> Path:
+    """TRL's choice: the value model starts as the reward model, when that reads the policy's tokens
+    (same vocabulary, context at least the policy's); otherwise as the policy with a fresh head."""
+    folder = setup.reward_folder
+    if not is_score_model(folder):
+        return setup.policy_folder
+    config = json.loads((Path(folder) / "config.json").read_text())
+    reward_context = config.get("n_positions") or config.get("max_position_embeddings") or 0
+    if load_tokenizer(folder).get_vocab() == setup.tokenizer.get_vocab() and reward_context >= context_length(setup.policy):
+        return folder
+    warnings.warn(f"the reward model {folder} reads other tokens than the policy (tokenizer or context differ); the value model "
+                  "starts from the policy with a fresh head instead", stacklevel=2)
+    return setup.policy_folder
 
 
 def is_score_model(folder) -> bool:

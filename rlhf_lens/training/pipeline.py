@@ -165,6 +165,7 @@ def run_reward_stage(stage: RewardStageConfig, ctx: RunContext, resume: dict | N
     ctx.feedback_records += feedback.records
     ctx.writer.write_data("feedback", ctx.feedback_records)
 
+    torch.manual_seed(seed)  # the fresh score head: the same whether or not earlier stages ran in this process
     if stage.reward_kind == "generative":
         model = policy
     else:
@@ -308,6 +309,7 @@ def adopt_finished_stage(stage, ctx: RunContext, run: Run) -> None:
     folder = run.checkpoint(stage.name).path
     if stage.kind == "reward":
         ctx.latest_reward_folder = folder
-        ctx.feedback_records = [r for r in run.data("feedback")] if "feedback" in run.manifest.get("data", {}) else []
+        # only this finished stage's records: a stage that failed after writing feedback will write its own again
+        ctx.feedback_records += [r for r in run.data("feedback") if r.get("stage") == stage.name]
     else:
         ctx.latest_lm, ctx.latest_lm_folder = (load_causal_lm(folder), load_tokenizer(folder)), folder

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 from rlhf_lens.runs.layout import checkpoint_dir
 from rlhf_lens.training.best_of_n import run_best_of_n
 from rlhf_lens.training.config import ONLINE_ALGORITHMS
@@ -14,6 +16,7 @@ POLICY_SEED_OFFSET = 3
 
 def run_policy_stage(stage, ctx, resume: dict | None = None) -> dict:
     """Run one policy stage; `resume` = {"state": ...} continues from a checkpoint already loaded into ctx."""
+    torch.manual_seed(ctx.config.seed + POLICY_SEED_OFFSET)  # fresh heads are the same on a restart as in a straight run
     setup = setup_policy_stage(stage, ctx, needs_reward=stage.algorithm != "dpo", resume_folder=resume["folder"] if resume else None)
     seed = ctx.config.seed + POLICY_SEED_OFFSET
     if stage.algorithm in ONLINE_ALGORITHMS:

@@ -80,6 +80,7 @@ def setup_policy_stage(stage, ctx, *, needs_reward: bool = True, resume_folder: 
     """Load everything; a resumed stage takes its policy weights from `resume_folder`, the reference from the start."""
     device = local_device(stage.device)
     world = init_world(device)
+    check_batch_split(stage, world)
     folder = policy_folder(stage, ctx)
     tokenizer = load_tokenizer(folder)
     policy = load_causal_lm(resume_folder or folder).to(device)
@@ -95,6 +96,17 @@ def setup_policy_stage(stage, ctx, *, needs_reward: bool = True, resume_folder: 
     evals = [p for p in prompts if p["split"] == "eval"]
     warn_long_prompts(stage, ctx, tokenizer, context_length(policy), train + evals)
     return PolicySetup(device, world, folder, policy, reference, tokenizer, reward, rm_folder, gold_fn, train, evals, stage.bf16, resume_folder)
+
+
+def check_batch_split(stage, world: World) -> None:
+    """Every process gets whole prompts, and online stages split them into equal minibatches."""
+    per_process, rest = divmod(stage.batch_size, world.size)
+    minibatches = stage.minibatches if stage.algorithm in ("ppo", "grpo", "rloo") else 1
+    if rest or per_process % minibatches:
+        raise ConfigError(
+            f"stages.{stage.name}.batch_size ({stage.batch_size}) must split evenly over {world.size} process(es) and then into "
+            f"{minibatches} minibatch(es); make it a multiple of {world.size * minibatches}."
+        )
 
 
 def warn_long_prompts(stage, ctx, tokenizer, context: int, prompts: list[dict]) -> int:

@@ -37,7 +37,7 @@ def ppo_update(policy, value_model, optimizer, rollout: Rollout, cfg, *, kl_coef
         for rows in rows_per_minibatch:
             mb = lambda x: x[rows]  # noqa: E731
             count = world.sum(mask[rows].sum())  # completion tokens of this minibatch over every process
-            logprobs = token_logprobs(policy, [rollout.prompt_ids[i] for i in rows], [rollout.completion_ids[i] for i in rows], pad_id, mask.shape[1])
+            logprobs = token_logprobs(policy, [rollout.prompt_ids[i] for i in rows], [rollout.completion_ids[i] for i in rows], pad_id, mask.shape[1], temperature=cfg.temperature)
             values = completion_values(value_model, [rollout.prompt_ids[i] for i in rows], [rollout.completion_ids[i] for i in rows], pad_id)
             values = torch.nn.functional.pad(values, (0, mask.shape[1] - values.shape[1]))
             pg_loss, clipfrac, approxkl = clipped_policy_loss(logprobs, mb(rollout.logprobs), mb(advantages), mb(mask), cfg.clip_range, count)

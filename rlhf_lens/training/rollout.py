@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from rlhf_lens.models import completion_logits, encode_prompts, sample
 from rlhf_lens.training.losses import entropy_from_logits
-from rlhf_lens.training.policy_reward import RewardSource
+from rlhf_lens.training.policy_reward import RewardError, RewardSource
 
 
 def sample_seed(seed: int, step: int, prompt_index: int, j: int) -> int:
@@ -79,15 +79,25 @@ class Rollout:
         return len(self.prompt_ids)
 
 
-def token_logprobs(model, prompt_ids, completion_ids, pad_id: int, gen_len: int, with_entropy: bool = False):
-    """Per-token logprobs (and entropies) of completions, right-padded to gen_len: -> (batch, gen_len) [, (batch, gen_len)]."""
+def token_logprobs(model, prompt_ids, completion_ids, pad_id: int, gen_len: int, with_entropy: bool = False, temperature: float = 1.0):
+    """Per-token logprobs (and entropies) of completions under the policy sampled at `temperature`,
+    right-padded to gen_len: -> (batch, gen_len) [, (batch, gen_len)]."""
     logits, targets, mask = completion_logits(model, prompt_ids, completion_ids, pad_id)  # (batch, L, vocab)
+    logits = logits.float() / temperature
     logprobs = torch.log_softmax(logits.float(), dim=-1).gather(-1, targets[:, :, None]).squeeze(-1) * mask
     pad = gen_len - logprobs.shape[1]
     logprobs = F.pad(logprobs, (0, pad))
     if not with_entropy:
         return logprobs
     return logprobs, F.pad(entropy_from_logits(logits) * mask, (0, pad))
+
+
+def oracle_rewards(gold_fn, prompts: Sequence[str], completions: Sequence[str]) -> np.ndarray:
+    """The task oracle's rewards as float32 (n,); a failure is a RewardError naming the oracle."""
+    try:
+        return np.asarray(gold_fn(list(prompts), list(completions)), dtype=np.float32).reshape(-1)
+    except Exception as exc:  # noqa: BLE001
+        raise RewardError(f"the task's gold reward (oracle) raised {type(exc).__name__}: {exc}") from exc
 
 
 def padded_mask(completion_ids: Sequence[Sequence[int]], gen_len: int, device) -> torch.Tensor:
@@ -107,13 +117,13 @@ def collect_rollout(
     samples = sample(policy, tokenizer, encode_prompts(tokenizer, [p["prompt"] for p in flat]), seeds, max_new_tokens=max_new_tokens, temperature=temperature)
     completion_ids = [c if c else [tokenizer.eos_token_id] for c in samples.completion_ids]
     pad_id = tokenizer.pad_token_id
-    logprobs, entropy = token_logprobs(policy, samples.prompt_ids, completion_ids, pad_id, max_new_tokens, with_entropy=True)
-    ref_logprobs = token_logprobs(reference, samples.prompt_ids, completion_ids, pad_id, max_new_tokens)
+    logprobs, entropy = token_logprobs(policy, samples.prompt_ids, completion_ids, pad_id, max_new_tokens, with_entropy=True, temperature=temperature)
+    ref_logprobs = token_logprobs(reference, samples.prompt_ids, completion_ids, pad_id, max_new_tokens, temperature=temperature)
     texts = [p["prompt"] for p in flat]
     raw = reward.score(texts, samples.texts) if reward is not None else np.zeros(len(texts))  # DPO has no reward
     scores = torch.tensor(raw, dtype=torch.float32, device=device) * reward_scale
     finished = torch.tensor(samples.finished, device=device)
-    gold = torch.tensor(np.asarray(gold_fn(texts, samples.texts), dtype=np.float32), device=device) if gold_fn else None
+    gold = torch.tensor(oracle_rewards(gold_fn, texts, samples.texts), device=device) if gold_fn else None
     return Rollout(
         prompt_id=[p["id"] for p in flat], prompt_index=[p["index"] for p in flat], sample_index=[j for _ in prompts for j in range(group_size)],
         prompt_ids=samples.prompt_ids, completion_ids=completion_ids, prompts=texts, completions=samples.texts,

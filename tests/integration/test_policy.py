@@ -107,9 +107,10 @@ def test_best_of_n_logs_each_n_with_the_analytic_kl(shared_run, tmp_path):
     assert run.manifest["results"]["policy"]["best_of_16/gold/mean"] == pytest.approx(logged[16]["gold/mean"])
 
 
-def test_resume_continues_exactly(shared_run, tmp_path, monkeypatch):
+@pytest.mark.parametrize("recipe, extra", [("grpo_quick.toml", []), ("ppo_quick.toml", ["stages.policy.adaptive_kl=true", "stages.policy.kl_target=0.5", "stages.policy.minibatches=2"])])
+def test_resume_continues_exactly(shared_run, tmp_path, monkeypatch, recipe, extra):
     settings = ["stages.policy.steps=4", "stages.policy.batch_size=4", "stages.policy.save_every=2", "stages.policy.log_every=1", "stages.policy.eval_every=0"]
-    config = policy_config(shared_run, "grpo_quick.toml", *settings)
+    config = policy_config(shared_run, recipe, *settings, *extra)
     straight = Run.open(train(config, tmp_path / "straight", quiet=True))
 
     real = online.collect_rollout
@@ -128,6 +129,11 @@ def test_resume_continues_exactly(shared_run, tmp_path, monkeypatch):
 
     a, b = straight.load_model("policy").state_dict(), resumed.load_model("policy").state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+    if recipe.startswith("ppo"):  # the value model and the adaptive KL coefficient continue too
+        va, vb = straight.load_value_model("policy").state_dict(), resumed.load_value_model("policy").state_dict()
+        assert all(torch.equal(va[k], vb[k]) for k in va)
+        kl_coefs = list(straight.metrics("policy")["kl_coef"])
+        assert kl_coefs == list(resumed.metrics("policy")["kl_coef"]) and kl_coefs[-1] != kl_coefs[0]
     steps = list(resumed.metrics("policy")["step"])
     assert steps == [1, 2, 3, 4]  # the curve does not fork
     assert any(e.get("event") == "resume" and e.get("step") == 2 for e in resumed.events().to_dict("records"))

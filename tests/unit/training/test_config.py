@@ -36,6 +36,11 @@ def test_overrides_reach_stage_and_model_fields():
         ("model.nlayers=2", r"model: unknown field\(s\) \['nlayers'\]"),
         ("stages.dpo.steps=2", r"no stage named 'dpo'"),
         ("steps", r"expected key=value"),
+        ("stages.policy.algorithm=\"a2c\"", r"stages.policy.algorithm must be one of"),
+        ("stages.policy.kl_target=0", r"stages.policy.kl_target must be > 0, got 0"),
+        ("stages.policy.grad_clip=0", r"stages.policy.grad_clip must be > 0"),
+        ("stages.policy.minibatches=3", r"stages.policy.batch_size \(16\) must be divisible by minibatches \(3\)"),
+        ("stages.policy.warmup_steps=20", r"stages.policy.warmup_steps must be in \[0, steps\)"),
     ],
 )
 def test_bad_values_name_the_field(override, message):
@@ -56,3 +61,10 @@ def test_resolved_config_round_trips_through_dict():
     config = load_recipe(QUICK_RECIPE)
     raw = to_dict(config)
     assert from_dict(apply_overrides(raw, [])) == config
+
+
+def test_policy_options_that_would_be_silently_ignored_are_refused():
+    with pytest.raises(ConfigError, match="adaptive_kl adapts the KL penalty in the reward of ppo or rloo; grpo has none"):
+        load_recipe(REPO / "training" / "grpo_quick.toml", ["stages.policy.adaptive_kl=true"])
+    with pytest.raises(ConfigError, match="group_size must be >= 2 for rloo"):
+        load_recipe(REPO / "training" / "rloo_quick.toml", ["stages.policy.group_size=1"])

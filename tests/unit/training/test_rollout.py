@@ -36,3 +36,54 @@ def test_empty_completions_are_scored_and_logged(tiny_gpt2, tiny_tokenizer, monk
     rows = rollout_rows(rollout, stage="policy", step=1)
     assert [r["completion"] for r in rows] == ["", ""] and [r["finished"] for r in rows] == [True, False]
     assert [len(r["logprobs"]) for r in rows] == [1, 1] and rows[0]["gold_reward"] is None
+
+
+def test_logprobs_are_those_of_the_policy_at_the_sampling_temperature(tiny_gpt2, tiny_tokenizer):
+    import torch
+
+    from rlhf_lens.models import completion_logits
+
+    prompts = [{"index": 0, "id": "p0", "prompt": "The screen is"}, {"index": 1, "id": "p1", "prompt": "The battery"}]
+    rollout = collect_rollout(tiny_gpt2, tiny_gpt2, tiny_tokenizer, None, None, prompts, group_size=2, seed=0, step=1,
+                              max_new_tokens=6, temperature=0.5, reward_scale=1.0, eos_penalty=0.0)
+    with torch.no_grad():
+        logits, targets, mask = completion_logits(tiny_gpt2, rollout.prompt_ids, rollout.completion_ids, tiny_tokenizer.pad_token_id)
+    expected = torch.log_softmax(logits / 0.5, dim=-1).gather(-1, targets[:, :, None]).squeeze(-1) * mask
+    width = expected.shape[1]
+    assert torch.allclose(rollout.logprobs[:, :width], expected, atol=1e-5)
+    assert torch.equal(rollout.kl_per_token, torch.zeros_like(rollout.kl_per_token))  # policy == reference
+
+
+def test_token_values_are_the_score_head_at_the_position_before_each_token(tiny_gpt2, tiny_tokenizer):
+    import torch
+    from transformers import GPT2ForSequenceClassification
+
+    from rlhf_lens.models import TokenValues, completion_values
+
+    torch.manual_seed(0)
+    scorer = GPT2ForSequenceClassification(tiny_gpt2.config.__class__(**{**tiny_gpt2.config.to_dict(), "num_labels": 1})).eval()
+    values = TokenValues(scorer)
+    prompts, completions = [[1, 5, 9], [1, 7]], [[11, 12], [13, 14, 15]]
+    got = completion_values(values, prompts, completions, tiny_tokenizer.pad_token_id)  # (2, 3)
+    for i, (p, c) in enumerate(zip(prompts, completions)):
+        ids = torch.tensor([p + c])
+        with torch.no_grad():
+            hidden = scorer.transformer(input_ids=ids).last_hidden_state
+            direct = scorer.score(hidden)[0, :, 0]  # (seq,)
+        for j in range(len(c)):
+            assert abs(got[i, j].item() - direct[len(p) - 1 + j].item()) < 1e-5  # V(state before token j)
+        assert got[i, len(c):].abs().sum().item() == 0.0  # padding holds 0
+
+
+def test_dpo_pairs_longer_than_the_context_keep_completions_and_the_end_of_the_prompt(tiny_tokenizer):
+    import pytest
+
+    from rlhf_lens.training.dpo import Pairs
+
+    record = {"prompt": "The screen is bright and the keyboard is quiet and " * 6, "chosen": "great.", "rejected": "awful, truly awful."}
+    with pytest.warns(UserWarning, match="1 of 1 preference pairs are longer than the policy's context of 24"):
+        pairs = Pairs.of([record], tiny_tokenizer, 24)
+    assert len(pairs.prompt_ids[0]) + max(len(pairs.chosen_ids[0]), len(pairs.rejected_ids[0])) == 24
+    assert pairs.chosen_ids[0][-1] == pairs.rejected_ids[0][-1] == tiny_tokenizer.eos_token_id  # completions intact
+    full = Pairs.of([record], tiny_tokenizer, 10**6)
+    assert pairs.prompt_ids[0] == full.prompt_ids[0][-len(pairs.prompt_ids[0]):]  # the prompt's last tokens
