@@ -45,6 +45,24 @@ def setup_run(size: str, overrides: list[str], workdir: Path) -> Path:
     return out
 
 
+def recipe_header(name: str, seed: int, task_options: dict, *, train_prompts: int, eval_prompts: int) -> str:
+    """The top of a one-stage recipe; [data] is small because the pipeline always writes task data."""
+    options = ", ".join(f"{k} = {json.dumps(v)}" for k, v in task_options.items())
+    return f"""name = "{name}"
+seed = {seed}
+
+[task]
+name = "sentiment"
+options = {{ {options} }}
+
+[data]
+corpus_size = 200
+sft_size = 50
+train_prompts = {train_prompts}
+eval_prompts = {eval_prompts}
+"""
+
+
 def write_feedback(records: list[dict], path: Path) -> Path:
     """Comparison records as a DESIGN.md feedback JSONL file."""
     keys = ("kind", "prompt", "chosen", "rejected", "labeler")

@@ -52,7 +52,7 @@ DPO table and writes the rows to benchmarks/results/policy_vs_trl.json (or --out
 
 from __future__ import annotations
 
-from common import CONTEXT, QUICK_SETUP, ROOT, SIZES, format_table, quiet_libraries, write_feedback  # isort: skip (sets the environment first)
+from common import CONTEXT, QUICK_SETUP, ROOT, SIZES, format_table, quiet_libraries, recipe_header, write_feedback  # isort: skip (sets the environment first)
 import common
 
 import argparse
@@ -169,22 +169,9 @@ def steady_rate(stamps: list[float]) -> float:
 
 
 def policy_recipe(stage_lines: list[str], task_options: dict, settings: Settings, train_prompts: int) -> str:
-    """A policy-only recipe; [data] is small because the pipeline always writes task data."""
-    options = ", ".join(f"{k} = {json.dumps(v)}" for k, v in task_options.items())
+    """A policy-only recipe."""
     stage = "\n".join(stage_lines)
-    return f"""name = "policy-vs-trl"
-seed = {settings.seed}
-
-[task]
-name = "sentiment"
-options = {{ {options} }}
-
-[data]
-corpus_size = 200
-sft_size = 50
-train_prompts = {train_prompts}
-eval_prompts = {settings.eval_prompts}
-
+    return recipe_header("policy-vs-trl", settings.seed, task_options, train_prompts=train_prompts, eval_prompts=settings.eval_prompts) + f"""
 [[stages]]
 kind = "policy"
 {stage}

@@ -34,7 +34,7 @@ benchmarks/results/reward_vs_trl.json.
 
 from __future__ import annotations
 
-from common import CONTEXT, QUICK_SETUP, ROOT, SIZES, format_table, quiet_libraries, setup_run, write_feedback  # isort: skip (sets the environment first)
+from common import CONTEXT, QUICK_SETUP, ROOT, SIZES, format_table, quiet_libraries, recipe_header, setup_run, write_feedback  # isort: skip (sets the environment first)
 
 import argparse
 import json
@@ -110,21 +110,8 @@ def heldout_fraction_for(records: list[dict], seed: int) -> float:
 
 
 def reward_recipe(sft_spec: str, feedback: Path, fraction: float, task_options: dict, settings: Settings) -> str:
-    """A reward-only recipe; [data] is tiny because the pipeline always writes task data."""
-    options = ", ".join(f"{k} = {json.dumps(v)}" for k, v in task_options.items())
-    return f"""name = "reward-vs-trl"
-seed = {settings.seed}
-
-[task]
-name = "sentiment"
-options = {{ {options} }}
-
-[data]
-corpus_size = 200
-sft_size = 50
-train_prompts = 16
-eval_prompts = 8
-
+    """A reward-only recipe."""
+    return recipe_header("reward-vs-trl", settings.seed, task_options, train_prompts=16, eval_prompts=8) + f"""
 [[stages]]
 kind = "reward"
 reward_kind = "ranking"

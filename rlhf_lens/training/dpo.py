@@ -25,7 +25,7 @@ from rlhf_lens.training.policy_eval import evaluate_policy
 from rlhf_lens.training.policy_setup import PolicySetup
 from rlhf_lens.training.reward_eval import gold_accuracy
 from rlhf_lens.training.rollout import token_logprobs
-from rlhf_lens.training.update import apply_gradients
+from rlhf_lens.training.update import BadStepCounter, apply_gradients
 
 HELDOUT_FRACTION = 0.2
 
@@ -144,7 +144,7 @@ def run_dpo(stage, setup: PolicySetup, writer, feedback_records: list[dict], *, 
             start_metrics = heldout_metrics(setup, heldout, stage.dpo_beta) | evaluate_policy(setup, stage, seed)
             results |= {f"start_{k}": v for k, v in start_metrics.items()}
         world.barrier()
-    bad_steps, metrics = 0, {}
+    bad, metrics = BadStepCounter(stage.name, stage.max_bad_steps), {}
     bar = tqdm(range(start + 1, stage.steps + 1), desc=f"{stage.name} (dpo)", disable=quiet or not world.is_main, initial=start, total=stage.steps)
     for step in bar:
         rows = world.shard(batch_indices(len(train), stage.batch_size, seed, step))
@@ -159,11 +159,9 @@ def run_dpo(stage, setup: PolicySetup, writer, feedback_records: list[dict], *, 
         scheduler.step()
         if not applied:
             writer.log_event("nan_skip", stage=stage.name, step=step, what="loss or gradient")
-            bad_steps += 1
-            if bad_steps >= stage.max_bad_steps:
-                raise FloatingPointError(f"stage {stage.name}: {bad_steps} consecutive DPO steps had a non-finite loss or gradient; stopping. Lower stages.{stage.name}.lr.")
+            bad.bad(step, "losses or gradients")
             continue
-        bad_steps = 0
+        bad.ok()
 
         def mean(x):
             return float(world.sum(x.detach().float().sum())) / stage.batch_size

@@ -28,31 +28,13 @@ from rlhf_lens.training.optim import make_multi_optimizer, restore_training_stat
 from rlhf_lens.training.policy_setup import PolicySetup
 from rlhf_lens.training.policy_eval import evaluate_policy
 from rlhf_lens.training.ppo import ppo_update
+from rlhf_lens.training.update import BadStepCounter
 from rlhf_lens.training.rollout import Rollout, collect_rollout, gather_rollout, rollout_rows, sample_seed
 
 SCALE_STEP = -2  # the sampling "step" of the samples that measure the reward scale
 KL_NEGATIVE_STEPS = 5  # flag a mean sequence KL below -KL_NEGATIVE_TOLERANCE for this many steps in a row
 KL_NEGATIVE_TOLERANCE = 0.05
 KL_BLOWUP_PER_TOKEN = 1.0  # flag a mean KL above this many nats per completion token
-
-
-class BadStepCounter:
-    """Consecutive steps skipped for non-finite rewards, losses or gradients; raises after too many."""
-
-    def __init__(self, stage: str, limit: int):
-        self.stage, self.limit, self.consecutive = stage, limit, 0
-
-    def ok(self) -> None:
-        self.consecutive = 0
-
-    def bad(self, step: int, what: str) -> None:
-        self.consecutive += 1
-        if self.consecutive >= self.limit:
-            raise FloatingPointError(
-                f"stage {self.stage}: {self.consecutive} consecutive steps (up to step {step}) had non-finite {what}; stopping so "
-                f"no NaN reaches the weights. The last complete checkpoint is intact. Check the reward function, lower "
-                f"stages.{self.stage}.lr, or raise stages.{self.stage}.max_bad_steps."
-            )
 
 
 @torch.no_grad()
