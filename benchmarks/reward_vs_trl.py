@@ -15,9 +15,12 @@ d_model 256, 8 heads):
 2. Ours: a reward-only recipe (`reward_kind = "ranking"`, Bradley-Terry) starting from the SFT
    checkpoint, fed the training pairs as a JSONL file, run through `load_recipe` + `train`. The
    whole `train()` call is timed: it also writes the run, task data, the end-of-training
-   evaluation and the checkpoint, so it overstates our training time. Twice: with shuffled pairs
-   (the default) and with `group_by_prompt = true` (batches of whole prompts, each completion
-   scored once per step: fewer forward passes, but fewer distinct prompts per step).
+   evaluation and the checkpoint, so it overstates our training time. Our stage scores each batch
+   packed (`rlhf_lens.packing`: a pair's prompt once, then both completions, rows without padding;
+   the same rewards as a padded batch to float rounding), where TRL pads chosen and rejected to the
+   longest sequence of the batch. Twice: with shuffled pairs (the default) and with
+   `group_by_prompt = true` (batches of whole prompts, each completion scored once per step: fewer
+   tokens again, but fewer distinct prompts per step).
 3. TRL: `RewardTrainer` from the same SFT checkpoint on exactly the pairs our stage trained on
    (our stage holds out a sliver of prompts itself), with the same epochs, batch size, learning
    rate, warmup, cosine-to-10% schedule, gradient clip and max length, fp32, no dropout, no
@@ -28,8 +31,9 @@ d_model 256, 8 heads):
    completion) on the held-out pairs: accuracy against the labels, and against the task oracle's
    ordering (`gold_accuracy`).
 
-Prints a table (ours s, trl s, trl/ours, accuracies; the same for the grouped batches) and writes the rows to
-benchmarks/results/reward_vs_trl.json.
+Steps 2-4 run for each of `--seeds` training seeds on the same pairs (default 3). Prints a table
+(mean seconds, trl/ours as the ratio of mean times, accuracies as mean ± sd over seeds; the same for the
+grouped batches) and writes the rows, with every seed's figures, to benchmarks/results/reward_vs_trl.json.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ import math
 import tempfile
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -73,6 +77,8 @@ class Settings:
     seed: int = 0
     threads: int = 1
     quick: bool = False
+    seeds: int = 1
+    """Training seeds per size (same pairs; seed, seed + 1, ...): accuracies are reported as mean and sd."""
 
 
 @dataclass
@@ -214,34 +220,47 @@ def heldout_accuracy(model, tokenizer, pairs: list[dict], gold_fn) -> tuple[floa
     return pairwise_accuracy(r_chosen, r_rejected), gold_accuracy(r_chosen, r_rejected, g_chosen, g_rejected)
 
 
+def bench_seed(setup: Path, pairs: Pairs, settings: Settings, workdir: Path, gold_fn) -> dict:
+    """Both trainers (and our grouped batches) on the same pairs with one training seed; timings and accuracies."""
+    workdir = workdir / f"seed{settings.seed}"
+    ours_s, ours_model, ours_tok, trained = train_ours(setup, pairs, settings, workdir)
+    print(f"  seed {settings.seed}: ours {ours_s:.1f}s on {len(trained)} pairs", flush=True)
+    grouped_s, grouped_model, grouped_tok, _ = train_ours(setup, pairs, settings, workdir, group_by_prompt=True)
+    print(f"  seed {settings.seed}: ours, batches of whole prompts {grouped_s:.1f}s", flush=True)
+    trl_s, trl_model, trl_tok, check = train_trl(Run.open(setup).checkpoint("sft").path, trained, settings, workdir)
+    print(f"  seed {settings.seed}: trl {trl_s:.1f}s on {check['trl_pairs']} pairs", flush=True)
+    row = {"ours_s": ours_s, "grouped_s": grouped_s, "trl_s": trl_s, "train_pairs": len(trained),
+           "params": sum(p.numel() for p in ours_model.parameters()), **check}
+    for name, model, tokenizer in (("ours", ours_model, ours_tok), ("grouped", grouped_model, grouped_tok), ("trl", trl_model, trl_tok)):
+        row[f"acc_{name}"], row[f"gold_{name}"] = heldout_accuracy(model, tokenizer, pairs.heldout, gold_fn)
+    return row
+
+
 def bench_size(size: str, settings: Settings, workdir: Path) -> dict:
-    """Setup, then both trainers on the same pairs; one result row."""
+    """Setup once, then both trainers on the same pairs for each training seed; one result row of means."""
     setup = setup_run(size, setup_overrides(settings), workdir)
     pairs = comparison_pairs(setup)
     task_config = Run.open(setup).config["task"]
     task = get_task(task_config["name"], **task_config["options"])
-    ours_s, ours_model, ours_tok, trained = train_ours(setup, pairs, settings, workdir)
-    print(f"[{size}] ours: {ours_s:.1f}s on {len(trained)} pairs", flush=True)
-    grouped_s, grouped_model, grouped_tok, _ = train_ours(setup, pairs, settings, workdir, group_by_prompt=True)
-    print(f"[{size}] ours, batches of whole prompts: {grouped_s:.1f}s", flush=True)
-    sft_folder = Run.open(setup).checkpoint("sft").path
-    trl_s, trl_model, trl_tok, check = train_trl(sft_folder, trained, settings, workdir)
-    print(f"[{size}] trl: {trl_s:.1f}s on {check['trl_pairs']} pairs", flush=True)
-    acc_ours, gold_ours = heldout_accuracy(ours_model, ours_tok, pairs.heldout, task.gold_reward)
-    acc_trl, gold_trl = heldout_accuracy(trl_model, trl_tok, pairs.heldout, task.gold_reward)
-    acc_grouped, gold_grouped = heldout_accuracy(grouped_model, grouped_tok, pairs.heldout, task.gold_reward)
-    params = sum(p.numel() for p in ours_model.parameters())
-    return {"size": size, **SIZES[size], "params": params, "ours_s": ours_s, "trl_s": trl_s, "trl_over_ours": trl_s / ours_s,
-            "acc_ours": acc_ours, "acc_trl": acc_trl, "gold_ours": gold_ours, "gold_trl": gold_trl,
-            "grouped_s": grouped_s, "trl_over_grouped": trl_s / grouped_s, "acc_grouped": acc_grouped, "gold_grouped": gold_grouped,
-            "train_pairs": len(trained), "setup_train_pairs": len(pairs.train), "heldout_pairs": len(pairs.heldout),
-            "steps_ours": settings.epochs * math.ceil(len(trained) / settings.batch_size), **check}
+    print(f"[{size}]", flush=True)
+    per_seed = [bench_seed(setup, pairs, replace(settings, seed=settings.seed + k), workdir, task.gold_reward) for k in range(settings.seeds)]
+    row = {"size": size, **SIZES[size], "per_seed": per_seed, "heldout_pairs": len(pairs.heldout), "setup_train_pairs": len(pairs.train)}
+    for key, value in per_seed[0].items():
+        values = [r[key] for r in per_seed]
+        row[key] = float(np.mean(values)) if isinstance(value, float) else value
+        if key.startswith(("acc_", "gold_")):
+            row[key + "_sd"] = float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")
+            row[key + "_pm"] = f"{row[key]:.3f}" + (f" ± {row[key + '_sd']:.3f}" if len(values) > 1 else "")
+    row["trl_over_ours"] = row["trl_s"] / row["ours_s"]
+    row["trl_over_grouped"] = row["trl_s"] / row["grouped_s"]
+    row["steps_ours"] = settings.epochs * math.ceil(row["train_pairs"] / settings.batch_size)
+    return row
 
 
 COLUMNS = [("size", "size", "{}"), ("ours_s", "ours s", "{:.1f}"), ("trl_s", "trl s", "{:.1f}"), ("trl_over_ours", "trl/ours", "{:.2f}x"),
-           ("acc_ours", "acc ours", "{:.3f}"), ("acc_trl", "acc trl", "{:.3f}"), ("gold_ours", "gold ours", "{:.3f}"), ("gold_trl", "gold trl", "{:.3f}"),
-           ("grouped_s", "grouped s", "{:.1f}"), ("trl_over_grouped", "trl/grouped", "{:.2f}x"), ("acc_grouped", "acc grouped", "{:.3f}"),
-           ("gold_grouped", "gold grouped", "{:.3f}")]
+           ("acc_ours_pm", "acc ours", "{}"), ("acc_trl_pm", "acc trl", "{}"), ("gold_ours_pm", "gold ours", "{}"), ("gold_trl_pm", "gold trl", "{}"),
+           ("grouped_s", "grouped s", "{:.1f}"), ("trl_over_grouped", "trl/grouped", "{:.2f}x"), ("acc_grouped_pm", "acc grouped", "{}"),
+           ("gold_grouped_pm", "gold grouped", "{}")]
 
 
 def save_results(rows: list[dict], settings: Settings) -> None:
@@ -257,6 +276,7 @@ def parse_args() -> tuple[list[str], Settings]:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--quick", action="store_true", help="tiny setup runs and 1 epoch: a smoke run")
+    parser.add_argument("--seeds", type=int, default=3, help="training seeds per size, on the same pairs (default 3)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (default 1: on a shared 2-core machine two threads oversubscribe the cores and "
                              "make every op several times slower and noisier)")
@@ -266,7 +286,7 @@ def parse_args() -> tuple[list[str], Settings]:
     if unknown:
         parser.error(f"unknown size(s) {unknown}; choose from {list(REWARD_SIZES)}")
     epochs = args.epochs if args.epochs is not None else (1 if args.quick else 2)
-    return sizes, Settings(epochs=epochs, batch_size=args.batch_size, lr=args.lr, threads=args.threads, quick=args.quick)
+    return sizes, Settings(epochs=epochs, batch_size=args.batch_size, lr=args.lr, threads=args.threads, quick=args.quick, seeds=1 if args.quick else args.seeds)
 
 
 def main() -> None:

@@ -341,21 +341,37 @@ def exact_kl_per_token(logits: torch.Tensor, ref_logits: torch.Tensor) -> torch.
 # --------------------------------------------------------------------------- reward scoring
 
 
-def reward_input_ids(tokenizer, prompts: Sequence[str], completions: Sequence[str], context: int) -> list[list[int]]:
-    """BOS + prompt + completion token ids, as every reward model reads them.
+def reward_input_parts(tokenizer, prompts: Sequence[str], completions: Sequence[str], context: int) -> list[tuple[list[int], list[int]]]:
+    """(BOS + prompt, completion) token ids of each text, as every reward model reads them.
 
-    A sequence longer than `context` loses tokens from the left (with a warning)
-    so that the completion, the thing being judged, survives.
+    A text longer than `context` loses tokens from the left (with a warning) so that the
+    completion, the thing being judged, survives; the prefix is cut first.
     """
-    sequences = [p + ids for p, ids in zip(encode_prompts(tokenizer, prompts), tokenizer(list(completions), add_special_tokens=False)["input_ids"])]
-    too_long = sum(len(s) > context for s in sequences)
+    prefixes = encode_prompts(tokenizer, prompts)
+    suffixes = tokenizer(list(completions), add_special_tokens=False)["input_ids"]
+    too_long = sum(len(p) + len(c) > context for p, c in zip(prefixes, suffixes))
     if too_long:
         warnings.warn(
             f"{too_long} prompt+completion sequence(s) exceed the reward model's context of {context} tokens; "
             "truncated from the left so the completions survive.",
-            stacklevel=2,
+            stacklevel=3,
         )
-    return [fit_to_context(s, context) for s in sequences]
+    return [fit_parts_to_context(p, c, context) for p, c in zip(prefixes, suffixes)]
+
+
+def fit_parts_to_context(prefix: list[int], suffix: list[int], budget: int) -> tuple[list[int], list[int]]:
+    """`fit_to_context(prefix + suffix, budget)` split back into what is left of the prefix and of the suffix."""
+    if budget <= 0:
+        raise ValueError(f"context budget must be positive, got {budget}")
+    excess = len(prefix) + len(suffix) - budget
+    if excess <= 0:
+        return prefix, suffix
+    return prefix[excess:], suffix[max(0, excess - len(prefix)) :]
+
+
+def reward_input_ids(tokenizer, prompts: Sequence[str], completions: Sequence[str], context: int) -> list[list[int]]:
+    """BOS + prompt + completion token ids, as every reward model reads them (see `reward_input_parts`)."""
+    return [p + c for p, c in reward_input_parts(tokenizer, prompts, completions, context)]
 
 
 def score_rewards(reward_model: torch.nn.Module, input_ids: Sequence[Sequence[int]], pad_id: int) -> torch.Tensor:

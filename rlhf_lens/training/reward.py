@@ -20,11 +20,11 @@ from rlhf_lens.models import (
     context_length,
     encode_prompts,
     generative_rewards,
-    reward_input_ids,
-    score_rewards,
+    reward_input_parts,
     score_texts,
     write_critiques,
 )
+from rlhf_lens.packing import pack_texts, packed_rewards
 from rlhf_lens.training.data import PromptCompletions
 from rlhf_lens.training.feedback_data import Feedback
 from rlhf_lens.training.lm import completion_nll
@@ -64,11 +64,12 @@ class PromptGroups:
     batching, Ouyang et al. 2022, sec. 3.5): each completion is scored once per step however
     many comparisons it appears in, so K completions cost K forward passes, not K(K-1).
     With one record per group, batches are plain shuffled records; a text appearing
-    twice in one batch is still scored once.
+    twice in one batch is still scored once. Either way a batch is scored packed
+    (`rlhf_lens.packing`): each prompt once, then its completions, with no padding.
     """
 
-    input_ids: list[list[int]]
-    """BOS + prompt + completion ids of each distinct text."""
+    texts: list[tuple[list[int], list[int]]]
+    """(BOS + prompt, completion) ids of each distinct text."""
     ranked: list[list[int]]
     """Per record: indices into `input_ids`, best first (a comparison is [chosen, rejected])."""
     groups: list[list[int]]
@@ -84,7 +85,7 @@ class PromptGroups:
             ranked.append([text_index.setdefault((record["prompt"], completions[j]), len(text_index)) for j in order])
             groups.setdefault(record["prompt"] if by_prompt else i, []).append(i)
         texts = list(text_index)
-        return cls(reward_input_ids(tokenizer, [p for p, _ in texts], [c for _, c in texts], context), ranked, list(groups.values()))
+        return cls(reward_input_parts(tokenizer, [p for p, _ in texts], [c for _, c in texts], context), ranked, list(groups.values()))
 
     def groups_per_batch(self, records_per_batch: int) -> int:
         """How many groups give about `records_per_batch` records on average."""
@@ -96,7 +97,7 @@ def ranking_loss(model, pad_id: int, data: PromptGroups, prompt_indices: Sequenc
     records = [r for g in prompt_indices for r in data.groups[g]]
     texts = sorted({t for r in records for t in data.ranked[r]})
     position = {t: i for i, t in enumerate(texts)}
-    rewards = score_rewards(model, [data.input_ids[t] for t in texts], pad_id)  # (n_texts,)
+    rewards = packed_rewards(model, pack_texts([data.texts[t] for t in texts], pad_id))  # (n_texts,)
     by_k: dict[int, list[list[int]]] = {}
     for r in records:
         by_k.setdefault(len(data.ranked[r]), []).append([position[t] for t in data.ranked[r]])
@@ -112,8 +113,8 @@ def ranking_loss(model, pad_id: int, data: PromptGroups, prompt_indices: Sequenc
 
 
 def rating_loss(model, tokenizer, records: Sequence[dict]) -> torch.Tensor:
-    ids = reward_input_ids(tokenizer, [r["prompt"] for r in records], [r["completion"] for r in records], context_length(model))
-    predicted = score_rewards(model, ids, tokenizer.pad_token_id)
+    texts = reward_input_parts(tokenizer, [r["prompt"] for r in records], [r["completion"] for r in records], context_length(model))
+    predicted = packed_rewards(model, pack_texts(texts, tokenizer.pad_token_id))
     ratings = torch.tensor([r["rating"] for r in records], device=predicted.device)
     return rating_regression_loss(predicted, ratings)
 

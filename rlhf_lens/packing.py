@@ -1,0 +1,138 @@
+"""Shared-prefix packing: score texts that share a prompt in one forward pass, with no padding waste.
+
+A reward batch holds texts BOS + prompt + completion, and the texts of one prompt share their
+prefix: a comparison's chosen and rejected, or all K completions of a ranked prompt. Padded
+batches compute that prefix once per text and pad every text to the longest (about half the
+tokens of a typical batch are padding or repeated prompts). Packing writes each prefix once,
+followed by its completions, and packs these segments side by side into rows::
+
+    tokens:     BOS The camera is | great . | awful ! ! | BOS I bought it | ...
+    positions:   0   1     2    3 |  4    5 |  4    5 6 |  0  1   2     3 | ...
+
+A 4-D attention mask lets a prefix token see the earlier tokens of its prefix, and a completion
+token see its whole prefix and the earlier tokens of its own completion, nothing else (tree
+attention, as in SpecInfer, Miao et al. 2023). Position ids restart at each segment and continue
+from the prefix in each completion, so every text is computed as it would be alone (up to float
+rounding); the reward is the score head read at the text's last token, which is what HF's
+sequence-classification pooling reads on a right-padded batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+Text = tuple[Sequence[int], Sequence[int]]
+"""(prefix ids, suffix ids): BOS + prompt, and the completion; either may be empty, not both."""
+
+
+@dataclass(frozen=True)
+class PackedBatch:
+    """Texts packed into rows; tensors on the CPU."""
+
+    input_ids: torch.Tensor
+    """(rows, width) token ids; pad_id after the last segment of a row."""
+    position_ids: torch.Tensor
+    """(rows, width) position of each token within its own text."""
+    allowed: torch.Tensor
+    """(rows, width, width) bool: query column q may attend to key column k."""
+    last: tuple[torch.Tensor, torch.Tensor]
+    """(row, column) of each text's last token, each (n_texts,), in the order the texts were given."""
+
+    @property
+    def n_tokens(self) -> int:
+        return self.input_ids.numel()
+
+
+def segments_by_prefix(texts: Sequence[Text]) -> list[tuple[tuple[int, ...], list[int]]]:
+    """Group texts with identical prefixes: [(prefix, [text indices])] in order of first appearance."""
+    by_prefix: dict[tuple[int, ...], list[int]] = {}
+    for i, (prefix, suffix) in enumerate(texts):
+        if not len(prefix) and not len(suffix):
+            raise ValueError(f"text {i} is empty: a reward model needs at least one token (BOS)")
+        by_prefix.setdefault(tuple(prefix), []).append(i)
+    return list(by_prefix.items())
+
+
+def first_fit_decreasing(lengths: Sequence[int], width: int) -> list[list[int]]:
+    """Bins (rows) of item indices, each holding at most `width` in total; longest items placed first."""
+    rows: list[list[int]] = []
+    free: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        row = next((r for r, room in enumerate(free) if room >= lengths[i]), None)
+        if row is None:
+            rows.append([])
+            free.append(width)
+            row = len(rows) - 1
+        rows[row].append(i)
+        free[row] -= lengths[i]
+    return rows
+
+
+ROW_WIDTH = 96
+"""Default row width: wide enough to hold two or three comparisons, narrow enough that attention stays cheap."""
+
+
+def pack_texts(texts: Sequence[Text], pad_id: int, *, min_width: int = ROW_WIDTH) -> PackedBatch:
+    """Pack texts into rows of width max(min_width, longest segment), sharing equal prefixes."""
+    segments = segments_by_prefix(texts)
+    sizes = [len(prefix) + sum(len(texts[i][1]) for i in members) for prefix, members in segments]
+    width = max(max(sizes), min_width)
+    rows = first_fit_decreasing(sizes, width)
+
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    positions = torch.zeros((len(rows), width), dtype=torch.long)
+    segment = torch.full((len(rows), width), -1, dtype=torch.long)  # pad columns: segment -1
+    branch = torch.zeros((len(rows), width), dtype=torch.long)  # 0: prefix (or pad), j + 1: suffix j
+    last_row = torch.empty(len(texts), dtype=torch.long)
+    last_col = torch.empty(len(texts), dtype=torch.long)
+    for r, members in enumerate(rows):
+        col = 0
+        for s in members:
+            prefix, text_indices = segments[s]
+            p = len(prefix)
+            ids[r, col : col + p] = torch.tensor(prefix, dtype=torch.long)
+            positions[r, col : col + p] = torch.arange(p)
+            segment[r, col : col + p] = s
+            prefix_end = col + p
+            col += p
+            for j, t in enumerate(text_indices, start=1):
+                suffix = texts[t][1]
+                n = len(suffix)
+                ids[r, col : col + n] = torch.tensor(list(suffix), dtype=torch.long)
+                positions[r, col : col + n] = torch.arange(p, p + n)
+                segment[r, col : col + n] = s
+                branch[r, col : col + n] = j
+                last_row[t] = r
+                last_col[t] = col + n - 1 if n else prefix_end - 1
+                col += n
+        # pad columns (position 0) form one more segment: every query attends to at least one key (no NaN)
+    causal = torch.ones(width, width, dtype=torch.bool).tril()  # (q, k): k <= q
+    same_segment = segment[:, :, None] == segment[:, None, :]
+    same_branch = (branch[:, None, :] == 0) | (branch[:, :, None] == branch[:, None, :])  # key in prefix, or same suffix
+    return PackedBatch(ids, positions, causal & same_segment & same_branch, (last_row, last_col))
+
+
+def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(rows, q, k) bool -> (rows, 1, q, k) float: 0 where allowed, the dtype's minimum elsewhere (HF's 4-D mask)."""
+    return torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
+
+
+def packed_rewards(reward_model: torch.nn.Module, batch: PackedBatch) -> torch.Tensor:
+    """Scalar rewards of a sequence-classification model on packed texts: -> (n_texts,).
+
+    Same values as `models.score_rewards` on the texts padded (the centring offset is subtracted).
+    Differentiable: wrap in torch.no_grad() when no gradient is needed.
+    """
+    parameter = next(reward_model.parameters())
+    device = parameter.device
+    hidden = reward_model.base_model(
+        input_ids=batch.input_ids.to(device),
+        position_ids=batch.position_ids.to(device),
+        attention_mask=additive_mask(batch.allowed, parameter.dtype).to(device),
+    ).last_hidden_state  # (rows, width, d_model)
+    rows, cols = batch.last
+    last_hidden = hidden[rows.to(device), cols.to(device)]  # (n_texts, d_model)
+    return reward_model.score(last_hidden)[:, 0].float() - float(getattr(reward_model.config, "reward_offset", 0.0))
