@@ -57,6 +57,18 @@ def tiny_gpt2(tiny_tokenizer):
     return model.eval()
 
 
+@pytest.fixture(scope="session")
+def tiny_scorer(tiny_gpt2, tmp_path_factory):
+    """A sequence-classification reward model (num_labels=1) on the tiny GPT-2 backbone."""
+    from transformers import AutoModelForSequenceClassification
+
+    folder = tmp_path_factory.mktemp("scorer")
+    tiny_gpt2.save_pretrained(folder)
+    model = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=1).eval()
+    model.config.pad_token_id = tiny_gpt2.config.pad_token_id
+    return model
+
+
 def pytest_collection_modifyitems(config, items):
     """Tests marked `gpu` need CUDA (DESIGN.md): they skip, with the reason, where torch sees none."""
     import torch

@@ -174,8 +174,9 @@ class RewardStageConfig:
     """Records (pairs, ratings, rankings or critiques) per optimizer step."""
     group_by_prompt: bool = False
     """Ranking kind: batch whole prompts with all their comparisons (InstructGPT), about batch_size records per
-    step, each completion scored once per step: ~3x faster with K=4, but fewer distinct prompts per step, which
-    learned less per epoch in our benchmark (benchmarks/reward_vs_trl.py)."""
+    step, each prompt and each completion scored once per step however many pairs they are in: with K
+    completions per prompt, K(K-1)/2 pairs cost K texts. Fewer distinct prompts per step, though, which
+    learned a little less per epoch at K=4 (benchmarks/reward_vs_trl.py); worth it to afford more feedback."""
     lr: float = 5e-4
     """Peak learning rate (AdamW)."""
     warmup_steps: int = 10

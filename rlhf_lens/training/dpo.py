@@ -104,18 +104,39 @@ def pair_logps(model, pairs: Pairs, rows: list[int], pad_id: int) -> tuple[torch
     return logps[: len(rows)], logps[len(rows) :]
 
 
+def distinct_texts(pairs: Pairs) -> tuple[list[tuple[tuple[int, ...], tuple[int, ...]]], np.ndarray, np.ndarray]:
+    """The distinct (prompt ids, completion ids) of some pairs, and each pair's chosen and rejected index into them.
+
+    Held-out feedback judges each pair several times (once per labeler) and each completion in
+    K-1 pairs: the texts are far fewer than the pairs' sides.
+    """
+    index: dict[tuple[tuple[int, ...], tuple[int, ...]], int] = {}
+    chosen = [index.setdefault((tuple(p), tuple(c)), len(index)) for p, c in zip(pairs.prompt_ids, pairs.chosen_ids)]
+    rejected = [index.setdefault((tuple(p), tuple(r)), len(index)) for p, r in zip(pairs.prompt_ids, pairs.rejected_ids)]
+    return list(index), np.array(chosen, dtype=int), np.array(rejected, dtype=int)
+
+
 @torch.no_grad()
-def heldout_metrics(setup: PolicySetup, pairs: Pairs, beta: float, batch_size: int = 64) -> dict[str, float]:
+def text_logps(model, texts: list[tuple[tuple[int, ...], tuple[int, ...]]], pad_id: int, batch_size: int) -> np.ndarray:
+    """Sequence logprob of each (prompt ids, completion ids): -> (n,)."""
+    logps = []
+    for start in range(0, len(texts), batch_size):
+        chunk = texts[start : start + batch_size]
+        completions = [list(c) for _, c in chunk]
+        width = max(1, max(len(c) for c in completions))
+        logps.append(token_logprobs(model, [list(p) for p, _ in chunk], completions, pad_id, width).sum(-1).float().cpu())
+    return torch.cat(logps).numpy()
+
+
+@torch.no_grad()
+def heldout_metrics(setup: PolicySetup, pairs: Pairs, beta: float, batch_size: int = 128) -> dict[str, float]:
     """Held-out accuracy of the implicit reward (ties count half), against the labels and the oracle."""
     pad_id = setup.tokenizer.pad_token_id
-    margins, ref_margins = [], []
-    for start in range(0, len(pairs), batch_size):
-        rows = list(range(start, min(len(pairs), start + batch_size)))
-        chosen, rejected = pair_logps(setup.policy, pairs, rows, pad_id)
-        ref_chosen, ref_rejected = pair_logps(setup.reference, pairs, rows, pad_id)
-        margins.append((beta * ((chosen - ref_chosen) - (rejected - ref_rejected))).cpu())
-        ref_margins.append((ref_chosen - ref_rejected).cpu())
-    margin, ref_margin = torch.cat(margins).numpy(), torch.cat(ref_margins).numpy()
+    texts, chosen, rejected = distinct_texts(pairs)
+    logps = text_logps(setup.policy, texts, pad_id, batch_size)  # (n_texts,)
+    ref_logps = text_logps(setup.reference, texts, pad_id, batch_size)
+    margin = beta * ((logps[chosen] - ref_logps[chosen]) - (logps[rejected] - ref_logps[rejected]))
+    ref_margin = ref_logps[chosen] - ref_logps[rejected]
     metrics = {"eval/rewards/accuracies": float(np.mean((margin > 0) + 0.5 * (margin == 0))),
                "eval/rewards/margins": float(margin.mean()), "eval/ref_logp_accuracy": float(np.mean(ref_margin > 0))}
     if setup.gold_fn is not None:

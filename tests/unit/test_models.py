@@ -106,18 +106,6 @@ def test_tokenizer_larger_than_embedding_table_is_refused(tiny_gpt2, tiny_tokeni
     check_vocab_fits(tiny_gpt2, tiny_tokenizer)  # the matching tokenizer passes
 
 
-@pytest.fixture(scope="module")
-def tiny_scorer(tiny_gpt2, tmp_path_factory):
-    """A sequence-classification reward model (num_labels=1) on the tiny GPT-2 backbone."""
-    from transformers import AutoModelForSequenceClassification
-
-    folder = tmp_path_factory.mktemp("scorer")
-    tiny_gpt2.save_pretrained(folder)
-    model = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=1).eval()
-    model.config.pad_token_id = tiny_gpt2.config.pad_token_id
-    return model
-
-
 def test_reward_scores_do_not_depend_on_padding(tiny_scorer, tiny_tokenizer):
     from rlhf_lens.models import reward_input_ids, score_rewards
 

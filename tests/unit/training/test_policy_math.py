@@ -101,3 +101,18 @@ def test_world_shard_refuses_uneven_batches():
     assert World(rank=1, size=2).shard([0, 1, 2, 3]) == [2, 3]
     with pytest.raises(ValueError, match="multiple of the process count"):
         World(rank=0, size=2).shard([0, 1, 2])
+
+
+def test_dpo_heldout_texts_are_scored_once_each(tiny_gpt2):
+    from rlhf_lens.training.dpo import Pairs, distinct_texts, pair_logps, text_logps
+
+    # The same pair judged twice (two labelers), and a third pair sharing a completion with it.
+    pairs = Pairs(records=[{}] * 3, prompt_ids=[[1, 5], [1, 5], [1, 5]], chosen_ids=[[7, 8], [7, 8], [9]], rejected_ids=[[9], [9], [7, 8]])
+    texts, chosen, rejected = distinct_texts(pairs)
+    assert texts == [((1, 5), (7, 8)), ((1, 5), (9,))]
+    assert chosen.tolist() == [0, 0, 1] and rejected.tolist() == [1, 1, 0]
+    logps = text_logps(tiny_gpt2, texts, pad_id=0, batch_size=1)
+    with torch.no_grad():
+        direct_chosen, direct_rejected = pair_logps(tiny_gpt2, pairs, [0, 1, 2], pad_id=0)
+    assert logps[chosen].tolist() == pytest.approx(direct_chosen.tolist(), abs=1e-5)
+    assert logps[rejected].tolist() == pytest.approx(direct_rejected.tolist(), abs=1e-5)
