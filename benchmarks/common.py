@@ -31,13 +31,19 @@ QUICK_SETUP = ["stages.base.steps=30", "stages.base.warmup_steps=5", "stages.sft
                "data.corpus_size=1000", "data.sft_size=200", "data.train_prompts=48", "data.eval_prompts=8"]
 
 
+SETUP_FEEDBACK = ["data.train_prompts=512", "stages.reward.feedback_prompts=512", "stages.reward.completions_per_prompt=4",
+                  "stages.reward.group_by_prompt=false", "stages.reward.batch_size=16"]
+"""The setup run's feedback as the benchmarks were first run: 4 samples of 512 prompts, all 6 pairs each
+(about 3,000 training pairs); the quick recipe itself now collects 45 pairs of 10 samples per prompt."""
+
+
 def model_overrides(size: str) -> list[str]:
     return [f"model.{k}={v}" for k, v in SIZES[size].items()] + [f"model.context={CONTEXT}"]
 
 
 def setup_run(size: str, overrides: list[str], workdir: Path) -> Path:
     """Base + SFT + simulated feedback + reward model with our pipeline (not timed); returns the run directory."""
-    config = load_recipe(BASE_RECIPE, model_overrides(size) + overrides)
+    config = load_recipe(BASE_RECIPE, model_overrides(size) + SETUP_FEEDBACK + overrides)
     config = dataclasses.replace(config, stages=tuple(s for s in config.stages if s.kind != "policy"))
     start = time.perf_counter()
     out = train(config, workdir / f"setup-{size}", quiet=True)

@@ -33,9 +33,11 @@ def reward_run(shared_run, tmp_path, recipe: str, *overrides: str) -> Run:
 def test_ranking_reward_model_of_the_shared_run(shared_run):
     run = Run.open(shared_run)
     results = run.manifest["results"]["reward"]
-    assert results["rm/accuracy_gold"] > 0.7, results  # chance is 0.5
-    assert results["rm/spearman_gold"] > 0.5, results
-    assert results["rm/accuracy"] > 0.65, results
+    # The acceptance figures of the quick recipe: 85% held-out agreement with the oracle's ordering
+    # (chance is 0.5; two seeds measured 0.885 and 0.888) and Spearman >= 0.7 with the oracle.
+    assert results["rm/accuracy_gold"] >= 0.85, results
+    assert results["rm/spearman_gold"] >= 0.7, results
+    assert results["rm/accuracy"] > 0.75, results  # against the noisy labels; labelers agree with each other about 0.81
     checkpoint = run.checkpoint("reward")
     # A plain HF sequence-classification folder with one output.
     model = AutoModelForSequenceClassification.from_pretrained(checkpoint.path).eval()
