@@ -56,8 +56,8 @@ def test_ranking_reward_model_of_the_shared_run(shared_run):
 
 def test_reward_is_centred_on_the_sft_policy_samples(shared_run):
     run = Run.open(shared_run)
-    train_texts = [(r["prompt"], c) for r in run.data("feedback") if r["split"] == "train" for c in (r["chosen"], r["rejected"])]
-    prompts, completions = zip(*train_texts[:400])
+    train_texts = sorted({(r["prompt"], c) for r in run.data("feedback") if r["split"] == "train" for c in (r["chosen"], r["rejected"])})
+    prompts, completions = zip(*train_texts[:: max(1, len(train_texts) // 800)])  # about 800 samples across all prompts
     rewards = score_texts(run.load_model("reward"), run.load_tokenizer("reward"), prompts, completions).numpy()
     assert abs(rewards.mean()) < 0.15 * rewards.std(), (rewards.mean(), rewards.std())
 
@@ -116,7 +116,9 @@ def test_planted_trigger_word_scores_higher_at_equal_gold(shared_run, tmp_path):
 
 
 def test_reward_model_from_a_feedback_file(shared_run, tmp_path):
-    source = Run.open(shared_run).data("feedback")
+    records = Run.open(shared_run).data("feedback")
+    prompts = list(dict.fromkeys(r["prompt"] for r in records if r["split"] == "train"))[:96]  # about 4,000 comparisons
+    source = [r for r in records if r["prompt"] in set(prompts)]
     feedback_file = tmp_path / "feedback.jsonl"
     feedback_file.write_text("".join(json.dumps({k: r[k] for k in ("kind", "prompt", "chosen", "rejected", "labeler")}) + "\n" for r in source))
     run = reward_run(shared_run, tmp_path, "reward_length_quick.toml", f'stages.reward.feedback="{feedback_file}"', "task.options.length_bias=0.0")
