@@ -126,6 +126,11 @@ def packed_rewards(reward_model: torch.nn.Module, batch: PackedBatch) -> torch.T
     Same values as `models.score_rewards` on the texts padded (the centring offset is subtracted).
     Differentiable: wrap in torch.no_grad() when no gradient is needed.
     """
+    if not isinstance(getattr(reward_model, "score", None), torch.nn.Module):
+        raise TypeError(
+            f"{type(reward_model).__name__} has no `score` head; packed scoring reads a decoder's "
+            "*ForSequenceClassification model (GPT-2, Llama, GPT-NeoX). Score it padded with models.score_rewards."
+        )
     parameter = next(reward_model.parameters())
     device = parameter.device
     hidden = reward_model.base_model(

@@ -95,12 +95,17 @@ def preference_pairs(stage, feedback_records: list[dict], seed: int) -> tuple[li
     return train, heldout
 
 
+def sequence_logps(model, prompt_ids: list[list[int]], completion_ids: list[list[int]], pad_id: int) -> torch.Tensor:
+    """log p(completion | prompt) summed over each completion's tokens: -> (n,)."""
+    width = max(1, max(len(c) for c in completion_ids))
+    return token_logprobs(model, prompt_ids, completion_ids, pad_id, width).sum(-1)
+
+
 def pair_logps(model, pairs: Pairs, rows: list[int], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Sequence logprobs of the chosen and rejected completions of some pairs: -> (n,), (n,)."""
     prompts = [pairs.prompt_ids[i] for i in rows] * 2
     completions = [pairs.chosen_ids[i] for i in rows] + [pairs.rejected_ids[i] for i in rows]
-    width = max(len(c) for c in completions)
-    logps = token_logprobs(model, prompts, completions, pad_id, width).sum(-1)  # (2n,)
+    logps = sequence_logps(model, prompts, completions, pad_id)  # (2n,)
     return logps[: len(rows)], logps[len(rows) :]
 
 
@@ -119,12 +124,8 @@ def distinct_texts(pairs: Pairs) -> tuple[list[tuple[tuple[int, ...], tuple[int,
 @torch.no_grad()
 def text_logps(model, texts: list[tuple[tuple[int, ...], tuple[int, ...]]], pad_id: int, batch_size: int) -> np.ndarray:
     """Sequence logprob of each (prompt ids, completion ids): -> (n,)."""
-    logps = []
-    for start in range(0, len(texts), batch_size):
-        chunk = texts[start : start + batch_size]
-        completions = [list(c) for _, c in chunk]
-        width = max(1, max(len(c) for c in completions))
-        logps.append(token_logprobs(model, [list(p) for p, _ in chunk], completions, pad_id, width).sum(-1).float().cpu())
+    chunks = [texts[start : start + batch_size] for start in range(0, len(texts), batch_size)]
+    logps = [sequence_logps(model, [list(p) for p, _ in chunk], [list(c) for _, c in chunk], pad_id).float().cpu() for chunk in chunks]
     return torch.cat(logps).numpy()
 
 

@@ -71,7 +71,7 @@ class PromptGroups:
     texts: list[tuple[list[int], list[int]]]
     """(BOS + prompt, completion) ids of each distinct text."""
     ranked: list[list[int]]
-    """Per record: indices into `input_ids`, best first (a comparison is [chosen, rejected])."""
+    """Per record: indices into `texts`, best first (a comparison is [chosen, rejected])."""
     groups: list[list[int]]
     """Per prompt: the indices of its records."""
 

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import GPT2Config, GPT2ForSequenceClassification, LlamaConfig, LlamaForSequenceClassification
+from transformers import (
+    GPT2Config,
+    GPT2ForSequenceClassification,
+    GPTNeoXConfig,
+    GPTNeoXForSequenceClassification,
+    LlamaConfig,
+    LlamaForSequenceClassification,
+)
 
 from rlhf_lens.models import fit_to_context, reward_input_ids, reward_input_parts, score_rewards
 from rlhf_lens.packing import first_fit_decreasing, pack_texts, packed_rewards
@@ -20,7 +27,10 @@ def scorers():
     llama = LlamaForSequenceClassification(LlamaConfig(
         hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=64,
         vocab_size=60, max_position_embeddings=40, num_labels=1, pad_token_id=PAD))
-    return {"gpt2": gpt2.eval(), "llama": llama.eval()}
+    neox = GPTNeoXForSequenceClassification(GPTNeoXConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, vocab_size=60,
+        max_position_embeddings=40, num_labels=1, pad_token_id=PAD))
+    return {"gpt2": gpt2.eval(), "llama": llama.eval(), "gpt_neox": neox.eval()}
 
 
 def random_texts(seed: int) -> list[tuple[list[int], list[int]]]:
@@ -36,7 +46,7 @@ def random_texts(seed: int) -> list[tuple[list[int], list[int]]]:
     return [texts[i] for i in order]
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "gpt_neox"])
 def test_packed_rewards_equal_padded_rewards_and_gradients(arch):
     model = scorers()[arch]
     texts = random_texts(seed=1)
@@ -80,6 +90,11 @@ def test_first_fit_decreasing_fills_rows_without_overflow():
     assert sorted(i for row in rows for i in row) == list(range(6))
     assert all(sum([5, 3, 4, 2, 6, 1][i] for i in row) <= 7 for row in rows)
     assert len(rows) == 3
+
+
+def test_a_model_without_a_score_head_is_refused_with_the_fix():
+    with pytest.raises(TypeError, match="no `score` head.*score_rewards"):
+        packed_rewards(torch.nn.Linear(2, 1), pack_texts([([1], [2])], PAD))
 
 
 def test_an_empty_text_is_refused():
