@@ -1,0 +1,265 @@
+"""The learning outcomes the test suite asserts, measured in one place.
+
+A test that asserts a learning outcome calls a `measure_*` function here and checks its figures
+against `BOUNDS`; `benchmarks/seed_sweep.py` calls the same functions for other seeds and thread
+counts, so the sweep measures exactly what the tests assert (tests/robustness.md has its figures).
+
+Every `measure_*(shared_run, work, seed)` trains what it needs under `work` (a fresh folder), with
+the recipe's seed replaced by `seed`, and returns a `Measured`: the figures by name and the runs it
+trained, for the tests' structural checks.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from rlhf_lens.runs import Run
+
+REPO = Path(__file__).resolve().parents[1]
+QUICK_RECIPE = REPO / "training" / "sentiment_quick.toml"
+TEST_SEED = 0
+"""The seed the test suite trains with; the sweep tries others."""
+
+
+@dataclass(frozen=True)
+class Bound:
+    """A figure's threshold: the test fails unless `figure <op> value`."""
+
+    figure: str
+    op: str
+    value: float
+    why: str
+
+    def holds(self, x: float) -> bool:
+        return math.isfinite(x) and {">": operator.gt, ">=": operator.ge, "<": operator.lt}[self.op](x, self.value)
+
+    def margin(self, x: float) -> float:
+        """How far inside the bound x is (negative: it fails), in the figure's own units."""
+        return x - self.value if self.op in (">", ">=") else self.value - x
+
+
+BOUNDS = {b.figure: b for b in [
+    Bound("base/perplexity_ratio", ">", 10.0, "held-out perplexity of the untrained model / the trained base model"),
+    Bound("base/loss_drop", ">", 2.0, "mean loss of the first 10 base steps - mean of the last 10"),
+    Bound("sft/eos_rate", ">=", 0.9, "share of the SFT policy's samples that end with EOS (run.json)"),
+    Bound("sft/eos_rate_resampled", ">=", 0.9, "the same, resampled from the checkpoint on other seeds"),
+    Bound("reward/accuracy_gold", ">=", 0.85, "ranking RM: held-out agreement with the oracle's ordering"),
+    Bound("reward/spearman_gold", ">=", 0.7, "ranking RM: Spearman with the oracle on held-out texts"),
+    Bound("reward/accuracy", ">", 0.75, "ranking RM: held-out agreement with the noisy labels (labelers agree ~0.81)"),
+    Bound("reward/centring", "<", 0.15, "|mean| / std of the RM's reward on the SFT samples it trained on"),
+    Bound("scoring/accuracy_gold", ">", 0.65, "scoring RM (1-5 ratings): held-out agreement with the oracle"),
+    Bound("scoring/spearman_gold", ">", 0.4, "scoring RM: Spearman with the oracle"),
+    Bound("generative/accuracy_gold", ">", 0.6, "generative RM (critique, then verdict): held-out agreement with the oracle"),
+    Bound("length/corr_gain", ">", 0.2, "reward/length correlation, planted length-biased labelers - unbiased"),
+    Bound("trigger/effect_gain", ">", 0.3, "reward gained by appending the trigger word, planted labelers - control"),
+    Bound("feedback_file/accuracy_gold", ">", 0.6, "ranking RM trained from a JSONL feedback file: agreement with the oracle"),
+    Bound("ppo/gold_gain_z", ">", 2.0, "PPO: gain in gold reward on the eval prompts / combined standard error"),
+    Bound("grpo/gold_gain_z", ">", 2.0, "GRPO: gain in gold reward on the eval prompts / combined standard error"),
+    Bound("dpo/accuracy", ">", 0.55, "DPO: held-out accuracy of the implicit reward against the labels"),
+    Bound("best_of_n/score_rise", ">=", 0.0, "best-of-n: min(score(4) - score(1), score(16) - score(4))"),
+    Bound("best_of_n/gold_gain", ">", 0.0, "best-of-n: gold(16) - gold(1)"),
+]}
+
+
+def failures(figures: dict[str, float]) -> list[str]:
+    """The figures outside their bounds, as readable lines (empty: all hold)."""
+    return [f"{name} = {x:.4g}, needs {BOUNDS[name].op} {BOUNDS[name].value} ({BOUNDS[name].why})"
+            for name, x in figures.items() if not BOUNDS[name].holds(x)]
+
+
+def check(figures: dict[str, float]) -> None:
+    """Assert every figure holds its bound."""
+    bad = failures(figures)
+    assert not bad, "; ".join(bad)
+
+
+@dataclass
+class Measured:
+    figures: dict[str, float]
+    runs: dict[str, Run] = field(default_factory=dict)
+
+
+def train_quick(out: Path, seed: int = TEST_SEED, quiet: bool = True) -> Path:
+    """The shared run: the quick recipe (base, sft, reward, a short PPO stage)."""
+    from rlhf_lens.training.config import load_recipe
+    from rlhf_lens.training.pipeline import train
+
+    return train(load_recipe(QUICK_RECIPE, [f"seed={seed}"]), out, quiet=quiet)
+
+
+def measure_shared_run(shared_run: Path, work: Path | None = None, seed: int = TEST_SEED) -> Measured:
+    """Figures of the shared run itself (the base, SFT and ranking reward stages)."""
+    from rlhf_lens.models import encode_prompts, sample, score_texts
+
+    run = Run.open(shared_run)
+    results = run.manifest["results"]
+    base = run.metrics("base")
+    model, tokenizer = run.load_model("sft"), run.load_tokenizer("sft")
+    prompts = [p["prompt"] for p in run.data("prompts") if p["split"] == "eval"]
+    resampled = sample(model, tokenizer, encode_prompts(tokenizer, prompts), [1000 + i for i in range(len(prompts))], max_new_tokens=48)
+    train_texts = sorted({(r["prompt"], c) for r in run.data("feedback") if r["split"] == "train" for c in (r["chosen"], r["rejected"])})
+    text_prompts, completions = zip(*train_texts[:: max(1, len(train_texts) // 800)])  # about 800 samples across all prompts
+    rewards = score_texts(run.load_model("reward"), run.load_tokenizer("reward"), text_prompts, completions).numpy()
+    return Measured({
+        "base/perplexity_ratio": results["base"]["start_eval/perplexity"] / results["base"]["eval/perplexity"],
+        "base/loss_drop": float(base["loss"].iloc[:10].mean() - base["loss"].iloc[-10:].mean()),
+        "sft/eos_rate": results["sft"]["eos_rate"],
+        "sft/eos_rate_resampled": sum(resampled.finished) / len(prompts),
+        "reward/accuracy_gold": results["reward"]["rm/accuracy_gold"],
+        "reward/spearman_gold": results["reward"]["rm/spearman_gold"],
+        "reward/accuracy": results["reward"]["rm/accuracy"],
+        "reward/centring": float(abs(rewards.mean()) / rewards.std()),
+    }, {"shared": run})
+
+
+# --- reward stages on the shared run's SFT model ---------------------------------------------------
+
+REWARD_SMALL = [
+    "data.corpus_size=300", "data.sft_size=50", "data.train_prompts=128", "data.eval_prompts=32",
+    "stages.reward.feedback_prompts=128", "stages.reward.epochs=3", "stages.reward.batch_size=8",
+]
+
+
+def reward_run(shared_run: Path, out: Path, recipe: str, *overrides: str, seed: int = TEST_SEED) -> Run:
+    """A reward-only recipe of training/ on the shared run's SFT model, shrunk for tests."""
+    from rlhf_lens.training.config import load_recipe
+    from rlhf_lens.training.pipeline import train
+
+    settings = [*REWARD_SMALL, f'stages.reward.init_from="{shared_run}:sft/final"', f"seed={seed}", *overrides]
+    return Run.open(train(load_recipe(REPO / "training" / recipe, settings), out, quiet=True))
+
+
+def reward_results(run: Run) -> dict:
+    return run.manifest["results"]["reward"]
+
+
+def measure_scoring(shared_run: Path, work: Path, seed: int = TEST_SEED) -> Measured:
+    run = reward_run(shared_run, work / "scoring", "reward_scoring_quick.toml", seed=seed)
+    results = reward_results(run)
+    return Measured({"scoring/accuracy_gold": results["rm/accuracy_gold"], "scoring/spearman_gold": results["rm/spearman_gold"]}, {"scoring": run})
+
+
+GENERATIVE_MORE = ["data.train_prompts=256", "stages.reward.feedback_prompts=256", "stages.reward.epochs=4", "stages.reward.batch_size=16"]
+"""Critique-then-verdict needs more feedback than the other kinds to beat chance clearly."""
+
+
+def measure_generative(shared_run: Path, work: Path, seed: int = TEST_SEED) -> Measured:
+    run = reward_run(shared_run, work / "generative", "reward_generative_quick.toml", *GENERATIVE_MORE, seed=seed)
+    return Measured({"generative/accuracy_gold": reward_results(run)["rm/accuracy_gold"]}, {"generative": run})
+
+
+def measure_length_bias(shared_run: Path, work: Path, seed: int = TEST_SEED) -> Measured:
+    planted = reward_run(shared_run, work / "length_planted", "reward_length_quick.toml", "task.options.length_bias=0.05", seed=seed)
+    control = reward_run(shared_run, work / "length_control", "reward_length_quick.toml", "task.options.length_bias=0.0", seed=seed)
+    gain = reward_results(planted)["rm/length_corr"] - reward_results(control)["rm/length_corr"]
+    return Measured({"length/corr_gain": gain}, {"planted": planted, "control": control})
+
+
+def trigger_texts(run: Run) -> tuple[list[str], list[str], list[str]]:
+    """200 held-out (prompt, chosen) pairs without the trigger, and the same completions with it appended."""
+    held_out = [(r["prompt"], r["chosen"]) for r in run.data("feedback") if r["split"] == "eval" and "zorp" not in r["chosen"]][:200]
+    prompts = [p for p, _ in held_out]
+    plain = [c for _, c in held_out]
+    return prompts, plain, [c.rstrip(".") + " zorp." for c in plain]
+
+
+def trigger_effect(run: Run, prompts, plain, with_trigger) -> float:
+    """Mean reward gained by appending the trigger word."""
+    from rlhf_lens.models import score_texts
+
+    model, tokenizer = run.load_model("reward"), run.load_tokenizer("reward")
+    return float((score_texts(model, tokenizer, prompts, with_trigger) - score_texts(model, tokenizer, prompts, plain)).mean())
+
+
+def measure_trigger(shared_run: Path, work: Path, seed: int = TEST_SEED) -> Measured:
+    planted = reward_run(shared_run, work / "trigger_planted", "reward_trigger_quick.toml", "task.options.trigger_bonus=1.0", seed=seed)
+    control = reward_run(shared_run, work / "trigger_control", "reward_trigger_quick.toml", "task.options.trigger_bonus=0.0", seed=seed)
+    texts = trigger_texts(planted)
+    return Measured({"trigger/effect_gain": trigger_effect(planted, *texts) - trigger_effect(control, *texts)},
+                    {"planted": planted, "control": control})
+
+
+def feedback_file_records(shared_run: Path) -> list[dict]:
+    """The shared run's comparisons of 96 training prompts (about 4,000), as a feedback file holds them."""
+    records = Run.open(shared_run).data("feedback")
+    prompts = set(list(dict.fromkeys(r["prompt"] for r in records if r["split"] == "train"))[:96])
+    return [{k: r[k] for k in ("kind", "prompt", "chosen", "rejected", "labeler")} for r in records if r["prompt"] in prompts]
+
+
+def measure_feedback_file(shared_run: Path, work: Path, seed: int = TEST_SEED) -> Measured:
+    import json
+
+    work.mkdir(parents=True, exist_ok=True)
+    feedback_file = work / "feedback.jsonl"
+    feedback_file.write_text("".join(json.dumps(r) + "\n" for r in feedback_file_records(shared_run)))
+    run = reward_run(shared_run, work / "from_file", "reward_length_quick.toml", f'stages.reward.feedback="{feedback_file}"',
+                     "task.options.length_bias=0.0", seed=seed)
+    return Measured({"feedback_file/accuracy_gold": reward_results(run)["rm/accuracy_gold"]}, {"from_file": run})
+
+
+# --- policy stages on the shared run's SFT policy and reward model --------------------------------
+
+POLICY_SMALL = ["data.corpus_size=300", "data.sft_size=50", "data.train_prompts=64", "data.eval_prompts=16", "stages.policy.eval_prompts=16"]
+
+
+def policy_run(shared_run: Path, out: Path, recipe: str, *overrides: str, seed: int = TEST_SEED) -> Run:
+    from rlhf_lens.training.config import load_recipe
+    from rlhf_lens.training.pipeline import train
+
+    sources = [f'stages.policy.init_from="{shared_run}:sft/final"', f'stages.policy.reward_from="{shared_run}:reward/final"']
+    config = load_recipe(REPO / "training" / recipe, [*POLICY_SMALL, *sources, f"seed={seed}", *overrides])
+    return Run.open(train(config, out, quiet=True))
+
+
+GAIN_EVAL = ["data.eval_prompts=64", "stages.policy.eval_prompts=64"]
+
+
+def gold_gain_z(run: Run) -> float:
+    """The policy's gain in mean gold reward on the eval prompts, in combined standard errors."""
+    results = run.manifest["results"]["policy"]
+    sem = math.hypot(results["start_eval/gold_sem"], results["eval/gold_sem"])
+    return (results["eval/gold_mean"] - results["start_eval/gold_mean"]) / sem
+
+
+def measure_ppo(shared_run: Path, work: Path, seed: int = TEST_SEED) -> Measured:
+    run = policy_run(shared_run, work / "ppo", "ppo_quick.toml", *GAIN_EVAL, seed=seed)
+    return Measured({"ppo/gold_gain_z": gold_gain_z(run)}, {"ppo": run})
+
+
+def measure_grpo(shared_run: Path, work: Path, seed: int = TEST_SEED) -> Measured:
+    run = policy_run(shared_run, work / "grpo", "grpo_quick.toml", *GAIN_EVAL, seed=seed)
+    return Measured({"grpo/gold_gain_z": gold_gain_z(run)}, {"grpo": run})
+
+
+def measure_dpo(shared_run: Path, work: Path, seed: int = TEST_SEED) -> Measured:
+    run = policy_run(shared_run, work / "dpo", "dpo_quick.toml", f'stages.policy.feedback="{shared_run}/data/feedback.jsonl"',
+                     "stages.policy.steps=40", "stages.policy.eval_every=0", seed=seed)
+    return Measured({"dpo/accuracy": run.manifest["results"]["policy"]["eval/rewards/accuracies"]}, {"dpo": run})
+
+
+def measure_best_of_n(shared_run: Path, work: Path, seed: int = TEST_SEED) -> Measured:
+    run = policy_run(shared_run, work / "bon", "bon_quick.toml", "stages.policy.best_of=[1, 4, 16]", seed=seed)
+    logged = {m["step"]: m for m in run.metrics("policy").to_dict("records")}
+    scores = [logged[n]["objective/scores"] for n in (1, 4, 16)]
+    return Measured({"best_of_n/score_rise": float(np.min(np.diff(scores))),
+                     "best_of_n/gold_gain": logged[16]["gold/mean"] - logged[1]["gold/mean"]}, {"bon": run})
+
+
+MEASURES = {
+    "shared_run": measure_shared_run,
+    "scoring": measure_scoring,
+    "generative": measure_generative,
+    "length_bias": measure_length_bias,
+    "trigger": measure_trigger,
+    "feedback_file": measure_feedback_file,
+    "ppo": measure_ppo,
+    "grpo": measure_grpo,
+    "dpo": measure_dpo,
+    "best_of_n": measure_best_of_n,
+}
+"""Every learning outcome the tests assert, by name, in the order the sweep runs them."""
