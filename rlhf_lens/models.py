@@ -374,18 +374,38 @@ def reward_input_ids(tokenizer, prompts: Sequence[str], completions: Sequence[st
     return [p + c for p, c in reward_input_parts(tokenizer, prompts, completions, context)]
 
 
+def require_score_head(reward_model: torch.nn.Module) -> None:
+    """Rewards are read from a decoder's `*ForSequenceClassification` model: its backbone and `score` head."""
+    if not isinstance(getattr(reward_model, "score", None), torch.nn.Module):
+        raise TypeError(
+            f"{type(reward_model).__name__} has no `score` head; rewards are read from a decoder's "
+            "*ForSequenceClassification model (GPT-2, Llama, GPT-NeoX), as `build_model` and the reward stage make them."
+        )
+
+
+def rewards_at(reward_model: torch.nn.Module, last_hidden: torch.Tensor) -> torch.Tensor:
+    """The score head on each text's last hidden state, minus the centring offset: (n, d_model) -> (n,).
+
+    The centring offset stored in the config (`reward_offset`, set by the trainer) is subtracted.
+    """
+    return reward_model.score(last_hidden)[:, 0].float() - float(getattr(reward_model.config, "reward_offset", 0.0))
+
+
 def score_rewards(reward_model: torch.nn.Module, input_ids: Sequence[Sequence[int]], pad_id: int) -> torch.Tensor:
     """Scalar rewards of a sequence-classification reward model: -> (batch,).
 
-    Right padding; the model pools its last non-pad token. The centring offset
-    stored in the config (`reward_offset`, set by the trainer) is subtracted.
+    Right padding; each text is scored at its last token as the attention mask says, not at the last
+    token that differs from the pad id as HF's own pooling does, so a text that holds the pad/EOS id
+    literally is scored where packed batches (`packing.packed_rewards`) score it.
     Differentiable: wrap in torch.no_grad() when no gradient is needed.
     """
+    require_score_head(reward_model)
     device = next(reward_model.parameters()).device
     ids, mask = pad_right(input_ids, pad_id)
-    # A pad id equal to EOS would hide a trailing EOS from HF's pooling; reward inputs carry none.
-    logits = reward_model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits  # (batch, 1)
-    return logits[:, 0].float() - float(getattr(reward_model.config, "reward_offset", 0.0))
+    ids, mask = ids.to(device), mask.to(device)
+    hidden = reward_model.base_model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask)).last_hidden_state  # (batch, seq, d_model)
+    last = mask.sum(1) - 1  # (batch,)
+    return rewards_at(reward_model, hidden[torch.arange(len(ids), device=device), last])
 
 
 @torch.no_grad()

@@ -24,6 +24,8 @@ from typing import Sequence
 
 import torch
 
+from rlhf_lens.models import require_score_head, rewards_at
+
 Text = tuple[Sequence[int], Sequence[int]]
 """(prefix ids, suffix ids): BOS + prompt, and the completion; either may be empty, not both."""
 
@@ -126,11 +128,7 @@ def packed_rewards(reward_model: torch.nn.Module, batch: PackedBatch) -> torch.T
     Same values as `models.score_rewards` on the texts padded (the centring offset is subtracted).
     Differentiable: wrap in torch.no_grad() when no gradient is needed.
     """
-    if not isinstance(getattr(reward_model, "score", None), torch.nn.Module):
-        raise TypeError(
-            f"{type(reward_model).__name__} has no `score` head; packed scoring reads a decoder's "
-            "*ForSequenceClassification model (GPT-2, Llama, GPT-NeoX). Score it padded with models.score_rewards."
-        )
+    require_score_head(reward_model)
     parameter = next(reward_model.parameters())
     device = parameter.device
     hidden = reward_model.base_model(
@@ -140,4 +138,4 @@ def packed_rewards(reward_model: torch.nn.Module, batch: PackedBatch) -> torch.T
     ).last_hidden_state  # (rows, width, d_model)
     rows, cols = batch.last
     last_hidden = hidden[rows.to(device), cols.to(device)]  # (n_texts, d_model)
-    return reward_model.score(last_hidden)[:, 0].float() - float(getattr(reward_model.config, "reward_offset", 0.0))
+    return rewards_at(reward_model, last_hidden)

@@ -93,8 +93,24 @@ def test_first_fit_decreasing_fills_rows_without_overflow():
 
 
 def test_a_model_without_a_score_head_is_refused_with_the_fix():
-    with pytest.raises(TypeError, match="no `score` head.*score_rewards"):
+    with pytest.raises(TypeError, match="no `score` head.*ForSequenceClassification"):
         packed_rewards(torch.nn.Linear(2, 1), pack_texts([([1], [2])], PAD))
+    with pytest.raises(TypeError, match="no `score` head"):
+        score_rewards(torch.nn.Linear(2, 1), [[1, 2]], PAD)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_a_text_holding_the_pad_id_is_scored_at_its_last_token_padded_and_packed(arch):
+    # A feedback file may hold "<|endoftext|>" (the pad/EOS id) inside a completion: both paths score
+    # the text's last token, as the text alone (no padding at all) is scored.
+    model = scorers()[arch]
+    texts = [([PAD, 3, 4], [5, PAD]), ([7, 8], [9, 10, 11, 12])]  # the first ends in the pad id
+    with torch.no_grad():
+        alone = [float(model.score(model.base_model(input_ids=torch.tensor([p + s])).last_hidden_state[0, -1])) for p, s in texts]
+        padded = score_rewards(model, [p + s for p, s in texts], PAD).tolist()
+        packed = packed_rewards(model, pack_texts(texts, PAD)).tolist()
+    assert padded == pytest.approx(alone, abs=1e-5)
+    assert packed == pytest.approx(alone, abs=1e-5)
 
 
 def test_an_empty_text_is_refused():
