@@ -459,3 +459,23 @@ def generative_rewards(model: torch.nn.Module, tokenizer, prompts: Sequence[str]
         rewards.append(sequence_logprobs(lp_good, mask_good) - sequence_logprobs(lp_bad, mask_bad))
     offset = float(getattr(model.config, "reward_offset", 0.0))
     return (torch.cat(rewards) if rewards else torch.zeros(0)) - offset
+
+
+def judge_texts(
+    model: torch.nn.Module,
+    tokenizer,
+    prompts: Sequence[str],
+    completions: Sequence[str],
+    *,
+    critique_first: bool,
+    critique_max_tokens: int,
+) -> torch.Tensor:
+    """Rewards of a generative reward model read as it was trained: -> (n,).
+
+    With `critique_first`, the model first writes its own greedy critique of at most
+    `critique_max_tokens` tokens (the reward stage's `critique_max_tokens`, recorded in the
+    checkpoint's meta.json), then the reward is the verdict log-odds after it.
+    """
+    critiques = write_critiques(model, tokenizer, prompts, completions, max_new_tokens=critique_max_tokens) if critique_first else None
+    return generative_rewards(model, tokenizer, prompts, completions, critiques)
+

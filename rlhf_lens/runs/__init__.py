@@ -25,7 +25,7 @@ from .layout import (
     tag_step,
 )
 from .manifest import FORMAT, FORMAT_VERSION, STAGE_KINDS, STAGE_STATUSES, load_schema, validate_manifest
-from .reader import Run, load_hf_folder
+from .reader import Run, load_hf_folder, read_checkpoint_meta
 from .state import load_state, save_state
 from .writer import RunWriter
 
@@ -59,6 +59,7 @@ __all__ = [
     "maybe_crash_after",
     "metrics_path",
     "parse_init_from",
+    "read_checkpoint_meta",
     "read_jsonl",
     "report_path",
     "resolve_init_from",

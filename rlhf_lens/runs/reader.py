@@ -331,6 +331,21 @@ def _has_tokenizer(folder: Path) -> bool:
     return any((folder / name).is_file() for name in TOKENIZER_FILES)
 
 
+def read_checkpoint_meta(folder: str | os.PathLike[str]) -> dict[str, Any]:
+    """The meta.json of a checkpoint folder (given by path, e.g. another run's `init_from` source);
+    {} for a plain HF folder that has none."""
+    path = meta_path(folder)
+    if not path.is_file():
+        return {}
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise RunFormatError(f"{path}: unreadable ({err}); the checkpoint folder is damaged: retrain its stage or point to another checkpoint") from err
+    if not isinstance(meta, dict):
+        raise RunFormatError(f"{path}: expected a JSON object, found {type(meta).__name__}")
+    return meta
+
+
 def load_hf_folder(folder: str | os.PathLike[str], head: str = "causal_lm", **kwargs: Any) -> Any:
     """from_pretrained on a vetted safetensors folder, offline, eval mode.
 
@@ -346,4 +361,4 @@ def load_hf_folder(folder: str | os.PathLike[str], head: str = "causal_lm", **kw
     return model.eval()
 
 
-__all__ = ["HEADS", "Run", "load_hf_folder"]
+__all__ = ["HEADS", "Run", "load_hf_folder", "read_checkpoint_meta"]

@@ -195,6 +195,7 @@ def run_reward_stage(stage: RewardStageConfig, ctx: RunContext, resume: dict | N
     extra = {"reward_kind": stage.reward_kind, "reward_offset": offset, "audit": audits[-1], "train_records": len(feedback.train)}
     if stage.reward_kind == "generative":
         extra["critique_first"] = stage.critique_first
+        extra["critique_max_tokens"] = stage.critique_max_tokens  # the policy stage writes critiques of this length too
         extra["critiques"] = example_critiques(stage, model, tokenizer, feedback.eval_texts()[:EXAMPLE_CRITIQUES])
     ctx.latest_reward_folder = ctx.writer.save_checkpoint(stage.name, "final", model=model, tokenizer=tokenizer, step=steps, metrics=result.metrics, state=result.state, extra_meta=extra)
     return {k: v for k, v in result.metrics.items() if k.startswith("rm/")} | {"reward_offset": offset, "train_records": len(feedback.train)}

@@ -20,6 +20,7 @@ from rlhf_lens.models import (
     context_length,
     encode_prompts,
     generative_rewards,
+    judge_texts,
     reward_input_parts,
     score_texts,
     write_critiques,
@@ -159,11 +160,9 @@ def reward_function(stage, model, tokenizer) -> RewardFn:
     if stage.reward_kind != "generative":
         return lambda prompts, completions: score_texts(model, tokenizer, prompts, completions).numpy()
 
-    def generative(prompts, completions):
-        critiques = write_critiques(model, tokenizer, prompts, completions, max_new_tokens=stage.critique_max_tokens) if stage.critique_first else None
-        return generative_rewards(model, tokenizer, prompts, completions, critiques).numpy()
-
-    return generative
+    return lambda prompts, completions: judge_texts(
+        model, tokenizer, prompts, completions, critique_first=stage.critique_first, critique_max_tokens=stage.critique_max_tokens
+    ).numpy()
 
 
 def evaluate_reward(reward_fn: RewardFn, feedback: Feedback, gold_fn: Callable | None) -> tuple[dict[str, float], dict]:
