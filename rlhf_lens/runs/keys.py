@@ -9,14 +9,14 @@ from types import MappingProxyType
 from typing import Mapping
 
 METRIC_KEYS: Mapping[str, tuple[str, ...]] = MappingProxyType({
-    # PPO/RLOO: mean sequence KL, scores, score - beta*KL, entropy
+    # PPO/RLOO: mean sequence KL (k1; GRPO logs it too), scores, score - beta*KL, entropy
     "objective": ("objective/kl", "objective/scores", "objective/rlhf_reward", "objective/entropy"),
     # PPO: approx KL, clip fraction, losses, value clip fraction, ratio
     "ppo": (
         "policy/approxkl_avg", "policy/clipfrac_avg", "loss/policy_avg", "loss/value_avg",
         "val/clipfrac_avg", "val/ratio",
     ),
-    # GRPO: reward, its std, KL, entropy, lengths, clip ratio
+    # GRPO: reward, its std, KL (k3 as its loss uses it: token mean per sequence), entropy, lengths, clip ratio
     "grpo": ("reward", "reward_std", "kl", "entropy", "completions/mean_length", "clip_ratio/region_mean"),
     "dpo": (
         "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",

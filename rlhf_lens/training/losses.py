@@ -59,6 +59,14 @@ def whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: fl
     return (out if shift_mean else out + mean) * mask
 
 
+def sequence_token_mean(per_token: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Each sequence's mean over its own tokens: (batch, gen_len) -> (batch,); 0 for an empty completion.
+
+    GRPO's loss averages per-token terms this way before averaging over sequences (Shao et al. 2024, eq. 3).
+    """
+    return (per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1)
+
+
 def kl_k3(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
     """k3 estimator of KL(p || ref) per token: (r - 1) - log r with r = ref/p; unbiased and >= 0.
 

@@ -23,7 +23,7 @@ from rlhf_lens.models import TokenValues, context_length, encode_prompts, load_t
 from rlhf_lens.runs import checkpoint_tag, load_hf_folder
 from rlhf_lens.training.data import batch_indices
 from rlhf_lens.training.group import group_update
-from rlhf_lens.training.losses import adaptive_kl_coef
+from rlhf_lens.training.losses import adaptive_kl_coef, kl_k3, sequence_token_mean
 from rlhf_lens.training.optim import make_multi_optimizer, restore_training_state, training_state
 from rlhf_lens.training.policy_setup import PolicySetup
 from rlhf_lens.training.policy_eval import evaluate_policy
@@ -63,7 +63,10 @@ def step_metrics(rollout: Rollout, algorithm: str, kl_coef: float, world) -> dic
     reward_mean = mean(rewards)
     reward_std = math.sqrt(max(mean(rewards**2) - reward_mean**2, 0.0))
     if algorithm == "grpo":
-        metrics = {"reward": reward_mean, "reward_std": reward_std, "kl": seq_kl, "entropy": entropy}
+        # `kl` is what GRPO's loss penalises (TRL's key): k3 per token, averaged per sequence, then over sequences;
+        # `objective/kl` is the k1 sequence KL every algorithm logs, which the KL flags read.
+        k3 = mean(sequence_token_mean(kl_k3(rollout.logprobs, rollout.ref_logprobs), mask))
+        metrics = {"reward": reward_mean, "reward_std": reward_std, "kl": k3, "objective/kl": seq_kl, "entropy": entropy}
     else:
         metrics = {"objective/kl": seq_kl, "objective/scores": scores, "objective/rlhf_reward": reward_mean - kl_coef * seq_kl,
                    "objective/entropy": entropy, "reward_std": reward_std}
@@ -126,9 +129,9 @@ def run_online(stage, setup: PolicySetup, writer, *, seed: int, quiet: bool, res
         else:
             with setup.autocast():
                 if stage.algorithm == "ppo":
-                    update, applied = ppo_update(train_policy, train_value, optimizer, rollout, stage, kl_coef=kl_coef, pad_id=pad_id, world=world)
+                    update, applied = ppo_update(train_policy, train_value, optimizer, rollout, stage, kl_coef=kl_coef, pad_id=pad_id, world=world, seed=seed, step=step)
                 else:
-                    update, applied = group_update(train_policy, optimizer, rollout, stage, kl_coef=kl_coef, pad_id=pad_id, world=world)
+                    update, applied = group_update(train_policy, optimizer, rollout, stage, kl_coef=kl_coef, pad_id=pad_id, world=world, seed=seed, step=step)
             what = "loss or gradient"
         scheduler.step()
         if applied:
@@ -137,7 +140,7 @@ def run_online(stage, setup: PolicySetup, writer, *, seed: int, quiet: bool, res
             writer.log_event("nan_skip", stage=stage.name, step=step, what=what)
 
         metrics = step_metrics(rollout, stage.algorithm, kl_coef, world) | update | {"learning_rate": learning_rate}
-        seq_kl = metrics.get("objective/kl", metrics.get("kl"))
+        seq_kl = metrics["objective/kl"]
         negative_kl_run = negative_kl_run + 1 if seq_kl < -KL_NEGATIVE_TOLERANCE else 0
         metrics["kl/negative_flag"] = float(negative_kl_run >= KL_NEGATIVE_STEPS)
         metrics["kl/blowup_flag"] = float(seq_kl / max(metrics["completions/mean_length"], 1.0) > KL_BLOWUP_PER_TOKEN)

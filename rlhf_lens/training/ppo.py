@@ -14,7 +14,7 @@ from rlhf_lens.models import completion_values
 from rlhf_lens.training.distributed import World, whiten_global
 from rlhf_lens.training.losses import clipped_policy_loss, clipped_value_loss, gae, token_rewards
 from rlhf_lens.training.rollout import Rollout, token_logprobs
-from rlhf_lens.training.update import UpdateStats, apply_gradients, minibatch_rows
+from rlhf_lens.training.update import UpdateStats, apply_gradients, epoch_seed, minibatch_rows
 
 
 @torch.no_grad()
@@ -23,8 +23,10 @@ def rollout_values(value_model, rollout: Rollout, pad_id: int) -> torch.Tensor:
     return torch.nn.functional.pad(values, (0, rollout.logprobs.shape[1] - values.shape[1]))  # (batch, gen_len)
 
 
-def ppo_update(policy, value_model, optimizer, rollout: Rollout, cfg, *, kl_coef: float, pad_id: int, world: World) -> tuple[dict, bool]:
-    """Train policy and value model on one rollout; -> (metrics, whether every minibatch step was applied)."""
+def ppo_update(policy, value_model, optimizer, rollout: Rollout, cfg, *, kl_coef: float, pad_id: int, world: World, seed: int, step: int) -> tuple[dict, bool]:
+    """Train policy and value model on one rollout; -> (metrics, whether every minibatch step was applied).
+
+    Minibatches are drawn afresh each epoch from (seed, step, epoch)."""
     mask = rollout.completion_mask  # (batch, gen_len)
     old_values = rollout_values(value_model, rollout, pad_id)
     rewards = token_rewards(rollout.rewards, rollout.kl_per_token, mask, kl_coef)  # (batch, gen_len)
@@ -32,9 +34,9 @@ def ppo_update(policy, value_model, optimizer, rollout: Rollout, cfg, *, kl_coef
     if cfg.whiten_advantages:
         advantages = whiten_global(advantages, mask, world)
     stats = UpdateStats(world)
-    rows_per_minibatch = minibatch_rows(len(rollout) // cfg.group_size, cfg.group_size, cfg.minibatches)
-    for _ in range(cfg.epochs):
-        for rows in rows_per_minibatch:
+    for epoch in range(cfg.epochs):
+        draw = epoch_seed(seed, step, epoch)
+        for rows in minibatch_rows(len(rollout) // cfg.group_size, cfg.group_size, cfg.minibatches, seed=draw, rank=world.rank):
             mb = lambda x: x[rows]  # noqa: E731
             count = world.sum(mask[rows].sum())  # completion tokens of this minibatch over every process
             logprobs = token_logprobs(policy, [rollout.prompt_ids[i] for i in rows], [rollout.completion_ids[i] for i in rows], pad_id, mask.shape[1], temperature=cfg.temperature)

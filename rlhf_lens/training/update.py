@@ -3,20 +3,41 @@ bad steps that stops a stage, and statistics averaged over minibatches and proce
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from rlhf_lens.training.distributed import World
 
 
-def minibatch_rows(n_prompts: int, group_size: int, minibatches: int) -> list[list[int]]:
-    """Sample rows of each minibatch: prompt p goes to minibatch p % minibatches with its whole group.
+def epoch_seed(seed: int, step: int, epoch: int) -> int:
+    """The seed of one epoch's minibatch draw: a function of (seed, step, epoch) only, so resume is exact."""
+    return int(np.random.SeedSequence([seed, step + 10, epoch, MINIBATCH_STREAM]).generate_state(1)[0])
 
-    Striding (not slicing) makes minibatch m the same set of prompts whether a step's
-    prompts sit in one process or are split contiguously over several.
+
+MINIBATCH_STREAM = 7_919  # keeps the minibatch draws apart from the sampling seeds (rollout.sample_seed)
+
+
+def minibatch_rows(n_prompts: int, group_size: int, minibatches: int, *, seed: int, rank: int = 0) -> list[list[int]]:
+    """Sample rows of each minibatch of one epoch, drawn afresh per epoch (`seed` = `epoch_seed(...)`), as
+    CleanRL and TRL permute their batch every epoch; a prompt's whole group goes with it.
+
+    Every aligned block of `minibatches` consecutive prompts (by global index; this process holds prompts
+    rank * n_prompts ...) sends one prompt to each minibatch, in an order drawn per block, and the
+    minibatches are visited in a drawn order. The draw depends on global indices only, so minibatch m is
+    the same set of prompts whether a step's prompts sit in one process or are split contiguously over
+    several, and every process holds n_prompts / minibatches prompts of every minibatch.
     """
     if n_prompts % minibatches:
         raise ValueError(f"{n_prompts} prompts per process cannot form {minibatches} equal minibatches; make batch_size / processes a multiple of minibatches")
-    return [[p * group_size + j for p in range(m, n_prompts, minibatches) for j in range(group_size)] for m in range(minibatches)]
+    generator = torch.Generator().manual_seed(seed)
+    visit_order = torch.randperm(minibatches, generator=generator).tolist()
+    blocks_before, blocks = rank * n_prompts // minibatches, n_prompts // minibatches
+    # Draw every block up to this process's last, so a block's draw does not depend on the process count.
+    draws = [torch.randperm(minibatches, generator=generator).tolist() for _ in range(blocks_before + blocks)][blocks_before:]
+    rows: list[list[int]] = [[] for _ in range(minibatches)]
+    for p in range(n_prompts):
+        rows[draws[p // minibatches][p % minibatches]].extend(p * group_size + j for j in range(group_size))
+    return [rows[m] for m in visit_order]
 
 
 def apply_gradients(loss: torch.Tensor, optimizer: torch.optim.Optimizer, grad_clip: float, world: World) -> bool:

@@ -19,7 +19,7 @@ from rlhf_lens.training.losses import (
     whiten,
 )
 from rlhf_lens.training.rollout import sample_seed
-from rlhf_lens.training.update import minibatch_rows
+from rlhf_lens.training.update import epoch_seed, minibatch_rows
 
 
 def test_dpo_loss_by_hand():
@@ -79,15 +79,31 @@ def test_entropy_of_uniform_logits_is_log_vocab():
     assert entropy_from_logits(torch.zeros(3, 50)).tolist() == pytest.approx([math.log(50)] * 3)
 
 
+def global_minibatches(n_global: int, processes: int, minibatches: int, seed: int, group_size: int = 2) -> list[list[int]]:
+    """The global prompts of each minibatch, in visiting order, when n_global prompts are split over processes."""
+    per = n_global // processes
+    local = [minibatch_rows(per, group_size, minibatches, seed=seed, rank=rank) for rank in range(processes)]
+    for rows in local:  # whole groups, every process holds an equal share of every minibatch
+        assert all(len(mb) == per // minibatches * group_size for mb in rows)
+        assert all(sorted(mb) == sorted({p * group_size + j for p in {r // group_size for r in mb} for j in range(group_size)}) for mb in rows)
+    return [sorted({rank * per + r // group_size for rank in range(processes) for r in local[rank][m]}) for m in range(minibatches)]
+
+
 def test_minibatches_keep_groups_and_are_the_same_split_over_processes():
-    rows = minibatch_rows(n_prompts=4, group_size=2, minibatches=2)
-    assert rows == [[0, 1, 4, 5], [2, 3, 6, 7]]  # prompts 0, 2 and 1, 3 with both samples each
-    # Two processes with 2 prompts each (global prompts 0,1 | 2,3): minibatch m holds global prompts m and m + 2.
-    local = minibatch_rows(n_prompts=2, group_size=2, minibatches=2)
-    global_prompts = [sorted({(rank * 2 + r // 2) for rank in (0, 1) for r in local[m]}) for m in range(2)]
-    assert global_prompts == [[0, 2], [1, 3]]
+    for seed in range(5):
+        one = global_minibatches(8, 1, 2, seed)
+        assert sorted(p for mb in one for p in mb) == list(range(8))  # each prompt once per epoch
+        assert global_minibatches(8, 2, 2, seed) == one == global_minibatches(8, 4, 2, seed)
     with pytest.raises(ValueError, match="multiple of minibatches"):
-        minibatch_rows(n_prompts=3, group_size=2, minibatches=2)
+        minibatch_rows(n_prompts=3, group_size=2, minibatches=2, seed=0)
+
+
+def test_minibatches_are_drawn_afresh_each_epoch_and_stable_for_resume():
+    seeds = [epoch_seed(0, step=3, epoch=e) for e in range(4)]
+    assert len(set(seeds)) == 4 and seeds[0] == epoch_seed(0, step=3, epoch=0)
+    assert epoch_seed(1, 3, 0) != seeds[0] and epoch_seed(0, 4, 0) != seeds[0]
+    splits = {tuple(map(tuple, global_minibatches(16, 1, 4, s))) for s in seeds}
+    assert len(splits) > 1  # the split changes between epochs (CleanRL/TRL permute every epoch)
 
 
 def test_sample_seeds_differ_by_every_coordinate_and_are_stable():
@@ -116,3 +132,32 @@ def test_dpo_heldout_texts_are_scored_once_each(tiny_gpt2):
         direct_chosen, direct_rejected = pair_logps(tiny_gpt2, pairs, [0, 1, 2], pad_id=0)
     assert logps[chosen].tolist() == pytest.approx(direct_chosen.tolist(), abs=1e-5)
     assert logps[rejected].tolist() == pytest.approx(direct_rejected.tolist(), abs=1e-5)
+
+
+class FakeRollout:
+    """Two completions (2 tokens and 1 token) with hand-picked logprobs."""
+
+    logprobs = torch.tensor([[-1.0, -2.0, 0.0], [-0.5, 0.0, 0.0]])
+    ref_logprobs = torch.tensor([[-1.5, -1.0, 0.0], [-0.5, 0.0, 0.0]])
+    completion_mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    seq_kl = ((logprobs - ref_logprobs) * completion_mask).sum(-1)  # k1: -0.5 and 0
+    entropy = torch.zeros(2, 3)
+    scores = rewards = torch.tensor([1.0, 0.0])
+    lengths = torch.tensor([2.0, 1.0])
+    finished = torch.tensor([True, True])
+    gold = None
+
+    def __len__(self):
+        return 2
+
+
+def test_grpo_logs_the_k3_its_loss_uses_under_kl_and_the_k1_sequence_kl_beside_it():
+    from rlhf_lens.training.distributed import World
+    from rlhf_lens.training.online import step_metrics
+
+    metrics = step_metrics(FakeRollout(), "grpo", kl_coef=0.1, world=World())
+    # k3 = e^(ref - lp) - 1 - (ref - lp): tokens of sequence 0 give e^-0.5 - 0.5 and e - 2; sequence 1 gives 0
+    k3_first = ((math.exp(-0.5) - 1 + 0.5) + (math.exp(1.0) - 1 - 1.0)) / 2
+    assert metrics["kl"] == pytest.approx(k3_first / 2)
+    assert metrics["objective/kl"] == pytest.approx(-0.25)
+    assert step_metrics(FakeRollout(), "rloo", kl_coef=0.1, world=World())["objective/kl"] == pytest.approx(-0.25)
