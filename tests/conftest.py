@@ -26,15 +26,11 @@ def shared_run(tmp_path_factory) -> Path:
     While iterating, RLHF_LENS_TEST_RUN=runs/quick reuses a run trained by
     `rlhf-lens train training/sentiment_quick.toml --out runs/quick` (CI always trains afresh).
     """
-    from rlhf_lens.training.config import load_recipe
-    from rlhf_lens.training.pipeline import train
+    from tests.learning import train_quick
 
     if os.environ.get("RLHF_LENS_TEST_RUN") and not os.environ.get("CI"):
         return Path(os.environ["RLHF_LENS_TEST_RUN"]).absolute()
-
-    out = tmp_path_factory.mktemp("shared") / "quick"
-    train(load_recipe(QUICK_RECIPE), out, quiet=True)
-    return out
+    return train_quick(tmp_path_factory.mktemp("shared") / "quick")
 
 
 @pytest.fixture(scope="session")

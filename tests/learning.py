@@ -11,6 +11,7 @@ trained, for the tests' structural checks.
 
 from __future__ import annotations
 
+import functools
 import math
 import operator
 from dataclasses import dataclass, field
@@ -20,8 +21,8 @@ import numpy as np
 
 from rlhf_lens.runs import Run
 
-REPO = Path(__file__).resolve().parents[1]
-QUICK_RECIPE = REPO / "training" / "sentiment_quick.toml"
+from tests.conftest import QUICK_RECIPE, REPO
+
 TEST_SEED = 0
 """The seed the test suite trains with; the sweep tries others."""
 
@@ -92,6 +93,7 @@ def train_quick(out: Path, seed: int = TEST_SEED, quiet: bool = True) -> Path:
     return train(load_recipe(QUICK_RECIPE, [f"seed={seed}"]), out, quiet=quiet)
 
 
+@functools.cache
 def measure_shared_run(shared_run: Path, work: Path | None = None, seed: int = TEST_SEED) -> Measured:
     """Figures of the shared run itself (the base, SFT and ranking reward stages)."""
     from rlhf_lens.models import encode_prompts, sample, score_texts

@@ -9,8 +9,8 @@ import sys
 import pytest
 import torch
 
-from rlhf_lens.models import encode_prompts, sample
 from rlhf_lens.runs import Run
+from tests import learning
 
 pytestmark = pytest.mark.slow
 
@@ -31,21 +31,13 @@ def test_manifest_describes_stages_data_and_env(shared_run):
     assert [c.tag for c in run.checkpoints("sft")] == ["final"]
 
 
-def test_base_model_learns_the_corpus(shared_run):
+def test_base_model_learns_the_corpus_and_sft_samples_end_with_eos(shared_run):
     results = Run.open(shared_run).manifest["results"]["base"]
-    untrained, trained = results["start_eval/perplexity"], results["eval/perplexity"]
-    assert untrained > 200, untrained  # an untrained model is near-uniform over ~800 tokens
-    assert trained < untrained / 10, (trained, untrained)
-
-
-def test_sft_samples_end_with_eos_at_least_90_percent(shared_run):
-    run = Run.open(shared_run)
-    assert run.manifest["results"]["sft"]["eos_rate"] >= 0.9
-    # Re-measure independently from the saved checkpoint, on other seeds.
-    model, tokenizer = run.load_model("sft"), run.load_tokenizer("sft")
-    prompts = [p["prompt"] for p in run.data("prompts") if p["split"] == "eval"]
-    samples = sample(model, tokenizer, encode_prompts(tokenizer, prompts), [1000 + i for i in range(len(prompts))], max_new_tokens=48)
-    assert sum(samples.finished) / len(prompts) >= 0.9
+    assert results["start_eval/perplexity"] > 200, results  # an untrained model is near-uniform over ~800 tokens
+    # perplexity falls over 10x, the loss by over 2 nats, and 90% of SFT samples end with EOS (also resampled
+    # from the checkpoint on other seeds): tests/learning.py
+    figures = learning.measure_shared_run(shared_run).figures
+    learning.check({k: v for k, v in figures.items() if k.startswith(("base/", "sft/"))})
 
 
 def test_metrics_log_uses_design_keys(shared_run):
@@ -55,8 +47,6 @@ def test_metrics_log_uses_design_keys(shared_run):
         assert rows["step"].tolist() == list(range(1, steps + 1))
         assert rows["loss"].notna().all()
         assert rows["eval/perplexity"].notna().sum() == 2
-    base = metrics[metrics["stage"] == "base"]
-    assert base["loss"].iloc[-10:].mean() < base["loss"].iloc[:10].mean() - 2.0
 
 
 def test_inspect_cli_describes_the_run(shared_run):

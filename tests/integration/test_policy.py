@@ -15,22 +15,20 @@ from rlhf_lens.training.config import load_recipe
 from rlhf_lens.training.losses import best_of_n_kl
 from rlhf_lens.training.pipeline import train
 from rlhf_lens.training.policy_reward import RewardError, RewardSource
+from tests import learning
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
 
 ROLLOUT_COLUMNS = {"stage", "step", "sample_id", "prompt_id", "prompt", "completion", "prompt_ids", "completion_ids", "logprobs",
                    "ref_logprobs", "kl_per_token", "seq_kl", "reward", "reward_components", "gold_reward", "length", "finished"}
-SMALL = ["data.corpus_size=300", "data.sft_size=50", "data.train_prompts=64", "data.eval_prompts=16", "stages.policy.eval_prompts=16"]
-
-
 def policy_config(shared_run, recipe: str, *overrides: str):
     sources = [f'stages.policy.init_from="{shared_run}:sft/final"', f'stages.policy.reward_from="{shared_run}:reward/final"']
-    return load_recipe(REPO / "training" / recipe, SMALL + sources + list(overrides))
+    return load_recipe(REPO / "training" / recipe, learning.POLICY_SMALL + sources + list(overrides))
 
 
 def policy_run(shared_run, out, recipe: str, *overrides: str) -> Run:
-    return Run.open(train(policy_config(shared_run, recipe, *overrides), out, quiet=True))
+    return learning.policy_run(shared_run, out, recipe, *overrides)
 
 
 def weights_changed(run: Run, shared_run) -> bool:
@@ -73,35 +71,32 @@ def test_group_baselines_train(shared_run, tmp_path, algorithm):
     assert len(rollouts) == 4 * 4 and (rollouts.groupby("prompt_id").size() == 4).all()  # whole groups of group_size
 
 
-@pytest.mark.parametrize("recipe", ["ppo_quick.toml", "grpo_quick.toml"])
-def test_ppo_and_grpo_raise_the_gold_reward_of_eval_completions(shared_run, tmp_path, recipe):
-    run = policy_run(shared_run, tmp_path / recipe, recipe, "data.eval_prompts=64", "stages.policy.eval_prompts=64")
-    results = run.manifest["results"]["policy"]
-    before, after = results["start_eval/gold_mean"], results["eval/gold_mean"]
-    sem = math.hypot(results["start_eval/gold_sem"], results["eval/gold_sem"])
-    assert after - before > 2 * sem, (before, after, sem)
-    assert math.isfinite(results["eval/kl"]) and results["eval/kl"] > 0
+@pytest.mark.parametrize("measure", [learning.measure_ppo, learning.measure_grpo], ids=["ppo", "grpo"])
+def test_ppo_and_grpo_raise_the_gold_reward_of_eval_completions(shared_run, tmp_path, measure):
+    measured = measure(shared_run, tmp_path)
+    learning.check(measured.figures)  # gain in gold reward over 2 combined standard errors
+    (run,) = measured.runs.values()
+    assert math.isfinite(run.manifest["results"]["policy"]["eval/kl"]) and run.manifest["results"]["policy"]["eval/kl"] > 0
 
 
 def test_dpo_improves_heldout_preference_accuracy(shared_run, tmp_path):
-    run = policy_run(shared_run, tmp_path / "dpo", "dpo_quick.toml", f'stages.policy.feedback="{shared_run}/data/feedback.jsonl"',
-                     "stages.policy.steps=40", "stages.policy.eval_every=0")
-    results = run.manifest["results"]["policy"]
-    assert results["start_eval/rewards/accuracies"] == 0.5  # the implicit reward is 0 before training
-    assert results["eval/rewards/accuracies"] > 0.55, results
+    measured = learning.measure_dpo(shared_run, tmp_path)
+    learning.check(measured.figures)
+    run = measured.runs["dpo"]
+    assert run.manifest["results"]["policy"]["start_eval/rewards/accuracies"] == 0.5  # the implicit reward is 0 before training
     last = run.metrics("policy").to_dict("records")[-1]
     assert {"rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen", "logps/rejected"} <= set(last)
     assert weights_changed(run, shared_run)
 
 
 def test_best_of_n_logs_each_n_with_the_analytic_kl(shared_run, tmp_path):
-    run = policy_run(shared_run, tmp_path / "bon", "bon_quick.toml", "stages.policy.best_of=[1, 4, 16]")
+    measured = learning.measure_best_of_n(shared_run, tmp_path)
+    learning.check(measured.figures)  # scores rise with n, and the gold reward of n = 16 beats n = 1
+    run = measured.runs["bon"]
     logged = {m["step"]: m for m in run.metrics("policy").to_dict("records")}
     assert sorted(logged) == [1, 4, 16]
     for n, m in logged.items():
         assert m["objective/kl"] == pytest.approx(best_of_n_kl(n))
-    assert logged[1]["objective/scores"] <= logged[4]["objective/scores"] <= logged[16]["objective/scores"]
-    assert logged[16]["gold/mean"] > logged[1]["gold/mean"]
     shard = run.rollouts("policy")
     assert sorted(shard["step"].unique()) == [1, 4, 16] and len(shard) == 3 * 16
     assert run.manifest["results"]["policy"]["best_of_16/gold/mean"] == pytest.approx(logged[16]["gold/mean"])
