@@ -8,7 +8,7 @@ CONSTRAINTS := $(shell command -v nvidia-smi >/dev/null 2>&1 || echo "-c constra
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test test-fast lint-imports bench clean
+.PHONY: setup demo test test-fast lint lint-imports format bench clean
 
 setup: $(STAMP)
 
@@ -27,8 +27,17 @@ demo: setup
 lint-imports: setup
 	$(VENV)/bin/lint-imports
 
+# ruff: lint and formatting check (`make format` rewrites the files).
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: setup
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
 # pytest exits 5 when it collects no tests; make treats every non-zero exit as failure.
-test: setup lint-imports
+test: setup lint lint-imports
 	$(PYTHON) -m pytest
 
 test-fast: setup

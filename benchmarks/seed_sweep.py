@@ -45,7 +45,7 @@ def worker(folder: Path, seed: int, threads: int, only: list[str], again: bool) 
         shutil.rmtree(shared, ignore_errors=True)
         start = time.perf_counter()
         learning.train_quick(shared, seed=seed)
-        done["_seconds/shared_run"] = time.perf_counter() - start
+        done["_seconds/train_shared_run"] = time.perf_counter() - start
     for name in only:
         if name in done.get("_measured", []) and not again:
             continue
