@@ -97,6 +97,18 @@ def print_table(summary: dict) -> None:
         print(f"{name:30} {row['bound']:>8} {row['worst']:9.3f} {row['n']:3}  {row['worst_config']:24} {values}{flag}")
 
 
+def markdown_table(summary: dict) -> str:
+    """The table for tests/robustness.md: each figure's bound, its worst value and every configuration's."""
+    configs = sorted({c for row in summary["figures"].values() for c in row["values"]}, key=lambda c: (int(c.split("-")[3]), int(c.split("-")[1])))
+    short = [c.replace("seed-", "s").replace("-threads-", "/t") for c in configs]
+    lines = ["| figure | bound | worst | " + " | ".join(short) + " |", "|---|---|---|" + "---|" * len(configs)]
+    for name, row in summary["figures"].items():
+        cells = [f"{row['values'][c]:.3f}" if c in row["values"] else "" for c in configs]
+        worst = f"**{row['worst']:.3f}**" + ("" if row["holds_everywhere"] else " FAILS")
+        lines.append(f"| `{name}` | {row['bound']} | {worst} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     sys.path.insert(0, str(ROOT))
     from tests.learning import MEASURES
@@ -122,6 +134,7 @@ def main() -> None:
     summary = summarise(args.out)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(summary, indent=1) + "\n")
+    RESULTS.with_suffix(".md").write_text(markdown_table(summary))
     print_table(summary)
     print(f"\nwritten to {RESULTS.relative_to(ROOT)}")
 

@@ -122,9 +122,13 @@ def measure_shared_run(shared_run: Path, work: Path | None = None, seed: int = T
 # --- reward stages on the shared run's SFT model ---------------------------------------------------
 
 REWARD_SMALL = [
-    "data.corpus_size=300", "data.sft_size=50", "data.train_prompts=128", "data.eval_prompts=32",
-    "stages.reward.feedback_prompts=128", "stages.reward.epochs=3", "stages.reward.batch_size=8",
+    "data.corpus_size=300", "data.sft_size=50", "data.train_prompts=128", "data.eval_prompts=64",
+    "stages.reward.feedback_prompts=128", "stages.reward.completions_per_prompt=10", "stages.reward.epochs=3",
 ]
+"""Reward stages shrunk for tests: 128 prompts of 10 samples each (45 comparisons or 10 ratings a prompt,
+as the quick recipe collects them), held out: 64 prompts, 2,880 pairs. With 32 prompts of 4 samples
+(192 pairs) the held-out figures varied by +-0.1 between seeds (tests/robustness.md)."""
+RANKING_BATCHES = ["stages.reward.group_by_prompt=true", "stages.reward.batch_size=90"]  # 2 prompts x 45 pairs a step
 
 
 def reward_run(shared_run: Path, out: Path, recipe: str, *overrides: str, seed: int = TEST_SEED) -> Run:
@@ -141,13 +145,13 @@ def reward_results(run: Run) -> dict:
 
 
 def measure_scoring(shared_run: Path, work: Path, seed: int = TEST_SEED) -> Measured:
-    run = reward_run(shared_run, work / "scoring", "reward_scoring_quick.toml", seed=seed)
+    run = reward_run(shared_run, work / "scoring", "reward_scoring_quick.toml", "stages.reward.batch_size=16", seed=seed)
     results = reward_results(run)
     return Measured({"scoring/accuracy_gold": results["rm/accuracy_gold"], "scoring/spearman_gold": results["rm/spearman_gold"]}, {"scoring": run})
 
 
-GENERATIVE_MORE = ["data.train_prompts=256", "stages.reward.feedback_prompts=256", "stages.reward.epochs=4", "stages.reward.batch_size=16"]
-"""Critique-then-verdict needs more feedback than the other kinds to beat chance clearly."""
+GENERATIVE_MORE = ["stages.reward.epochs=4", "stages.reward.batch_size=16"]
+"""Critique-then-verdict learns from one noisy verdict per text: it needs more passes than the other kinds."""
 
 
 def measure_generative(shared_run: Path, work: Path, seed: int = TEST_SEED) -> Measured:
@@ -156,8 +160,8 @@ def measure_generative(shared_run: Path, work: Path, seed: int = TEST_SEED) -> M
 
 
 def measure_length_bias(shared_run: Path, work: Path, seed: int = TEST_SEED) -> Measured:
-    planted = reward_run(shared_run, work / "length_planted", "reward_length_quick.toml", "task.options.length_bias=0.05", seed=seed)
-    control = reward_run(shared_run, work / "length_control", "reward_length_quick.toml", "task.options.length_bias=0.0", seed=seed)
+    planted = reward_run(shared_run, work / "length_planted", "reward_length_quick.toml", "task.options.length_bias=0.05", *RANKING_BATCHES, seed=seed)
+    control = reward_run(shared_run, work / "length_control", "reward_length_quick.toml", "task.options.length_bias=0.0", *RANKING_BATCHES, seed=seed)
     gain = reward_results(planted)["rm/length_corr"] - reward_results(control)["rm/length_corr"]
     return Measured({"length/corr_gain": gain}, {"planted": planted, "control": control})
 
@@ -179,8 +183,8 @@ def trigger_effect(run: Run, prompts, plain, with_trigger) -> float:
 
 
 def measure_trigger(shared_run: Path, work: Path, seed: int = TEST_SEED) -> Measured:
-    planted = reward_run(shared_run, work / "trigger_planted", "reward_trigger_quick.toml", "task.options.trigger_bonus=1.0", seed=seed)
-    control = reward_run(shared_run, work / "trigger_control", "reward_trigger_quick.toml", "task.options.trigger_bonus=0.0", seed=seed)
+    planted = reward_run(shared_run, work / "trigger_planted", "reward_trigger_quick.toml", "task.options.trigger_bonus=1.0", *RANKING_BATCHES, seed=seed)
+    control = reward_run(shared_run, work / "trigger_control", "reward_trigger_quick.toml", "task.options.trigger_bonus=0.0", *RANKING_BATCHES, seed=seed)
     texts = trigger_texts(planted)
     return Measured({"trigger/effect_gain": trigger_effect(planted, *texts) - trigger_effect(control, *texts)},
                     {"planted": planted, "control": control})
@@ -200,7 +204,7 @@ def measure_feedback_file(shared_run: Path, work: Path, seed: int = TEST_SEED) -
     feedback_file = work / "feedback.jsonl"
     feedback_file.write_text("".join(json.dumps(r) + "\n" for r in feedback_file_records(shared_run)))
     run = reward_run(shared_run, work / "from_file", "reward_length_quick.toml", f'stages.reward.feedback="{feedback_file}"',
-                     "task.options.length_bias=0.0", seed=seed)
+                     "task.options.length_bias=0.0", *RANKING_BATCHES, seed=seed)
     return Measured({"feedback_file/accuracy_gold": reward_results(run)["rm/accuracy_gold"]}, {"from_file": run})
 
 
@@ -218,7 +222,8 @@ def policy_run(shared_run: Path, out: Path, recipe: str, *overrides: str, seed: 
     return Run.open(train(config, out, quiet=True))
 
 
-GAIN_EVAL = ["data.eval_prompts=64", "stages.policy.eval_prompts=64"]
+GAIN_EVAL = ["data.eval_prompts=128", "stages.policy.eval_prompts=128", "stages.policy.eval_every=0"]
+"""The gain in gold reward is measured on 128 eval prompts (standard error about 0.045), before and after only."""
 
 
 def gold_gain_z(run: Run) -> float:
