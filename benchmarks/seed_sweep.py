@@ -119,6 +119,7 @@ def main() -> None:
     parser.add_argument("--only", nargs="+", default=list(MEASURES), choices=list(MEASURES))
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "seed_sweep")
     parser.add_argument("--again", action="store_true", help="re-measure figures already in figures.json")
+    parser.add_argument("--jobs", type=int, help="configurations at once (default: cores / threads)")
     parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -126,7 +127,7 @@ def main() -> None:
 
     cores = os.cpu_count() or 1
     for threads in sorted(args.threads):
-        with ThreadPoolExecutor(max(1, cores // threads)) as pool:
+        with ThreadPoolExecutor(args.jobs or max(1, cores // threads)) as pool:
             codes = list(pool.map(lambda seed: launch(args.out, seed, threads, args.only, args.again), args.seeds))
         for seed, code in zip(args.seeds, codes):
             if code:

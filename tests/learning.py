@@ -150,7 +150,7 @@ def measure_scoring(shared_run: Path, work: Path, seed: int = TEST_SEED) -> Meas
     return Measured({"scoring/accuracy_gold": results["rm/accuracy_gold"], "scoring/spearman_gold": results["rm/spearman_gold"]}, {"scoring": run})
 
 
-GENERATIVE_MORE = ["stages.reward.epochs=4", "stages.reward.batch_size=16"]
+GENERATIVE_MORE = ["stages.reward.epochs=6", "stages.reward.batch_size=16"]
 """Critique-then-verdict learns from one noisy verdict per text: it needs more passes than the other kinds."""
 
 
