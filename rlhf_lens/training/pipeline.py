@@ -21,13 +21,13 @@ from rlhf_lens.runs import Run, RunWriter, load_hf_folder, load_state, resolve_i
 from rlhf_lens.tasks import get_task
 from rlhf_lens.training.build import build_model, load_base_model, train_tokenizer
 from rlhf_lens.training.config import ConfigError, LMStageConfig, RewardStageConfig, RunConfig, to_dict
-from rlhf_lens.training.feedback_data import from_file, simulate
+from rlhf_lens.training.reward.feedback import from_file, simulate
 from rlhf_lens.training.distributed import NullWriter, init_world, local_device
 from rlhf_lens.training.data import pack_blocks, split_heldout, tokenize_pairs
 from rlhf_lens.training.lm import completion_objective, corpus_objective, eos_rate, heldout_perplexity
 from rlhf_lens.training.loop import Schedule, fit
-from rlhf_lens.training.policy import run_policy_stage
-from rlhf_lens.training.reward import evaluate_reward, example_critiques, reward_function, reward_objective
+from rlhf_lens.training.policy.stage import run_policy_stage
+from rlhf_lens.training.reward.objectives import evaluate_reward, example_critiques, reward_function, reward_objective
 
 
 @dataclass(frozen=True)

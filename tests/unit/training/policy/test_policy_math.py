@@ -18,8 +18,8 @@ from rlhf_lens.training.losses import (
     masked_mean,
     whiten,
 )
-from rlhf_lens.training.rollout import sample_seed
-from rlhf_lens.training.update import minibatch_rows
+from rlhf_lens.training.policy.rollout import sample_seed
+from rlhf_lens.training.policy.update import minibatch_rows
 
 
 def test_dpo_loss_by_hand():
@@ -104,7 +104,7 @@ def test_world_shard_refuses_uneven_batches():
 
 
 def test_dpo_heldout_texts_are_scored_once_each(tiny_gpt2):
-    from rlhf_lens.training.dpo import Pairs, distinct_texts, pair_logps, text_logps
+    from rlhf_lens.training.policy.dpo import Pairs, distinct_texts, pair_logps, text_logps
 
     # The same pair judged twice (two labelers), and a third pair sharing a completion with it.
     pairs = Pairs(records=[{}] * 3, prompt_ids=[[1, 5], [1, 5], [1, 5]], chosen_ids=[[7, 8], [7, 8], [9]], rejected_ids=[[9], [9], [7, 8]])

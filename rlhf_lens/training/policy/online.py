@@ -22,14 +22,14 @@ from tqdm.auto import tqdm
 from rlhf_lens.models import TokenValues, context_length, encode_prompts, load_tokenizer, sample
 from rlhf_lens.runs import checkpoint_tag, load_hf_folder
 from rlhf_lens.training.data import batch_indices
-from rlhf_lens.training.group import group_update
+from rlhf_lens.training.policy.group import group_update
 from rlhf_lens.training.losses import adaptive_kl_coef
 from rlhf_lens.training.optim import make_multi_optimizer, restore_training_state, training_state
-from rlhf_lens.training.policy_setup import PolicySetup
-from rlhf_lens.training.policy_eval import evaluate_policy
-from rlhf_lens.training.ppo import ppo_update
-from rlhf_lens.training.update import BadStepCounter
-from rlhf_lens.training.rollout import Rollout, collect_rollout, gather_rollout, rollout_rows, sample_seed
+from rlhf_lens.training.policy.setup import PolicySetup
+from rlhf_lens.training.policy.evaluation import evaluate_policy
+from rlhf_lens.training.policy.ppo import ppo_update
+from rlhf_lens.training.policy.update import BadStepCounter
+from rlhf_lens.training.policy.rollout import Rollout, collect_rollout, gather_rollout, rollout_rows, sample_seed
 
 SCALE_STEP = -2  # the sampling "step" of the samples that measure the reward scale
 KL_NEGATIVE_STEPS = 5  # flag a mean sequence KL below -KL_NEGATIVE_TOLERANCE for this many steps in a row

@@ -18,14 +18,14 @@ from tqdm.auto import tqdm
 from rlhf_lens.models import context_length, encode_prompts
 from rlhf_lens.tasks import read_feedback
 from rlhf_lens.training.data import batch_indices
-from rlhf_lens.training.feedback_data import comparisons_from
+from rlhf_lens.training.reward.feedback import comparisons_from
 from rlhf_lens.training.losses import dpo_loss
 from rlhf_lens.training.optim import make_optimizer, restore_training_state, training_state
-from rlhf_lens.training.policy_eval import evaluate_policy
-from rlhf_lens.training.policy_setup import PolicySetup
-from rlhf_lens.training.reward_eval import gold_accuracy
-from rlhf_lens.training.rollout import token_logprobs
-from rlhf_lens.training.update import BadStepCounter, apply_gradients
+from rlhf_lens.training.policy.evaluation import evaluate_policy
+from rlhf_lens.training.policy.setup import PolicySetup
+from rlhf_lens.training.reward.evaluation import gold_accuracy
+from rlhf_lens.training.policy.rollout import token_logprobs
+from rlhf_lens.training.policy.update import BadStepCounter, apply_gradients
 
 HELDOUT_FRACTION = 0.2
 
