@@ -7,7 +7,6 @@ the held-out accuracy of the implicit reward beta * log(pi / pi_ref).
 
 from __future__ import annotations
 
-import hashlib
 import warnings
 from dataclasses import dataclass
 
@@ -17,7 +16,7 @@ from tqdm.auto import tqdm
 
 from rlhf_lens.models import context_length, encode_prompts
 from rlhf_lens.tasks import read_feedback
-from rlhf_lens.training.data import batch_indices
+from rlhf_lens.training.data import batch_indices, is_heldout_prompt
 from rlhf_lens.training.reward.feedback import comparisons_from
 from rlhf_lens.training.losses import dpo_loss
 from rlhf_lens.training.optim import make_optimizer, restore_training_state, training_state
@@ -28,6 +27,7 @@ from rlhf_lens.training.policy.rollout import token_logprobs
 from rlhf_lens.training.policy.update import BadStepCounter, apply_gradients
 
 HELDOUT_FRACTION = 0.2
+HELDOUT_SALT = "dpo"  # DPO's hash split differs from a reward stage's on the same file (kept: existing runs' splits)
 
 
 @dataclass(frozen=True)
@@ -63,11 +63,6 @@ class Pairs:
         return len(self.records)
 
 
-def _heldout(prompt: str, seed: int) -> bool:
-    digest = hashlib.sha256(f"dpo:{seed}:{prompt}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64 < HELDOUT_FRACTION
-
-
 def preference_pairs(stage, feedback_records: list[dict], seed: int) -> tuple[list[dict], list[dict]]:
     """(train, held-out) comparisons for DPO, from stage.feedback or the run's feedback records.
 
@@ -78,7 +73,7 @@ def preference_pairs(stage, feedback_records: list[dict], seed: int) -> tuple[li
         if all(r.get("split") in ("train", "eval") for r in records):  # e.g. another run's data/feedback.jsonl
             is_heldout = [r["split"] == "eval" for r in records]
         else:
-            is_heldout = [_heldout(r["prompt"], seed) for r in records]
+            is_heldout = [is_heldout_prompt(r["prompt"], HELDOUT_FRACTION, seed, salt=HELDOUT_SALT) for r in records]
         train = comparisons_from([r for r, h in zip(records, is_heldout) if not h])
         heldout = comparisons_from([r for r, h in zip(records, is_heldout) if h])
         where = stage.feedback
