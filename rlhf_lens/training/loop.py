@@ -15,9 +15,7 @@ from tqdm.auto import tqdm
 
 from rlhf_lens.runs import RunWriter, checkpoint_tag
 from rlhf_lens.training.data import batch_indices
-from rlhf_lens.training.optim import NonFiniteGuard, make_optimizer, restore_training_state, training_state
-
-MAX_CONSECUTIVE_BAD_STEPS = 5
+from rlhf_lens.training.optim import SUPERVISED_MAX_BAD_STEPS, BadStepCounter, make_optimizer, restore_training_state, training_state
 
 
 @dataclass(frozen=True)
@@ -78,18 +76,20 @@ def fit(
     """Train `model` in place; log every step; save `step-N` checkpoints (the caller saves `final`)."""
     optimizer, scheduler = make_optimizer(model, schedule.lr, schedule.weight_decay, schedule.warmup_steps, schedule.steps)
     start = restore_training_state(resume_state, optimizer, scheduler) if resume_state else 0
-    guard = NonFiniteGuard(MAX_CONSECUTIVE_BAD_STEPS, where=f"stage {stage_name}")
+    bad = BadStepCounter(stage_name, SUPERVISED_MAX_BAD_STEPS)
     model.train()
     metrics: dict[str, float] = {}
     bar = tqdm(range(start + 1, schedule.steps + 1), desc=stage_name, disable=quiet, initial=start, total=schedule.steps)
     for step in bar:
         indices = batch_indices(objective.n_items, objective.batch_size or schedule.batch_size, seed, step)
         loss = objective.train_loss(indices)
-        if not guard.check(loss.detach()):
+        if not torch.isfinite(loss.detach()).all():
             writer.log_event("nan_skip", stage=stage_name, step=step, what="loss")
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
+            bad.bad(step, "losses")  # raises after SUPERVISED_MAX_BAD_STEPS in a row
             continue
+        bad.ok()
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), schedule.grad_clip)
         optimizer.step()

@@ -19,12 +19,12 @@ from rlhf_lens.tasks import read_feedback
 from rlhf_lens.training.data import batch_indices, is_heldout_prompt
 from rlhf_lens.training.reward.feedback import comparisons_from
 from rlhf_lens.training.losses import dpo_loss
-from rlhf_lens.training.optim import make_optimizer, restore_training_state, training_state
+from rlhf_lens.training.optim import BadStepCounter, make_optimizer, restore_training_state, training_state
 from rlhf_lens.training.policy.evaluation import evaluate_policy
 from rlhf_lens.training.policy.setup import PolicySetup
 from rlhf_lens.training.reward.evaluation import gold_accuracy
 from rlhf_lens.training.policy.rollout import token_logprobs
-from rlhf_lens.training.policy.update import BadStepCounter, apply_gradients
+from rlhf_lens.training.policy.update import apply_gradients
 
 HELDOUT_FRACTION = 0.2
 HELDOUT_SALT = "dpo"  # DPO's hash split differs from a reward stage's on the same file (kept: existing runs' splits)
@@ -161,7 +161,7 @@ def run_dpo(stage, setup: PolicySetup, writer, feedback_records: list[dict], *, 
             start_metrics = heldout_metrics(setup, heldout, stage.dpo_beta) | evaluate_policy(setup, stage, seed)
             results |= {f"start_{k}": v for k, v in start_metrics.items()}
         world.barrier()
-    bad, metrics = BadStepCounter(stage.name, stage.max_bad_steps), {}
+    bad, metrics = BadStepCounter.of(stage), {}
     bar = tqdm(range(start + 1, stage.steps + 1), desc=f"{stage.name} (dpo)", disable=quiet or not world.is_main, initial=start, total=stage.steps)
     for step in bar:
         rows = world.shard(batch_indices(len(train), stage.batch_size, seed, step))

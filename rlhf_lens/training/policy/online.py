@@ -24,11 +24,10 @@ from rlhf_lens.runs import checkpoint_tag, load_hf_folder
 from rlhf_lens.training.data import batch_indices
 from rlhf_lens.training.policy.group import group_update
 from rlhf_lens.training.losses import adaptive_kl_coef
-from rlhf_lens.training.optim import make_multi_optimizer, restore_training_state, training_state
+from rlhf_lens.training.optim import BadStepCounter, make_multi_optimizer, restore_training_state, training_state
 from rlhf_lens.training.policy.setup import PolicySetup
 from rlhf_lens.training.policy.evaluation import evaluate_policy
 from rlhf_lens.training.policy.ppo import ppo_update
-from rlhf_lens.training.policy.update import BadStepCounter
 from rlhf_lens.training.policy.rollout import Rollout, collect_rollout, gather_rollout, rollout_rows, sample_seed
 
 SCALE_STEP = -2  # the sampling "step" of the samples that measure the reward scale
@@ -101,7 +100,7 @@ def run_online(stage, setup: PolicySetup, writer, *, seed: int, quiet: bool, res
         if world.is_main:
             results |= {f"start_{k}": v for k, v in evaluate_policy(setup, stage, seed).items()}
         world.barrier()
-    bad = BadStepCounter(stage.name, stage.max_bad_steps)
+    bad = BadStepCounter.of(stage)
     negative_kl_run = 0
     if resume is not None:
         bad.consecutive, negative_kl_run = extra.get("bad_steps", 0), extra.get("negative_kl_run", 0)
