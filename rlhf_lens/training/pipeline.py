@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from rlhf_lens.models import check_vocab_fits, context_length, load_causal_lm, load_tokenizer
-from rlhf_lens.runs import Run, RunWriter, load_hf_folder, load_state, resolve_init_from
+from rlhf_lens.runs import FINAL_TAG, Run, RunWriter, has_training_state, load_hf_folder, load_state, resolve_init_from
 from rlhf_lens.tasks import get_task
 from rlhf_lens.training.build import build_model, load_base_model, train_tokenizer
 from rlhf_lens.training.config import ConfigError, LMStageConfig, RewardStageConfig, RunConfig, to_dict
@@ -300,7 +300,7 @@ def resume_point(run: Run, stage: str) -> tuple[str, dict | None]:
     status = run.stage(stage).status
     if status == "done":
         return status, None
-    steps = [cp for cp in run.checkpoints(stage) if cp.tag != "final" and (cp.path / "state.json").is_file()]
+    steps = [cp for cp in run.checkpoints(stage) if cp.tag != FINAL_TAG and has_training_state(cp.path)]
     if not steps:
         return status, None
     last = steps[-1]

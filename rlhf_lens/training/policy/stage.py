@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from rlhf_lens.runs.layout import checkpoint_dir
+from rlhf_lens.runs import checkpoint_dir
 from rlhf_lens.training.policy.best_of_n import run_best_of_n
 from rlhf_lens.training.config import ONLINE_ALGORITHMS
 from rlhf_lens.training.policy.dpo import run_dpo
