@@ -26,7 +26,7 @@ from .layout import (
     value_dir,
 )
 from .manifest import FORMAT, FORMAT_VERSION, STAGE_KINDS, STAGE_STATUSES, load_schema, validate_manifest
-from .reader import Run, has_training_state, load_hf_folder, read_checkpoint_meta, read_model_config
+from .reader import Run, has_training_state, load_hf_folder, read_model_config
 from .state import load_state, save_state
 from .writer import RunWriter
 
@@ -61,7 +61,6 @@ __all__ = [
     "maybe_crash_after",
     "metrics_path",
     "parse_init_from",
-    "read_checkpoint_meta",
     "read_jsonl",
     "read_model_config",
     "report_path",

@@ -356,16 +356,10 @@ def read_model_config(folder: str | os.PathLike[str]) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def read_checkpoint_meta(folder: str | os.PathLike[str]) -> dict[str, Any]:
-    """A checkpoint folder's meta.json; {} for a folder without one (a plain HF model folder, not a run checkpoint)."""
-    path = meta_path(folder)
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-
-
 def has_training_state(folder: str | os.PathLike[str]) -> bool:
     """Whether a checkpoint folder holds the training state exact resume needs (state.json, written after
     state.safetensors)."""
     return state_paths(folder)[1].is_file()
 
 
-__all__ = ["HEADS", "Run", "has_training_state", "load_hf_folder", "read_checkpoint_meta", "read_model_config"]
+__all__ = ["HEADS", "Run", "has_training_state", "load_hf_folder", "read_model_config"]
