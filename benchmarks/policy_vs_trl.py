@@ -69,10 +69,10 @@ import torch
 from rlhf_lens.models import encode_prompts, load_tokenizer, score_texts
 from rlhf_lens.runs import Run, load_hf_folder
 from rlhf_lens.training.config import load_recipe
-from rlhf_lens.training.dpo import Pairs as DPOPairs
-from rlhf_lens.training.dpo import preference_pairs
+from rlhf_lens.training.policy.dpo import Pairs as DPOPairs
+from rlhf_lens.training.policy.dpo import preference_pairs
 from rlhf_lens.training.pipeline import train
-from rlhf_lens.training.policy import POLICY_SEED_OFFSET
+from rlhf_lens.training.policy.stage import POLICY_SEED_OFFSET
 
 RESULTS = ROOT / "benchmarks" / "results" / "policy_vs_trl.json"
 ALGORITHMS = ("grpo", "dpo")
@@ -328,7 +328,7 @@ def trl_dpo(sft_folder: Path, records: list[dict], settings: Settings, workdir: 
 
 
 def dpo_input_check(dataset, tokenizer, records: list[dict]) -> dict:
-    """Pairs TRL kept, and how often its prompt / chosen / rejected ids equal ours (`rlhf_lens.training.dpo.Pairs`)."""
+    """Pairs TRL kept, and how often its prompt / chosen / rejected ids equal ours (`rlhf_lens.training.policy.dpo.Pairs`)."""
     ours = DPOPairs.of(records, tokenizer, 10**6)  # untruncated, like the ids TRL builds
     by_key = {(r["prompt"], r["chosen"], r["rejected"]): i for i, r in enumerate(records)}
     same = []

@@ -56,9 +56,9 @@ from rlhf_lens.models import reward_input_ids, score_texts
 from rlhf_lens.runs import Run
 from rlhf_lens.tasks import get_task
 from rlhf_lens.training.config import load_recipe
-from rlhf_lens.training.feedback_data import _heldout
+from rlhf_lens.training.data import is_heldout_prompt
 from rlhf_lens.training.pipeline import train
-from rlhf_lens.training.reward_eval import gold_accuracy, pairwise_accuracy
+from rlhf_lens.training.reward.evaluation import gold_accuracy, pairwise_accuracy
 
 RESULTS = ROOT / "benchmarks" / "results" / "reward_vs_trl.json"
 REWARD_SIZES = ("demo", "large")
@@ -110,7 +110,7 @@ def heldout_fraction_for(records: list[dict], seed: int) -> float:
     """Smallest of 1%, 2%, 4%, ... at which our stage holds out at least one prompt (it refuses zero)."""
     prompts = {r["prompt"] for r in records}
     fraction = 0.01
-    while not any(_heldout(p, fraction, seed + REWARD_SEED_OFFSET) for p in prompts):
+    while not any(is_heldout_prompt(p, fraction, seed + REWARD_SEED_OFFSET) for p in prompts):
         fraction *= 2
     return fraction
 

@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     args = build_parser().parse_args(argv)
     quiet_transformers()
-    from rlhf_lens.training.policy_reward import RewardError
+    from rlhf_lens.training.policy.reward_source import RewardError
 
     try:
         return args.func(args)

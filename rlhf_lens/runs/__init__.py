@@ -23,9 +23,10 @@ from .layout import (
     rollout_shard_path,
     run_json_path,
     tag_step,
+    value_dir,
 )
 from .manifest import FORMAT, FORMAT_VERSION, STAGE_KINDS, STAGE_STATUSES, load_schema, validate_manifest
-from .reader import Run, load_hf_folder, read_checkpoint_meta
+from .reader import Run, has_training_state, load_hf_folder, read_checkpoint_meta, read_model_config
 from .state import load_state, save_state
 from .writer import RunWriter
 
@@ -53,6 +54,7 @@ __all__ = [
     "atomic_write_json",
     "checkpoint_dir",
     "checkpoint_tag",
+    "has_training_state",
     "data_path",
     "load_schema",
     "load_state",
@@ -61,6 +63,7 @@ __all__ = [
     "parse_init_from",
     "read_checkpoint_meta",
     "read_jsonl",
+    "read_model_config",
     "report_path",
     "resolve_init_from",
     "rewrite_jsonl",
@@ -70,4 +73,5 @@ __all__ = [
     "sha256_file",
     "tag_step",
     "validate_manifest",
+    "value_dir",
 ]

@@ -32,6 +32,7 @@ DATA_KINDS: tuple[str, ...] = ("corpus", "sft", "prompts", "feedback")
 CHECKPOINTS_DIR = "checkpoints"
 FINAL_TAG = "final"
 META_JSON = "meta.json"
+MODEL_CONFIG_JSON = "config.json"
 VALUE_DIR = "value"
 MODEL_SAFETENSORS = "model.safetensors"
 MODEL_SAFETENSORS_INDEX = "model.safetensors.index.json"
@@ -126,6 +127,11 @@ def parse_hidden_checkpoint_dir(name: str) -> tuple[str, str] | None:
 def meta_path(checkpoint: str | os.PathLike[str]) -> Path:
     """<checkpoint>/meta.json"""
     return Path(checkpoint) / META_JSON
+
+
+def model_config_path(folder: str | os.PathLike[str]) -> Path:
+    """<folder>/config.json: the HF config of a model folder (a checkpoint, its value/ model, or a local model)."""
+    return Path(folder) / MODEL_CONFIG_JSON
 
 
 def value_dir(checkpoint: str | os.PathLike[str]) -> Path:

@@ -29,8 +29,10 @@ from .layout import (
     data_path,
     meta_path,
     metrics_path,
+    model_config_path,
     rollouts_dir,
     rollouts_root,
+    state_paths,
     value_dir,
 )
 from .manifest import read_manifest
@@ -361,4 +363,18 @@ def load_hf_folder(folder: str | os.PathLike[str], head: str = "causal_lm", **kw
     return model.eval()
 
 
-__all__ = ["HEADS", "Run", "load_hf_folder", "read_checkpoint_meta"]
+def read_model_config(folder: str | os.PathLike[str]) -> dict[str, Any]:
+    """The HF config (config.json) of a model folder: a checkpoint, its value/ model, or a local model."""
+    path = model_config_path(folder)
+    if not path.is_file():
+        raise RunLookupError(f"{path} is missing: {folder} is not a Hugging Face model folder (save_pretrained writes config.json)")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def has_training_state(folder: str | os.PathLike[str]) -> bool:
+    """Whether a checkpoint folder holds the training state exact resume needs (state.json, written after
+    state.safetensors)."""
+    return state_paths(folder)[1].is_file()
+
+
+__all__ = ["HEADS", "Run", "has_training_state", "load_hf_folder", "read_checkpoint_meta", "read_model_config"]

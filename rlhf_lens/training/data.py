@@ -6,6 +6,7 @@ data position of a resumed run is just its step.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,6 +35,18 @@ def split_heldout(n_items: int, fraction: float, seed: int) -> tuple[np.ndarray,
     order = np.random.default_rng([seed, 10_007]).permutation(n_items)
     n_heldout = max(1, int(round(n_items * fraction)))
     return np.sort(order[n_heldout:]), np.sort(order[:n_heldout])
+
+
+def is_heldout_prompt(prompt: str, fraction: float, seed: int, salt: str = "") -> bool:
+    """Whether feedback on `prompt` is held out: sha256 of "<salt>:<seed>:<prompt>" ("<seed>:<prompt>" without a
+    salt) read as a number in [0, 1), below `fraction`. A function of the prompt alone, so all records of a prompt
+    land in the same split whatever the order of the file.
+
+    Reward stages hash without a salt, DPO with salt "dpo": the two salts stay so that existing runs keep
+    exactly the splits they were trained with.
+    """
+    key = f"{salt}:{seed}:{prompt}" if salt else f"{seed}:{prompt}"
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") / 2**64 < fraction
 
 
 def pack_blocks(texts: list[str], tokenizer, block_size: int) -> torch.Tensor:

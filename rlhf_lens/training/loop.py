@@ -11,13 +11,11 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
-from tqdm.auto import tqdm
 
 from rlhf_lens.runs import RunWriter, checkpoint_tag
 from rlhf_lens.training.data import batch_indices
-from rlhf_lens.training.optim import NonFiniteGuard, make_optimizer, restore_training_state, training_state
-
-MAX_CONSECUTIVE_BAD_STEPS = 5
+from rlhf_lens.training.optim import SUPERVISED_MAX_BAD_STEPS, BadStepCounter, make_optimizer, restore_training_state, training_state
+from rlhf_lens.training.steps import Cadence, progress
 
 
 @dataclass(frozen=True)
@@ -41,6 +39,10 @@ class Schedule:
             warmup_steps=min(stage.warmup_steps, max(0, (steps or stage.steps) - 1)), weight_decay=stage.weight_decay,
             grad_clip=stage.grad_clip, eval_every=stage.eval_every, save_every=getattr(stage, "save_every", 0),
         )
+
+    @property
+    def cadence(self) -> Cadence:
+        return Cadence(self.steps, eval_every=self.eval_every, save_every=self.save_every)
 
 
 @dataclass(frozen=True)
@@ -78,18 +80,20 @@ def fit(
     """Train `model` in place; log every step; save `step-N` checkpoints (the caller saves `final`)."""
     optimizer, scheduler = make_optimizer(model, schedule.lr, schedule.weight_decay, schedule.warmup_steps, schedule.steps)
     start = restore_training_state(resume_state, optimizer, scheduler) if resume_state else 0
-    guard = NonFiniteGuard(MAX_CONSECUTIVE_BAD_STEPS, where=f"stage {stage_name}")
+    cadence, bad = schedule.cadence, BadStepCounter(stage_name, SUPERVISED_MAX_BAD_STEPS)
     model.train()
     metrics: dict[str, float] = {}
-    bar = tqdm(range(start + 1, schedule.steps + 1), desc=stage_name, disable=quiet, initial=start, total=schedule.steps)
+    bar = progress(cadence, start, stage_name, quiet=quiet)
     for step in bar:
         indices = batch_indices(objective.n_items, objective.batch_size or schedule.batch_size, seed, step)
         loss = objective.train_loss(indices)
-        if not guard.check(loss.detach()):
+        if not torch.isfinite(loss.detach()).all():
             writer.log_event("nan_skip", stage=stage_name, step=step, what="loss")
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
+            bad.bad(step, "losses")  # raises after SUPERVISED_MAX_BAD_STEPS in a row
             continue
+        bad.ok()
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), schedule.grad_clip)
         optimizer.step()
@@ -97,13 +101,13 @@ def fit(
         optimizer.zero_grad(set_to_none=True)
 
         metrics = {"loss": loss.item(), "grad_norm": float(grad_norm), "learning_rate": scheduler.get_last_lr()[0]}
-        if (schedule.eval_every and step % schedule.eval_every == 0) or step == schedule.steps:
+        if cadence.is_eval_step(step):
             model.eval()
             metrics.update(objective.evaluate())
             model.train()
         writer.log_metrics(stage_name, step, metrics)
         bar.set_postfix(loss=f"{metrics['loss']:.3f}")
-        if schedule.save_every and step % schedule.save_every == 0 and step != schedule.steps:
+        if cadence.is_save_step(step):
             state = training_state(optimizer, scheduler, step)
             writer.save_checkpoint(stage_name, checkpoint_tag(step), model=model, tokenizer=tokenizer, step=step, metrics=metrics, state=state)
     model.eval()

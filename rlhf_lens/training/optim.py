@@ -1,4 +1,4 @@
-"""Optimizer, schedule, resumable training state and the non-finite-loss guard,
+"""Optimizer, schedule, resumable training state and the count of non-finite steps that stops a stage,
 shared by every stage's loop."""
 
 from __future__ import annotations
@@ -63,25 +63,38 @@ def restore_training_state(state: dict, optimizer, scheduler) -> int:
     return int(state["step"])
 
 
-class NonFiniteGuard:
-    """Counts steps skipped for a NaN/inf loss and stops the run after too many in a row."""
+SUPERVISED_MAX_BAD_STEPS = 5
+"""The bad-step limit of stages without a `max_bad_steps` field (base, sft, reward)."""
 
-    def __init__(self, max_consecutive: int, where: str):
-        self.max_consecutive = max_consecutive
-        self.where = where
+
+class BadStepCounter:
+    """Consecutive steps skipped for non-finite rewards, losses or gradients; the stage stops when `limit` steps
+    in a row were bad (limit 3: the third bad step in a row raises, after its `nan_skip` event is logged)."""
+
+    def __init__(self, stage: str, limit: int, *, limit_setting: str | None = None):
+        self.stage, self.limit, self.consecutive = stage, limit, 0
+        self.limit_setting = limit_setting
+        """The config field that sets `limit` (named in the error), or None where it is fixed."""
+
+    @classmethod
+    def of(cls, stage) -> "BadStepCounter":
+        """The counter of a stage config: its `max_bad_steps`, or SUPERVISED_MAX_BAD_STEPS where it has none."""
+        if hasattr(stage, "max_bad_steps"):
+            return cls(stage.name, stage.max_bad_steps, limit_setting=f"stages.{stage.name}.max_bad_steps")
+        return cls(stage.name, SUPERVISED_MAX_BAD_STEPS)
+
+    def ok(self) -> None:
         self.consecutive = 0
-        self.total = 0
 
-    def check(self, value: torch.Tensor) -> bool:
-        """True if the step may proceed; False to skip it. Raises after too many bad steps."""
-        if torch.isfinite(value).all():
-            self.consecutive = 0
-            return True
+    def bad(self, step: int, what: str) -> None:
+        """Count a skipped step; raise FloatingPointError once `limit` steps in a row were bad."""
         self.consecutive += 1
-        self.total += 1
-        if self.consecutive > self.max_consecutive:
+        if self.consecutive >= self.limit:
+            if self.limit_setting:
+                advice = f"Check the reward function, lower stages.{self.stage}.lr, or raise {self.limit_setting}."
+            else:
+                advice = f"Check the data, or lower stages.{self.stage}.lr."
             raise FloatingPointError(
-                f"{self.where}: {self.consecutive} consecutive steps had a non-finite loss or reward; stopping so "
-                "no NaN reaches the weights. Lower the learning rate or check the reward function."
+                f"stage {self.stage}: {self.consecutive} consecutive steps (up to step {step}) had non-finite {what}; stopping so "
+                f"no NaN reaches the weights. The last complete checkpoint is intact. {advice}"
             )
-        return False

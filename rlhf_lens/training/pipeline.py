@@ -17,17 +17,17 @@ import numpy as np
 import torch
 
 from rlhf_lens.models import check_vocab_fits, context_length, load_causal_lm, load_tokenizer
-from rlhf_lens.runs import Run, RunWriter, load_hf_folder, load_state, resolve_init_from
+from rlhf_lens.runs import FINAL_TAG, Run, RunWriter, has_training_state, load_hf_folder, load_state, resolve_init_from
 from rlhf_lens.tasks import get_task
 from rlhf_lens.training.build import build_model, load_base_model, train_tokenizer
 from rlhf_lens.training.config import ConfigError, LMStageConfig, RewardStageConfig, RunConfig, to_dict
-from rlhf_lens.training.feedback_data import from_file, simulate
+from rlhf_lens.training.reward.feedback import from_file, simulate
 from rlhf_lens.training.distributed import NullWriter, init_world, local_device
 from rlhf_lens.training.data import pack_blocks, split_heldout, tokenize_pairs
 from rlhf_lens.training.lm import completion_objective, corpus_objective, eos_rate, heldout_perplexity
 from rlhf_lens.training.loop import Schedule, fit
-from rlhf_lens.training.policy import run_policy_stage
-from rlhf_lens.training.reward import evaluate_reward, example_critiques, reward_function, reward_objective
+from rlhf_lens.training.policy.stage import run_policy_stage
+from rlhf_lens.training.reward.objectives import evaluate_reward, example_critiques, reward_function, reward_objective
 
 
 @dataclass(frozen=True)
@@ -301,7 +301,7 @@ def resume_point(run: Run, stage: str) -> tuple[str, dict | None]:
     status = run.stage(stage).status
     if status == "done":
         return status, None
-    steps = [cp for cp in run.checkpoints(stage) if cp.tag != "final" and (cp.path / "state.json").is_file()]
+    steps = [cp for cp in run.checkpoints(stage) if cp.tag != FINAL_TAG and has_training_state(cp.path)]
     if not steps:
         return status, None
     last = steps[-1]

@@ -10,11 +10,12 @@ import pytest
 import torch
 
 from rlhf_lens.runs import Run
-from rlhf_lens.training import online, policy_setup
+from rlhf_lens.training.policy import online
+from rlhf_lens.training.policy import setup as policy_setup
 from rlhf_lens.training.config import load_recipe
 from rlhf_lens.training.losses import best_of_n_kl
 from rlhf_lens.training.pipeline import train
-from rlhf_lens.training.policy_reward import RewardError, RewardSource
+from rlhf_lens.training.policy.reward_source import RewardError, RewardSource
 from tests import learning
 from tests.conftest import REPO
 

@@ -15,7 +15,7 @@ from rlhf_lens.models import check_vocab_fits, context_length, encode_prompts, l
 from rlhf_lens.runs import resolve_init_from
 from rlhf_lens.training.config import ConfigError
 from rlhf_lens.training.distributed import World, init_world, local_device
-from rlhf_lens.training.policy_reward import GOLD, RewardSource, gold_source, reward_model_source
+from rlhf_lens.training.policy.reward_source import GOLD, RewardSource, gold_source, reward_model_source
 
 
 @dataclass

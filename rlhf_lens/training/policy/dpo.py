@@ -7,27 +7,28 @@ the held-out accuracy of the implicit reward beta * log(pi / pi_ref).
 
 from __future__ import annotations
 
-import hashlib
 import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from rlhf_lens.models import context_length, encode_prompts
+from rlhf_lens.runs import checkpoint_tag
 from rlhf_lens.tasks import read_feedback
-from rlhf_lens.training.data import batch_indices
-from rlhf_lens.training.feedback_data import comparisons_from
+from rlhf_lens.training.data import batch_indices, is_heldout_prompt
 from rlhf_lens.training.losses import dpo_loss
-from rlhf_lens.training.optim import make_optimizer, restore_training_state, training_state
-from rlhf_lens.training.policy_eval import evaluate_policy
-from rlhf_lens.training.policy_setup import PolicySetup
-from rlhf_lens.training.reward_eval import gold_accuracy
-from rlhf_lens.training.rollout import token_logprobs
-from rlhf_lens.training.update import BadStepCounter, apply_gradients
+from rlhf_lens.training.optim import BadStepCounter, make_optimizer, restore_training_state, training_state
+from rlhf_lens.training.policy.evaluation import evaluate_policy
+from rlhf_lens.training.policy.rollout import token_logprobs
+from rlhf_lens.training.policy.setup import PolicySetup
+from rlhf_lens.training.policy.update import apply_gradients
+from rlhf_lens.training.reward.evaluation import gold_accuracy
+from rlhf_lens.training.reward.feedback import comparisons_from
+from rlhf_lens.training.steps import Cadence, progress
 
 HELDOUT_FRACTION = 0.2
+HELDOUT_SALT = "dpo"  # DPO's hash split differs from a reward stage's on the same file (kept: existing runs' splits)
 
 
 @dataclass(frozen=True)
@@ -63,11 +64,6 @@ class Pairs:
         return len(self.records)
 
 
-def _heldout(prompt: str, seed: int) -> bool:
-    digest = hashlib.sha256(f"dpo:{seed}:{prompt}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64 < HELDOUT_FRACTION
-
-
 def preference_pairs(stage, feedback_records: list[dict], seed: int) -> tuple[list[dict], list[dict]]:
     """(train, held-out) comparisons for DPO, from stage.feedback or the run's feedback records.
 
@@ -78,7 +74,7 @@ def preference_pairs(stage, feedback_records: list[dict], seed: int) -> tuple[li
         if all(r.get("split") in ("train", "eval") for r in records):  # e.g. another run's data/feedback.jsonl
             is_heldout = [r["split"] == "eval" for r in records]
         else:
-            is_heldout = [_heldout(r["prompt"], seed) for r in records]
+            is_heldout = [is_heldout_prompt(r["prompt"], HELDOUT_FRACTION, seed, salt=HELDOUT_SALT) for r in records]
         train = comparisons_from([r for r, h in zip(records, is_heldout) if not h])
         heldout = comparisons_from([r for r, h in zip(records, is_heldout) if h])
         where = stage.feedback
@@ -150,31 +146,17 @@ def heldout_metrics(setup: PolicySetup, pairs: Pairs, beta: float, batch_size: i
 
 def run_dpo(stage, setup: PolicySetup, writer, feedback_records: list[dict], *, seed: int, quiet: bool, resume: dict | None) -> dict:
     """Train with DPO; save `final`; return the stage's results for run.json."""
-    world, pad_id = setup.world, setup.tokenizer.pad_token_id
-    train_records, heldout_records = preference_pairs(stage, feedback_records, seed)
-    context = context_length(setup.policy)
-    train, heldout = Pairs.of(train_records, setup.tokenizer, context), Pairs.of(heldout_records, setup.tokenizer, context)
+    world = setup.world
+    train, heldout = tokenized_pairs(stage, setup, feedback_records, seed)
     optimizer, scheduler = make_optimizer(setup.policy, stage.lr, stage.weight_decay, stage.warmup_steps, stage.steps)
     model = torch.nn.parallel.DistributedDataParallel(setup.policy) if world.distributed else setup.policy
-    results = {"train_pairs": len(train), "heldout_pairs": len(heldout)}
-    start = 0
-    if resume is not None:
-        start = restore_training_state(resume["state"], optimizer, scheduler)
-        results |= resume["state"]["extra"].get("start", {})
-    else:
-        if world.is_main:
-            start_metrics = heldout_metrics(setup, heldout, stage.dpo_beta) | evaluate_policy(setup, stage, seed)
-            results |= {f"start_{k}": v for k, v in start_metrics.items()}
-        world.barrier()
-    bad, metrics = BadStepCounter(stage.name, stage.max_bad_steps), {}
-    bar = tqdm(range(start + 1, stage.steps + 1), desc=f"{stage.name} (dpo)", disable=quiet or not world.is_main, initial=start, total=stage.steps)
+    start, results = start_or_resume(stage, setup, heldout, optimizer, scheduler, seed, resume)
+    results = {"train_pairs": len(train), "heldout_pairs": len(heldout)} | results
+    cadence, bad, metrics = Cadence.of(stage), BadStepCounter.of(stage), {}
+    bar = progress(cadence, start, f"{stage.name} (dpo)", quiet=quiet or not world.is_main)
     for step in bar:
         rows = world.shard(batch_indices(len(train), stage.batch_size, seed, step))
-        with setup.autocast():
-            chosen, rejected = pair_logps(model, train, rows, pad_id)
-            with torch.no_grad():
-                ref_chosen, ref_rejected = pair_logps(setup.reference, train, rows, pad_id)
-            loss, r_chosen, r_rejected = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, stage.dpo_beta)
+        loss, stats = pair_loss(model, setup, train, rows, stage.dpo_beta)
         share = len(rows) / stage.batch_size  # this process's share of the global mean
         learning_rate = scheduler.get_last_lr()[0]
         applied = apply_gradients(loss * share * world.size, optimizer, stage.grad_clip, world)
@@ -184,21 +166,59 @@ def run_dpo(stage, setup: PolicySetup, writer, feedback_records: list[dict], *, 
             bad.bad(step, "losses or gradients")
             continue
         bad.ok()
-
-        def mean(x):
-            return float(world.sum(x.detach().float().sum())) / stage.batch_size
-
-        metrics = {"loss": mean(loss.detach().expand(len(rows))), "rewards/chosen": mean(r_chosen), "rewards/rejected": mean(r_rejected),
-                   "rewards/margins": mean(r_chosen - r_rejected), "rewards/accuracies": mean((r_chosen > r_rejected).float()),
-                   "logps/chosen": mean(chosen), "logps/rejected": mean(rejected), "learning_rate": learning_rate}
-        if ((stage.eval_every and step % stage.eval_every == 0) or step == stage.steps) and world.is_main:
+        metrics = {"loss": global_mean(loss.detach().expand(len(rows)), stage.batch_size, world)}
+        metrics |= {key: global_mean(value, stage.batch_size, world) for key, value in stats.items()} | {"learning_rate": learning_rate}
+        if cadence.is_eval_step(step) and world.is_main:
             metrics |= heldout_metrics(setup, heldout, stage.dpo_beta) | evaluate_policy(setup, stage, seed)
         world.barrier()
         writer.log_metrics(stage.name, step, metrics)
         bar.set_postfix(loss=f"{metrics['loss']:.3f}")
-        if stage.save_every and step % stage.save_every == 0 and step != stage.steps:
-            writer.save_checkpoint(stage.name, f"step-{step:06d}", model=setup.policy, tokenizer=setup.tokenizer, step=step, metrics=metrics,
-                                   state=training_state(optimizer, scheduler, step, extra={"start": results}), extra_meta={"algorithm": "dpo"})
-    writer.save_checkpoint(stage.name, "final", model=setup.policy, tokenizer=setup.tokenizer, step=stage.steps, metrics=metrics,
-                           state=training_state(optimizer, scheduler, stage.steps, extra={"start": results}), extra_meta={"algorithm": "dpo"})
+        if cadence.is_save_step(step):
+            save(writer, stage, checkpoint_tag(step), setup, step, metrics, training_state(optimizer, scheduler, step, extra={"start": results}))
+    save(writer, stage, "final", setup, stage.steps, metrics, training_state(optimizer, scheduler, stage.steps, extra={"start": results}))
     return results | {k: v for k, v in metrics.items() if k.startswith("eval/")} | {"algorithm": "dpo"}
+
+
+def tokenized_pairs(stage, setup: PolicySetup, feedback_records: list[dict], seed: int) -> tuple[Pairs, Pairs]:
+    """The (train, held-out) preference pairs, tokenized for the policy's context."""
+    train_records, heldout_records = preference_pairs(stage, feedback_records, seed)
+    context = context_length(setup.policy)
+    return Pairs.of(train_records, setup.tokenizer, context), Pairs.of(heldout_records, setup.tokenizer, context)
+
+
+def start_or_resume(stage, setup: PolicySetup, heldout: Pairs, optimizer, scheduler, seed: int, resume: dict | None) -> tuple[int, dict]:
+    """(the step to continue after, the start-of-stage evaluation): restored from a resume checkpoint, or measured
+    on the starting policy by rank 0."""
+    if resume is not None:
+        start = restore_training_state(resume["state"], optimizer, scheduler)
+        return start, dict(resume["state"]["extra"].get("start", {}))
+    results = {}
+    if setup.world.is_main:
+        start_metrics = heldout_metrics(setup, heldout, stage.dpo_beta) | evaluate_policy(setup, stage, seed)
+        results = {f"start_{k}": v for k, v in start_metrics.items()}
+    setup.world.barrier()
+    return 0, results
+
+
+def pair_loss(model, setup: PolicySetup, pairs: Pairs, rows: list[int], beta: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The DPO loss of some pairs and the per-pair quantities logged under the DESIGN.md keys: -> (), {key: (n,)}."""
+    pad_id = setup.tokenizer.pad_token_id
+    with setup.autocast():
+        chosen, rejected = pair_logps(model, pairs, rows, pad_id)
+        with torch.no_grad():
+            ref_chosen, ref_rejected = pair_logps(setup.reference, pairs, rows, pad_id)
+        loss, r_chosen, r_rejected = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, beta)
+    stats = {"rewards/chosen": r_chosen, "rewards/rejected": r_rejected, "rewards/margins": r_chosen - r_rejected,
+             "rewards/accuracies": (r_chosen > r_rejected).float(), "logps/chosen": chosen, "logps/rejected": rejected}
+    return loss, stats
+
+
+def global_mean(values: torch.Tensor, batch_size: int, world) -> float:
+    """Mean over the global batch of a per-pair quantity of this process's pairs: (n,) -> float."""
+    return float(world.sum(values.detach().float().sum())) / batch_size
+
+
+def save(writer, stage, tag: str, setup: PolicySetup, step: int, metrics: dict, state: dict) -> None:
+    """A DPO checkpoint: the policy and its training state (the start-of-stage evaluation in `extra`)."""
+    writer.save_checkpoint(stage.name, tag, model=setup.policy, tokenizer=setup.tokenizer, step=step, metrics=metrics, state=state,
+                           extra_meta={"algorithm": "dpo"})

@@ -9,7 +9,7 @@ import torch
 
 from rlhf_lens.models import reward_input_ids, score_rewards
 from rlhf_lens.training.losses import bradley_terry_loss, plackett_luce_loss
-from rlhf_lens.training.reward import PromptGroups, ranking_loss
+from rlhf_lens.training.reward.objectives import PromptGroups, ranking_loss
 
 COMPLETIONS = {
     "The hotel was": [" clean and quiet.", " dirty.", " fine, I guess.", ""],

@@ -6,8 +6,8 @@ import math
 
 import torch
 
-from rlhf_lens.training.policy_setup import PolicySetup
-from rlhf_lens.training.rollout import collect_rollout
+from rlhf_lens.training.policy.setup import PolicySetup
+from rlhf_lens.training.policy.rollout import collect_rollout
 
 EVAL_STEP = -1  # the sampling "step" of evaluation samples: the same seeds at every evaluation
 

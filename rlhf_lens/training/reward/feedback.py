@@ -9,7 +9,6 @@ measured on the same pairs.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from tqdm.auto import tqdm
 
 from rlhf_lens.models import encode_prompts, sample
 from rlhf_lens.tasks import read_feedback, simulate_feedback
+from rlhf_lens.training.data import is_heldout_prompt
 
 TRAIN_KINDS = {"ranking": ("comparison", "ranking"), "scoring": ("rating",), "generative": ("critique",)}
 
@@ -80,11 +80,6 @@ def simulate(stage, labelers, policy, tokenizer, train_prompts: list[str], eval_
     return Feedback(train, eval_pairs, centring, _tag(train, "train", stage.name) + _tag(eval_pairs, "eval", stage.name))
 
 
-def _heldout(prompt: str, fraction: float, seed: int) -> bool:
-    digest = hashlib.sha256(f"{seed}:{prompt}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
-
-
 def comparisons_from(records: Sequence[dict]) -> list[dict]:
     """Pairwise comparisons implied by any feedback: rankings give all pairs, ratings and verdicts
     give pairs of the same prompt judged differently by the same labeler."""
@@ -117,8 +112,8 @@ def from_file(stage, path: str | Path, *, seed: int) -> Feedback:
             f"{path}: no records a {stage.reward_kind} reward model can learn from (it needs {' or '.join(usable)} "
             f"records; the file has {', '.join(kinds) or 'none'}). Set stages.{stage.name}.reward_kind to match the feedback."
         )
-    heldout = [r for r in records if _heldout(r["prompt"], stage.heldout_fraction, seed)]
-    train = [r for r in records if not _heldout(r["prompt"], stage.heldout_fraction, seed) and r["kind"] in usable]
+    heldout = [r for r in records if is_heldout_prompt(r["prompt"], stage.heldout_fraction, seed)]
+    train = [r for r in records if not is_heldout_prompt(r["prompt"], stage.heldout_fraction, seed) and r["kind"] in usable]
     eval_pairs = comparisons_from(heldout)
     if not train or not eval_pairs:
         raise ValueError(

@@ -11,8 +11,8 @@ import torch
 from tqdm.auto import tqdm
 
 from rlhf_lens.training.losses import best_of_n_kl
-from rlhf_lens.training.policy_setup import PolicySetup
-from rlhf_lens.training.rollout import Rollout, collect_rollout, rollout_rows
+from rlhf_lens.training.policy.setup import PolicySetup
+from rlhf_lens.training.policy.rollout import Rollout, collect_rollout, rollout_rows
 
 SAMPLE_BATCH = 16  # prompts per sampling call
 

@@ -13,8 +13,8 @@ import torch
 from rlhf_lens.models import completion_values
 from rlhf_lens.training.distributed import World, whiten_global
 from rlhf_lens.training.losses import clipped_policy_loss, clipped_value_loss, gae, token_rewards
-from rlhf_lens.training.rollout import Rollout, token_logprobs
-from rlhf_lens.training.update import UpdateStats, apply_gradients, epoch_seed, minibatch_rows
+from rlhf_lens.training.policy.rollout import Rollout, token_logprobs
+from rlhf_lens.training.policy.update import UpdateStats, apply_gradients, epoch_seed, minibatch_rows
 
 
 @torch.no_grad()

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import torch
 
-from rlhf_lens.runs.layout import checkpoint_dir
-from rlhf_lens.training.best_of_n import run_best_of_n
+from rlhf_lens.runs import checkpoint_dir
+from rlhf_lens.training.policy.best_of_n import run_best_of_n
 from rlhf_lens.training.config import ONLINE_ALGORITHMS
-from rlhf_lens.training.dpo import run_dpo
-from rlhf_lens.training.online import run_online
-from rlhf_lens.training.policy_setup import setup_policy_stage
+from rlhf_lens.training.policy.dpo import run_dpo
+from rlhf_lens.training.policy.online import run_online
+from rlhf_lens.training.policy.setup import setup_policy_stage
 
 POLICY_SEED_OFFSET = 3
 

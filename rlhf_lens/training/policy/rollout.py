@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from rlhf_lens.models import completion_logits, encode_prompts, sample
 from rlhf_lens.training.losses import entropy_from_logits
-from rlhf_lens.training.policy_reward import RewardError, RewardSource
+from rlhf_lens.training.policy.reward_source import RewardError, RewardSource
 
 
 def sample_seed(seed: int, step: int, prompt_index: int, j: int) -> int:

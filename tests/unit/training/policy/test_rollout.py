@@ -7,9 +7,9 @@ import math
 import numpy as np
 
 from rlhf_lens.models import Samples
-from rlhf_lens.training import rollout as rollout_module
-from rlhf_lens.training.policy_reward import RewardSource
-from rlhf_lens.training.rollout import collect_rollout, rollout_rows
+from rlhf_lens.training.policy import rollout as rollout_module
+from rlhf_lens.training.policy.reward_source import RewardSource
+from rlhf_lens.training.policy.rollout import collect_rollout, rollout_rows
 
 
 def test_empty_completions_are_scored_and_logged(tiny_gpt2, tiny_tokenizer, monkeypatch):
@@ -78,7 +78,7 @@ def test_token_values_are_the_score_head_at_the_position_before_each_token(tiny_
 def test_dpo_pairs_longer_than_the_context_keep_completions_and_the_end_of_the_prompt(tiny_tokenizer):
     import pytest
 
-    from rlhf_lens.training.dpo import Pairs
+    from rlhf_lens.training.policy.dpo import Pairs
 
     record = {"prompt": "The screen is bright and the keyboard is quiet and " * 6, "chosen": "great.", "rejected": "awful, truly awful."}
     with pytest.warns(UserWarning, match="1 of 1 preference pairs are longer than the policy's context of 24"):

@@ -18,8 +18,8 @@ from rlhf_lens.training.losses import (
     masked_mean,
     whiten,
 )
-from rlhf_lens.training.rollout import sample_seed
-from rlhf_lens.training.update import epoch_seed, minibatch_rows
+from rlhf_lens.training.policy.rollout import sample_seed
+from rlhf_lens.training.policy.update import epoch_seed, minibatch_rows
 
 
 def test_dpo_loss_by_hand():
@@ -120,7 +120,7 @@ def test_world_shard_refuses_uneven_batches():
 
 
 def test_dpo_heldout_texts_are_scored_once_each(tiny_gpt2):
-    from rlhf_lens.training.dpo import Pairs, distinct_texts, pair_logps, text_logps
+    from rlhf_lens.training.policy.dpo import Pairs, distinct_texts, pair_logps, text_logps
 
     # The same pair judged twice (two labelers), and a third pair sharing a completion with it.
     pairs = Pairs(records=[{}] * 3, prompt_ids=[[1, 5], [1, 5], [1, 5]], chosen_ids=[[7, 8], [7, 8], [9]], rejected_ids=[[9], [9], [7, 8]])
@@ -153,7 +153,7 @@ class FakeRollout:
 
 def test_grpo_logs_the_k3_its_loss_uses_under_kl_and_the_k1_sequence_kl_beside_it():
     from rlhf_lens.training.distributed import World
-    from rlhf_lens.training.online import step_metrics
+    from rlhf_lens.training.policy.online import step_metrics
 
     metrics = step_metrics(FakeRollout(), "grpo", kl_coef=0.1, world=World())
     # k3 = e^(ref - lp) - 1 - (ref - lp): tokens of sequence 0 give e^-0.5 - 0.5 and e - 2; sequence 1 gives 0

@@ -27,11 +27,11 @@ from rlhf_lens.models import (
 )
 from rlhf_lens.packing import pack_texts, packed_rewards
 from rlhf_lens.training.data import PromptCompletions
-from rlhf_lens.training.feedback_data import Feedback
+from rlhf_lens.training.reward.feedback import Feedback
 from rlhf_lens.training.lm import completion_nll
 from rlhf_lens.training.loop import Objective
 from rlhf_lens.training.losses import bradley_terry_loss, plackett_luce_loss, rating_regression_loss
-from rlhf_lens.training.reward_eval import (
+from rlhf_lens.training.reward.evaluation import (
     calibration,
     disputed_records,
     gold_accuracy,

@@ -15,8 +15,8 @@ import torch
 
 from rlhf_lens.training.distributed import World
 from rlhf_lens.training.losses import clipped_surrogate, group_advantages, kl_k3, sequence_token_mean
-from rlhf_lens.training.rollout import Rollout, token_logprobs
-from rlhf_lens.training.update import UpdateStats, apply_gradients, epoch_seed, minibatch_rows
+from rlhf_lens.training.policy.rollout import Rollout, token_logprobs
+from rlhf_lens.training.policy.update import UpdateStats, apply_gradients, epoch_seed, minibatch_rows
 
 
 def sequence_rewards(rollout: Rollout, algorithm: str, kl_coef: float) -> torch.Tensor:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from rlhf_lens.models import judge_texts
-from rlhf_lens.training.policy_reward import reward_model_source
+from rlhf_lens.training.policy.reward_source import reward_model_source
 
 PROMPTS = ["The soup", "My new chair"]
 COMPLETIONS = [" was fine.", " broke after a week."]

@@ -65,7 +65,7 @@ def critique_length(meta: dict, folder: Path) -> int:
     if "critique_max_tokens" in meta:
         return int(meta["critique_max_tokens"])
     default = RewardStageConfig.critique_max_tokens
-    warnings.warn(f"{folder}: meta.json does not record critique_max_tokens (written by an older rlhf-lens); "
+    warnings.warn(f"{folder}: the checkpoint's metadata does not record critique_max_tokens (written by an older rlhf-lens); "
                   f"critiques are written with the default {default} tokens", stacklevel=3)
     return default
 

@@ -1,5 +1,5 @@
-"""What every policy update shares: minibatches of whole prompts, a guarded optimizer step, the count of
-bad steps that stops a stage, and statistics averaged over minibatches and processes."""
+"""What every policy update shares: minibatches of whole prompts, a guarded optimizer step, and statistics
+averaged over minibatches and processes."""
 
 from __future__ import annotations
 
@@ -75,22 +75,3 @@ class UpdateStats:
 
     def means(self) -> dict[str, float]:
         return {key: total / max(self.n, 1) for key, total in self.sums.items()}
-
-
-class BadStepCounter:
-    """Consecutive steps skipped for non-finite rewards, losses or gradients; raises after too many."""
-
-    def __init__(self, stage: str, limit: int):
-        self.stage, self.limit, self.consecutive = stage, limit, 0
-
-    def ok(self) -> None:
-        self.consecutive = 0
-
-    def bad(self, step: int, what: str) -> None:
-        self.consecutive += 1
-        if self.consecutive >= self.limit:
-            raise FloatingPointError(
-                f"stage {self.stage}: {self.consecutive} consecutive steps (up to step {step}) had non-finite {what}; stopping so "
-                f"no NaN reaches the weights. The last complete checkpoint is intact. Check the reward function, lower "
-                f"stages.{self.stage}.lr, or raise stages.{self.stage}.max_bad_steps."
-            )

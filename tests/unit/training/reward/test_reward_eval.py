@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rlhf_lens.training.feedback_data import comparisons_from
-from rlhf_lens.training.reward_eval import (
+from rlhf_lens.training.reward.feedback import comparisons_from
+from rlhf_lens.training.reward.evaluation import (
     calibration,
     disputed_records,
     gold_accuracy,
@@ -66,7 +66,7 @@ def test_comparisons_implied_by_rankings_ratings_and_verdicts():
 
 
 def test_critique_examples_fit_the_context_even_with_long_targets(tiny_tokenizer):
-    from rlhf_lens.training.reward import critique_examples
+    from rlhf_lens.training.reward.objectives import critique_examples
 
     record = {"prompt": "The food", "completion": " was fine.", "critique": "it says fine. " * 40, "verdict": "good"}
     examples = critique_examples([record], tiny_tokenizer, context=32)
