@@ -26,13 +26,27 @@ SIZES = {
     "large": {"n_layer": 6, "d_model": 256, "n_head": 8},
     "gpt2small": {"n_layer": 12, "d_model": 768, "n_head": 12},
 }
-QUICK_SETUP = ["stages.base.steps=30", "stages.base.warmup_steps=5", "stages.sft.steps=15", "stages.sft.eval_samples=8",
-               "stages.reward.feedback_prompts=48", "stages.reward.epochs=1",
-               "data.corpus_size=1000", "data.sft_size=200", "data.train_prompts=48", "data.eval_prompts=8"]
+QUICK_SETUP = [
+    "stages.base.steps=30",
+    "stages.base.warmup_steps=5",
+    "stages.sft.steps=15",
+    "stages.sft.eval_samples=8",
+    "stages.reward.feedback_prompts=48",
+    "stages.reward.epochs=1",
+    "data.corpus_size=1000",
+    "data.sft_size=200",
+    "data.train_prompts=48",
+    "data.eval_prompts=8",
+]
 
 
-SETUP_FEEDBACK = ["data.train_prompts=512", "stages.reward.feedback_prompts=512", "stages.reward.completions_per_prompt=4",
-                  "stages.reward.group_by_prompt=false", "stages.reward.batch_size=16"]
+SETUP_FEEDBACK = [
+    "data.train_prompts=512",
+    "stages.reward.feedback_prompts=512",
+    "stages.reward.completions_per_prompt=4",
+    "stages.reward.group_by_prompt=false",
+    "stages.reward.batch_size=16",
+]
 """The setup run's feedback as the benchmarks were first run: 4 samples of 512 prompts, all 6 pairs each
 (about 3,000 training pairs); the quick recipe itself now collects 45 pairs of 10 samples per prompt."""
 

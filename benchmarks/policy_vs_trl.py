@@ -53,8 +53,6 @@ DPO table and writes the rows to benchmarks/results/policy_vs_trl.json (or --out
 from __future__ import annotations
 
 from common import CONTEXT, QUICK_SETUP, ROOT, SIZES, format_table, quiet_libraries, recipe_header, write_feedback  # isort: skip (sets the environment first)
-import common
-
 import argparse
 import contextlib
 import json
@@ -63,15 +61,16 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import common
 import numpy as np
 import torch
 
 from rlhf_lens.models import encode_prompts, load_tokenizer, score_texts
 from rlhf_lens.runs import Run, load_hf_folder
 from rlhf_lens.training.config import load_recipe
+from rlhf_lens.training.pipeline import train
 from rlhf_lens.training.policy.dpo import Pairs as DPOPairs
 from rlhf_lens.training.policy.dpo import preference_pairs
-from rlhf_lens.training.pipeline import train
 from rlhf_lens.training.policy.stage import POLICY_SEED_OFFSET
 
 RESULTS = ROOT / "benchmarks" / "results" / "policy_vs_trl.json"
@@ -121,10 +120,22 @@ def setup_overrides(size: str, settings: Settings) -> list[str]:
     elif size == "gpt2small":
         # Our base, SFT and reward stages run on CPU even on a GPU machine (only policy stages take a device), and an
         # 86M-parameter step there takes seconds: keep them short. The policy is weak, which does not matter for speed.
-        stages = ["stages.base.steps=100", "stages.base.batch_size=8", "stages.base.warmup_steps=10", "stages.base.eval_every=0",
-                  "stages.sft.steps=40", "stages.sft.batch_size=8", "stages.sft.eval_every=0", "stages.sft.eval_samples=8",
-                  "stages.reward.feedback_prompts=32", "stages.reward.epochs=1",
-                  "data.corpus_size=3000", "data.sft_size=1000", "data.train_prompts=256", "data.eval_prompts=16"]
+        stages = [
+            "stages.base.steps=100",
+            "stages.base.batch_size=8",
+            "stages.base.warmup_steps=10",
+            "stages.base.eval_every=0",
+            "stages.sft.steps=40",
+            "stages.sft.batch_size=8",
+            "stages.sft.eval_every=0",
+            "stages.sft.eval_samples=8",
+            "stages.reward.feedback_prompts=32",
+            "stages.reward.epochs=1",
+            "data.corpus_size=3000",
+            "data.sft_size=1000",
+            "data.train_prompts=256",
+            "data.eval_prompts=16",
+        ]
     else:
         stages = ["stages.base.steps=150", "stages.sft.steps=60", "stages.reward.epochs=1", "stages.reward.feedback_prompts=256"]
     return stages + [f"seed={settings.seed}"]
@@ -171,13 +182,16 @@ def steady_rate(stamps: list[float]) -> float:
 def policy_recipe(stage_lines: list[str], task_options: dict, settings: Settings, train_prompts: int) -> str:
     """A policy-only recipe."""
     stage = "\n".join(stage_lines)
-    return recipe_header("policy-vs-trl", settings.seed, task_options, train_prompts=train_prompts, eval_prompts=settings.eval_prompts) + f"""
+    return (
+        recipe_header("policy-vs-trl", settings.seed, task_options, train_prompts=train_prompts, eval_prompts=settings.eval_prompts)
+        + f"""
 [[stages]]
 kind = "policy"
 {stage}
 device = {json.dumps(settings.device)}
 bf16 = {"true" if settings.bf16 else "false"}
 """
+    )
 
 
 def grpo_stage(setup: Path, settings: Settings) -> list[str]:
@@ -237,11 +251,23 @@ def run_ours(name: str, recipe_text: str, settings: Settings, workdir: Path) -> 
 def trl_common(settings: Settings, output_dir: Path) -> dict:
     """TrainingArguments both TRL trainers share: our optimizer, schedule, precision and no extras."""
     return dict(
-        output_dir=str(output_dir), learning_rate=settings.lr, warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0,
-        lr_scheduler_type="cosine_with_min_lr", lr_scheduler_kwargs={"min_lr_rate": 0.1},  # ours: cosine to 10%
-        gradient_accumulation_steps=1, gradient_checkpointing=False, disable_dropout=True,
-        use_cpu=settings.device == "cpu", bf16=settings.bf16, report_to=[], save_strategy="no", eval_strategy="no",
-        disable_tqdm=True, seed=settings.seed,
+        output_dir=str(output_dir),
+        learning_rate=settings.lr,
+        warmup_steps=0,
+        weight_decay=0.0,
+        max_grad_norm=1.0,
+        lr_scheduler_type="cosine_with_min_lr",
+        lr_scheduler_kwargs={"min_lr_rate": 0.1},  # ours: cosine to 10%
+        gradient_accumulation_steps=1,
+        gradient_checkpointing=False,
+        disable_dropout=True,
+        use_cpu=settings.device == "cpu",
+        bf16=settings.bf16,
+        report_to=[],
+        save_strategy="no",
+        eval_strategy="no",
+        disable_tqdm=True,
+        seed=settings.seed,
     )
 
 
@@ -267,26 +293,48 @@ def trl_grpo(sft_folder: Path, reward_folder: Path, prompts: list[str], settings
     reward_model = load_hf_folder(reward_folder, "score", num_labels=1).to(device).eval()
     reward_tokenizer = load_tokenizer(reward_folder)
     reward_model.config.pad_token_id = reward_tokenizer.pad_token_id
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if settings.device == "cuda" and settings.bf16 else contextlib.nullcontext
+    autocast = (
+        (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if settings.device == "cuda" and settings.bf16 else contextlib.nullcontext
+    )
     tokens_per_call: list[int] = []
 
     def reward_model_score(prompts, completions, completion_ids=None, **kwargs):
-        texts = [p[len(bos):] if p.startswith(bos) else p for p in prompts]  # score_texts adds BOS itself
+        texts = [p[len(bos) :] if p.startswith(bos) else p for p in prompts]  # score_texts adds BOS itself
         tokens_per_call.append(sum(len(ids) for ids in completion_ids))
         with autocast():
             return score_texts(reward_model, reward_tokenizer, texts, completions).float().cpu().tolist()
 
     n = settings.prompts_per_step * settings.group_size
     config = GRPOConfig(
-        **trl_common(settings, workdir / "trl-grpo"), max_steps=settings.grpo_steps, per_device_train_batch_size=n,
-        num_generations=settings.group_size, generation_batch_size=n, num_iterations=1, max_completion_length=settings.max_new_tokens,
-        beta=settings.beta, epsilon=0.2, loss_type="grpo", scale_rewards="group", temperature=1.0, top_p=1.0, top_k=0,
-        use_vllm=False, logging_steps=settings.grpo_steps, log_completions=False, mask_truncated_completions=False,
+        **trl_common(settings, workdir / "trl-grpo"),
+        max_steps=settings.grpo_steps,
+        per_device_train_batch_size=n,
+        num_generations=settings.group_size,
+        generation_batch_size=n,
+        num_iterations=1,
+        max_completion_length=settings.max_new_tokens,
+        beta=settings.beta,
+        epsilon=0.2,
+        loss_type="grpo",
+        scale_rewards="group",
+        temperature=1.0,
+        top_p=1.0,
+        top_k=0,
+        use_vllm=False,
+        logging_steps=settings.grpo_steps,
+        log_completions=False,
+        mask_truncated_completions=False,
     )
     dataset = Dataset.from_list([{"prompt": bos + p} for p in prompts])
     clock = StepClock()
-    trainer = GRPOTrainer(model=model, reward_funcs=reward_model_score, args=config, train_dataset=dataset,
-                          processing_class=tokenizer, callbacks=[clock.callback])
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=reward_model_score,
+        args=config,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        callbacks=[clock.callback],
+    )
     trainer.remove_callback(PrinterCallback)
     same = [tokenizer(bos + p)["input_ids"] == ids for p, ids in zip(prompts, encode_prompts(tokenizer, prompts))]
     torch.manual_seed(settings.seed)
@@ -296,9 +344,14 @@ def trl_grpo(sft_folder: Path, reward_folder: Path, prompts: list[str], settings
     synchronize(settings)
     seconds = time.perf_counter() - start
     logged = [h["completions/mean_length"] for h in trainer.state.log_history if "completions/mean_length" in h]
-    return {"seconds": seconds, "stamps": clock.stamps, "tokens_per_step": tokens_per_call,
-            "logged_mean_length": float(np.mean(logged)) if logged else float("nan"),
-            "prompt_ids_equal_ours": float(np.mean(same)), "ref_model": trainer.ref_model is not None}
+    return {
+        "seconds": seconds,
+        "stamps": clock.stamps,
+        "tokens_per_step": tokens_per_call,
+        "logged_mean_length": float(np.mean(logged)) if logged else float("nan"),
+        "prompt_ids_equal_ours": float(np.mean(same)),
+        "ref_model": trainer.ref_model is not None,
+    }
 
 
 def trl_dpo(sft_folder: Path, records: list[dict], settings: Settings, workdir: Path) -> dict:
@@ -310,8 +363,13 @@ def trl_dpo(sft_folder: Path, records: list[dict], settings: Settings, workdir: 
     model, tokenizer = load_trl_policy(sft_folder, settings)
     bos = tokenizer.bos_token
     config = DPOConfig(
-        **trl_common(settings, workdir / "trl-dpo"), max_steps=settings.dpo_steps, per_device_train_batch_size=settings.dpo_batch_size,
-        beta=settings.dpo_beta, loss_type=["sigmoid"], max_length=settings.max_length, precompute_ref_log_probs=False,
+        **trl_common(settings, workdir / "trl-dpo"),
+        max_steps=settings.dpo_steps,
+        per_device_train_batch_size=settings.dpo_batch_size,
+        beta=settings.dpo_beta,
+        loss_type=["sigmoid"],
+        max_length=settings.max_length,
+        precompute_ref_log_probs=False,
         logging_steps=10**6,
     )
     dataset = Dataset.from_list([{"prompt": bos + r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"]} for r in records])
@@ -334,7 +392,11 @@ def dpo_input_check(dataset, tokenizer, records: list[dict]) -> dict:
     same = []
     for row, r in zip(dataset, records):  # TRL keeps the order (it drops only pairs whose prompt fills max_length)
         i = by_key[(r["prompt"], r["chosen"], r["rejected"])]
-        same.append(row["prompt_ids"] == ours.prompt_ids[i] and row["chosen_ids"] == ours.chosen_ids[i] and row["rejected_ids"] == ours.rejected_ids[i])
+        same.append(
+            row["prompt_ids"] == ours.prompt_ids[i]
+            and row["chosen_ids"] == ours.chosen_ids[i]
+            and row["rejected_ids"] == ours.rejected_ids[i]
+        )
     return {"trl_pairs": len(dataset), "trl_ids_equal_ours": float(np.mean(same)) if same else float("nan")}
 
 
@@ -362,18 +424,33 @@ def bench_grpo(size: str, setup: Path, settings: Settings, workdir: Path) -> dic
 
     ours_steady, trl_steady = steady_rate(ours_stamps), steady_rate(trl["stamps"])
     row = {
-        "size": size, **SIZES[size], "params": sum(p.numel() for p in run.load_model("policy").parameters()),
-        "steps": settings.grpo_steps, "completions_per_step": per_step,
-        "ours_s": ours_s, "trl_s": trl["seconds"],
-        "ours_steps_per_s": settings.grpo_steps / ours_s, "trl_steps_per_s": settings.grpo_steps / trl["seconds"],
-        "ours_tokens_per_s": float(ours_tokens.sum()) / ours_s, "trl_tokens_per_s": float(trl_tokens.sum()) / trl["seconds"],
-        "ours_mean_length": float(ours_tokens.mean() / per_step), "trl_mean_length": float(trl_tokens.mean() / per_step),
+        "size": size,
+        **SIZES[size],
+        "params": sum(p.numel() for p in run.load_model("policy").parameters()),
+        "steps": settings.grpo_steps,
+        "completions_per_step": per_step,
+        "ours_s": ours_s,
+        "trl_s": trl["seconds"],
+        "ours_steps_per_s": settings.grpo_steps / ours_s,
+        "trl_steps_per_s": settings.grpo_steps / trl["seconds"],
+        "ours_tokens_per_s": float(ours_tokens.sum()) / ours_s,
+        "trl_tokens_per_s": float(trl_tokens.sum()) / trl["seconds"],
+        "ours_mean_length": float(ours_tokens.mean() / per_step),
+        "trl_mean_length": float(trl_tokens.mean() / per_step),
         "trl_logged_mean_length": trl["logged_mean_length"],
-        "ours_steady_steps_per_s": ours_steady, "trl_steady_steps_per_s": trl_steady,
-        "ours_steady_tokens_per_s": window_tokens(ours_tokens) / (ours_stamps[-2] - ours_stamps[0]) if len(ours_stamps) >= 3 else float("nan"),
-        "trl_steady_tokens_per_s": window_tokens(trl_tokens) / (trl["stamps"][-2] - trl["stamps"][0]) if len(trl["stamps"]) >= 3 else float("nan"),
-        "trl_steps_done": len(trl["stamps"]), "trl_reward_calls": len(trl["tokens_per_step"]), "trl_ref_model": trl["ref_model"],
-        "train_prompts": len(prompts), "trl_prompt_ids_equal_ours": trl["prompt_ids_equal_ours"],
+        "ours_steady_steps_per_s": ours_steady,
+        "trl_steady_steps_per_s": trl_steady,
+        "ours_steady_tokens_per_s": window_tokens(ours_tokens) / (ours_stamps[-2] - ours_stamps[0])
+        if len(ours_stamps) >= 3
+        else float("nan"),
+        "trl_steady_tokens_per_s": window_tokens(trl_tokens) / (trl["stamps"][-2] - trl["stamps"][0])
+        if len(trl["stamps"]) >= 3
+        else float("nan"),
+        "trl_steps_done": len(trl["stamps"]),
+        "trl_reward_calls": len(trl["tokens_per_step"]),
+        "trl_ref_model": trl["ref_model"],
+        "train_prompts": len(prompts),
+        "trl_prompt_ids_equal_ours": trl["prompt_ids_equal_ours"],
         "ours_stage_s": run.manifest["results"]["policy"]["seconds"],
         "ours_eval_score_start": run.manifest["results"]["policy"].get("start_eval/score_mean"),
         "ours_eval_score_end": run.manifest["results"]["policy"].get("eval/score_mean"),
@@ -402,12 +479,23 @@ def bench_dpo(size: str, setup: Path, settings: Settings, workdir: Path) -> dict
     ours_stamps = run.metrics("policy").sort_values("step")["time"].tolist()
     ours_steady, trl_steady = steady_rate(ours_stamps), steady_rate(trl["stamps"])
     row = {
-        "size": size, **SIZES[size], "steps": settings.dpo_steps, "batch_size": settings.dpo_batch_size,
-        "ours_s": ours_s, "trl_s": trl["seconds"], "ours_stage_s": results["seconds"],
-        "ours_steps_per_s": settings.dpo_steps / ours_s, "trl_steps_per_s": settings.dpo_steps / trl["seconds"],
-        "ours_steady_steps_per_s": ours_steady, "trl_steady_steps_per_s": trl_steady,
-        "train_pairs": len(trained), "heldout_pairs": len(heldout), "setup_train_comparisons": len(comparisons),
-        "trl_pairs": trl["trl_pairs"], "trl_ids_equal_ours": trl["trl_ids_equal_ours"], "trl_steps_done": len(trl["stamps"]),
+        "size": size,
+        **SIZES[size],
+        "steps": settings.dpo_steps,
+        "batch_size": settings.dpo_batch_size,
+        "ours_s": ours_s,
+        "trl_s": trl["seconds"],
+        "ours_stage_s": results["seconds"],
+        "ours_steps_per_s": settings.dpo_steps / ours_s,
+        "trl_steps_per_s": settings.dpo_steps / trl["seconds"],
+        "ours_steady_steps_per_s": ours_steady,
+        "trl_steady_steps_per_s": trl_steady,
+        "train_pairs": len(trained),
+        "heldout_pairs": len(heldout),
+        "setup_train_comparisons": len(comparisons),
+        "trl_pairs": trl["trl_pairs"],
+        "trl_ids_equal_ours": trl["trl_ids_equal_ours"],
+        "trl_steps_done": len(trl["stamps"]),
     }
     row["ours_over_trl"] = row["ours_steps_per_s"] / row["trl_steps_per_s"]
     row["ours_over_trl_steady"] = ours_steady / trl_steady
@@ -426,15 +514,31 @@ def bench_size(size: str, settings: Settings, workdir: Path) -> dict:
 
 # --------------------------------------------------------------------------- report
 
-GRPO_COLUMNS = [("size", "size", "{}"), ("ours_s", "ours s", "{:.1f}"), ("trl_s", "trl s", "{:.1f}"),
-                ("ours_steps_per_s", "ours st/s", "{:.3f}"), ("trl_steps_per_s", "trl st/s", "{:.3f}"), ("ours_over_trl", "ours/trl", "{:.2f}x"),
-                ("ours_tokens_per_s", "ours tok/s", "{:.0f}"), ("trl_tokens_per_s", "trl tok/s", "{:.0f}"),
-                ("ours_over_trl_tokens", "tok ours/trl", "{:.2f}x"), ("ours_over_trl_steady", "steady ours/trl", "{:.2f}x"),
-                ("ours_mean_length", "len ours", "{:.1f}"), ("trl_mean_length", "len trl", "{:.1f}")]
-DPO_COLUMNS = [("size", "size", "{}"), ("ours_s", "ours s", "{:.1f}"), ("trl_s", "trl s", "{:.1f}"),
-               ("ours_steps_per_s", "ours st/s", "{:.3f}"), ("trl_steps_per_s", "trl st/s", "{:.3f}"), ("ours_over_trl", "ours/trl", "{:.2f}x"),
-               ("ours_steady_steps_per_s", "steady ours", "{:.3f}"), ("trl_steady_steps_per_s", "steady trl", "{:.3f}"),
-               ("ours_over_trl_steady", "steady ours/trl", "{:.2f}x")]
+GRPO_COLUMNS = [
+    ("size", "size", "{}"),
+    ("ours_s", "ours s", "{:.1f}"),
+    ("trl_s", "trl s", "{:.1f}"),
+    ("ours_steps_per_s", "ours st/s", "{:.3f}"),
+    ("trl_steps_per_s", "trl st/s", "{:.3f}"),
+    ("ours_over_trl", "ours/trl", "{:.2f}x"),
+    ("ours_tokens_per_s", "ours tok/s", "{:.0f}"),
+    ("trl_tokens_per_s", "trl tok/s", "{:.0f}"),
+    ("ours_over_trl_tokens", "tok ours/trl", "{:.2f}x"),
+    ("ours_over_trl_steady", "steady ours/trl", "{:.2f}x"),
+    ("ours_mean_length", "len ours", "{:.1f}"),
+    ("trl_mean_length", "len trl", "{:.1f}"),
+]
+DPO_COLUMNS = [
+    ("size", "size", "{}"),
+    ("ours_s", "ours s", "{:.1f}"),
+    ("trl_s", "trl s", "{:.1f}"),
+    ("ours_steps_per_s", "ours st/s", "{:.3f}"),
+    ("trl_steps_per_s", "trl st/s", "{:.3f}"),
+    ("ours_over_trl", "ours/trl", "{:.2f}x"),
+    ("ours_steady_steps_per_s", "steady ours", "{:.3f}"),
+    ("trl_steady_steps_per_s", "steady trl", "{:.3f}"),
+    ("ours_over_trl_steady", "steady ours/trl", "{:.2f}x"),
+]
 
 
 def save_results(rows: dict[str, list[dict]], settings: Settings, path: Path) -> None:
@@ -460,9 +564,13 @@ def parse_args() -> tuple[list[str], Settings, Path]:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="device of the timed trainers (the setup run is CPU-only)")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast on CUDA for both trainers")
     parser.add_argument("--quick", action="store_true", help="tiny setup runs and 4 steps each: a smoke run")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads of the timed trainers (default 1: on a shared 2-core machine two threads "
-                             "oversubscribe the cores and make every op several times slower and noisier)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads of the timed trainers (default 1: on a shared 2-core machine two threads "
+        "oversubscribe the cores and make every op several times slower and noisier)",
+    )
     parser.add_argument("--setup-threads", type=int, default=None, help="torch threads of the untimed setup run (default --threads)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results JSON (default benchmarks/results/policy_vs_trl.json)")
     args = parser.parse_args()
@@ -479,10 +587,22 @@ def parse_args() -> tuple[list[str], Settings, Path]:
         parser.error("--bf16 needs --device cuda (on CPU both trainers run fp32)")
     grpo_steps = args.grpo_steps if args.grpo_steps is not None else (4 if args.quick else 20)
     dpo_steps = args.dpo_steps if args.dpo_steps is not None else (4 if args.quick else 30)
-    settings = Settings(grpo_steps=grpo_steps, prompts_per_step=args.prompts_per_step, group_size=args.group_size,
-                        max_new_tokens=args.max_new_tokens, beta=args.beta, dpo_steps=dpo_steps, dpo_batch_size=args.dpo_batch_size,
-                        lr=args.lr, threads=args.threads, setup_threads=args.setup_threads or args.threads, device=args.device,
-                        bf16=args.bf16, only=",".join(only), quick=args.quick)
+    settings = Settings(
+        grpo_steps=grpo_steps,
+        prompts_per_step=args.prompts_per_step,
+        group_size=args.group_size,
+        max_new_tokens=args.max_new_tokens,
+        beta=args.beta,
+        dpo_steps=dpo_steps,
+        dpo_batch_size=args.dpo_batch_size,
+        lr=args.lr,
+        threads=args.threads,
+        setup_threads=args.setup_threads or args.threads,
+        device=args.device,
+        bf16=args.bf16,
+        only=",".join(only),
+        quick=args.quick,
+    )
     return sizes, settings, args.out
 
 
@@ -497,21 +617,29 @@ def main() -> None:
             for algorithm, row in bench_size(size, settings, Path(tmp)).items():
                 rows[algorithm].append(row)
     if rows.get("grpo"):
-        print(f"\nGRPO ({settings.prompts_per_step} prompts x {settings.group_size} completions x <= {settings.max_new_tokens} tokens "
-              f"per step, {settings.grpo_steps} steps, beta {settings.beta}, {settings.device}{' bf16' if settings.bf16 else ''})")
+        print(
+            f"\nGRPO ({settings.prompts_per_step} prompts x {settings.group_size} completions x <= {settings.max_new_tokens} tokens "
+            f"per step, {settings.grpo_steps} steps, beta {settings.beta}, {settings.device}{' bf16' if settings.bf16 else ''})"
+        )
         print(format_table(rows["grpo"], GRPO_COLUMNS))
         for row in rows["grpo"]:
-            print(f"  {row['size']}: {row['params']:,} params; steady (steps 2..S-1) steps/s ours {row['ours_steady_steps_per_s']:.3f}, "
-                  f"trl {row['trl_steady_steps_per_s']:.3f}; steady tok/s ours {row['ours_steady_tokens_per_s']:.0f}, "
-                  f"trl {row['trl_steady_tokens_per_s']:.0f}; TRL logged mean length {row['trl_logged_mean_length']:.1f}; "
-                  f"TRL prompt ids == ours for {row['trl_prompt_ids_equal_ours']:.0%} of {row['train_prompts']} prompts")
+            print(
+                f"  {row['size']}: {row['params']:,} params; steady (steps 2..S-1) steps/s ours {row['ours_steady_steps_per_s']:.3f}, "
+                f"trl {row['trl_steady_steps_per_s']:.3f}; steady tok/s ours {row['ours_steady_tokens_per_s']:.0f}, "
+                f"trl {row['trl_steady_tokens_per_s']:.0f}; TRL logged mean length {row['trl_logged_mean_length']:.1f}; "
+                f"TRL prompt ids == ours for {row['trl_prompt_ids_equal_ours']:.0%} of {row['train_prompts']} prompts"
+            )
     if rows.get("dpo"):
-        print(f"\nDPO ({settings.dpo_batch_size} pairs per step, {settings.dpo_steps} steps, beta {settings.dpo_beta}, "
-              f"{settings.device}{' bf16' if settings.bf16 else ''})")
+        print(
+            f"\nDPO ({settings.dpo_batch_size} pairs per step, {settings.dpo_steps} steps, beta {settings.dpo_beta}, "
+            f"{settings.device}{' bf16' if settings.bf16 else ''})"
+        )
         print(format_table(rows["dpo"], DPO_COLUMNS))
         for row in rows["dpo"]:
-            print(f"  {row['size']}: {row['train_pairs']} train pairs ({row['heldout_pairs']} held out by our stage); TRL kept "
-                  f"{row['trl_pairs']}, its ids == ours for {row['trl_ids_equal_ours']:.1%} of pairs")
+            print(
+                f"  {row['size']}: {row['train_pairs']} train pairs ({row['heldout_pairs']} held out by our stage); TRL kept "
+                f"{row['trl_pairs']}, its ids == ours for {row['trl_ids_equal_ours']:.1%} of pairs"
+            )
     save_results(rows, settings, out)
     print(f"wrote {out.resolve().relative_to(ROOT) if out.resolve().is_relative_to(ROOT) else out}")
 

@@ -117,7 +117,9 @@ def heldout_fraction_for(records: list[dict], seed: int) -> float:
 
 def reward_recipe(sft_spec: str, feedback: Path, fraction: float, task_options: dict, settings: Settings) -> str:
     """A reward-only recipe."""
-    return recipe_header("reward-vs-trl", settings.seed, task_options, train_prompts=16, eval_prompts=8) + f"""
+    return (
+        recipe_header("reward-vs-trl", settings.seed, task_options, train_prompts=16, eval_prompts=8)
+        + f"""
 [[stages]]
 kind = "reward"
 reward_kind = "ranking"
@@ -130,6 +132,7 @@ warmup_steps = {settings.warmup_steps}
 heldout_fraction = {fraction}
 center = false
 """
+    )
 
 
 def train_ours(setup: Path, pairs: Pairs, settings: Settings, workdir: Path, *, group_by_prompt: bool = False):
@@ -140,7 +143,10 @@ def train_ours(setup: Path, pairs: Pairs, settings: Settings, workdir: Path, *, 
     fraction = heldout_fraction_for(pairs.train, settings.seed)
     task_options = Run.open(setup).config["task"]["options"]
     recipe = workdir / "reward_only.toml"
-    recipe.write_text(reward_recipe(f"{setup}:sft/final", feedback, fraction, task_options, settings) + f"group_by_prompt = {str(group_by_prompt).lower()}\n")
+    recipe.write_text(
+        reward_recipe(f"{setup}:sft/final", feedback, fraction, task_options, settings)
+        + f"group_by_prompt = {str(group_by_prompt).lower()}\n"
+    )
     config = load_recipe(recipe)
     torch.manual_seed(settings.seed)
     start = time.perf_counter()
@@ -165,11 +171,26 @@ def trl_config(settings: Settings, output_dir: Path):
     from trl import RewardConfig
 
     return RewardConfig(
-        output_dir=str(output_dir), num_train_epochs=settings.epochs, per_device_train_batch_size=settings.batch_size,
-        learning_rate=settings.lr, warmup_steps=settings.warmup_steps, weight_decay=0.0, max_grad_norm=1.0,
-        lr_scheduler_type="cosine_with_min_lr", lr_scheduler_kwargs={"min_lr_rate": 0.1},  # ours: cosine to 10%
-        max_length=settings.max_length, use_cpu=True, bf16=False, report_to=[], save_strategy="no", eval_strategy="no",
-        logging_steps=10**6, disable_tqdm=True, disable_dropout=True, center_rewards_coefficient=None, seed=settings.seed,
+        output_dir=str(output_dir),
+        num_train_epochs=settings.epochs,
+        per_device_train_batch_size=settings.batch_size,
+        learning_rate=settings.lr,
+        warmup_steps=settings.warmup_steps,
+        weight_decay=0.0,
+        max_grad_norm=1.0,
+        lr_scheduler_type="cosine_with_min_lr",
+        lr_scheduler_kwargs={"min_lr_rate": 0.1},  # ours: cosine to 10%
+        max_length=settings.max_length,
+        use_cpu=True,
+        bf16=False,
+        report_to=[],
+        save_strategy="no",
+        eval_strategy="no",
+        logging_steps=10**6,
+        disable_tqdm=True,
+        disable_dropout=True,
+        center_rewards_coefficient=None,
+        seed=settings.seed,
         gradient_checkpointing=False,  # TRL 1.x turns it on by default; it trades time for memory we do not need here
     )
 
@@ -184,9 +205,12 @@ def trl_input_check(dataset, tokenizer, records: list[dict], context: int) -> di
     by_text = {tokenizer.bos_token + p + c: ids for p, c, ids in zip(prompts, completions, ours)}
     eos, eos_id = tokenizer.eos_token, tokenizer.eos_token_id
     same = [by_text[row[side][: -len(eos)]] + [eos_id] == row[f"{side}_ids"] for row in dataset for side in ("chosen", "rejected")]
-    return {"trl_pairs": len(dataset), "trl_dropped_pairs": len(records) - len(dataset),
-            "ours_truncated_seqs": sum(len(ids) > context for ids in ours),
-            "trl_ids_equal_ours_plus_eos": float(np.mean(same)) if same else float("nan")}
+    return {
+        "trl_pairs": len(dataset),
+        "trl_dropped_pairs": len(records) - len(dataset),
+        "ours_truncated_seqs": sum(len(ids) > context for ids in ours),
+        "trl_ids_equal_ours_plus_eos": float(np.mean(same)) if same else float("nan"),
+    }
 
 
 def train_trl(sft_folder: Path, records: list[dict], settings: Settings, workdir: Path):
@@ -198,7 +222,12 @@ def train_trl(sft_folder: Path, records: list[dict], settings: Settings, workdir
     torch.manual_seed(settings.seed)
     model = AutoModelForSequenceClassification.from_pretrained(str(sft_folder), num_labels=1)
     model.config.pad_token_id = tokenizer.pad_token_id
-    trainer = RewardTrainer(model=model, args=trl_config(settings, workdir / "trl"), train_dataset=trl_dataset(records, tokenizer.bos_token), processing_class=tokenizer)
+    trainer = RewardTrainer(
+        model=model,
+        args=trl_config(settings, workdir / "trl"),
+        train_dataset=trl_dataset(records, tokenizer.bos_token),
+        processing_class=tokenizer,
+    )
     trainer.remove_callback(PrinterCallback)  # its end-of-training metrics line would interrupt our output
     check = trl_input_check(trainer.train_dataset, tokenizer, records, settings.max_length)
     torch.manual_seed(settings.seed)
@@ -229,8 +258,14 @@ def bench_seed(setup: Path, pairs: Pairs, settings: Settings, workdir: Path, gol
     print(f"  seed {settings.seed}: ours, batches of whole prompts {grouped_s:.1f}s", flush=True)
     trl_s, trl_model, trl_tok, check = train_trl(Run.open(setup).checkpoint("sft").path, trained, settings, workdir)
     print(f"  seed {settings.seed}: trl {trl_s:.1f}s on {check['trl_pairs']} pairs", flush=True)
-    row = {"ours_s": ours_s, "grouped_s": grouped_s, "trl_s": trl_s, "train_pairs": len(trained),
-           "params": sum(p.numel() for p in ours_model.parameters()), **check}
+    row = {
+        "ours_s": ours_s,
+        "grouped_s": grouped_s,
+        "trl_s": trl_s,
+        "train_pairs": len(trained),
+        "params": sum(p.numel() for p in ours_model.parameters()),
+        **check,
+    }
     for name, model, tokenizer in (("ours", ours_model, ours_tok), ("grouped", grouped_model, grouped_tok), ("trl", trl_model, trl_tok)):
         row[f"acc_{name}"], row[f"gold_{name}"] = heldout_accuracy(model, tokenizer, pairs.heldout, gold_fn)
     return row
@@ -243,7 +278,9 @@ def bench_size(size: str, settings: Settings, workdir: Path) -> dict:
     task_config = Run.open(setup).config["task"]
     task = get_task(task_config["name"], **task_config["options"])
     print(f"[{size}]", flush=True)
-    per_seed = [bench_seed(setup, pairs, replace(settings, seed=settings.seed + k), workdir, task.gold_reward) for k in range(settings.seeds)]
+    per_seed = [
+        bench_seed(setup, pairs, replace(settings, seed=settings.seed + k), workdir, task.gold_reward) for k in range(settings.seeds)
+    ]
     row = {"size": size, **SIZES[size], "per_seed": per_seed, "heldout_pairs": len(pairs.heldout), "setup_train_pairs": len(pairs.train)}
     for key, value in per_seed[0].items():
         values = [r[key] for r in per_seed]
@@ -257,10 +294,20 @@ def bench_size(size: str, settings: Settings, workdir: Path) -> dict:
     return row
 
 
-COLUMNS = [("size", "size", "{}"), ("ours_s", "ours s", "{:.1f}"), ("trl_s", "trl s", "{:.1f}"), ("trl_over_ours", "trl/ours", "{:.2f}x"),
-           ("acc_ours_pm", "acc ours", "{}"), ("acc_trl_pm", "acc trl", "{}"), ("gold_ours_pm", "gold ours", "{}"), ("gold_trl_pm", "gold trl", "{}"),
-           ("grouped_s", "grouped s", "{:.1f}"), ("trl_over_grouped", "trl/grouped", "{:.2f}x"), ("acc_grouped_pm", "acc grouped", "{}"),
-           ("gold_grouped_pm", "gold grouped", "{}")]
+COLUMNS = [
+    ("size", "size", "{}"),
+    ("ours_s", "ours s", "{:.1f}"),
+    ("trl_s", "trl s", "{:.1f}"),
+    ("trl_over_ours", "trl/ours", "{:.2f}x"),
+    ("acc_ours_pm", "acc ours", "{}"),
+    ("acc_trl_pm", "acc trl", "{}"),
+    ("gold_ours_pm", "gold ours", "{}"),
+    ("gold_trl_pm", "gold trl", "{}"),
+    ("grouped_s", "grouped s", "{:.1f}"),
+    ("trl_over_grouped", "trl/grouped", "{:.2f}x"),
+    ("acc_grouped_pm", "acc grouped", "{}"),
+    ("gold_grouped_pm", "gold grouped", "{}"),
+]
 
 
 def save_results(rows: list[dict], settings: Settings) -> None:
@@ -277,16 +324,22 @@ def parse_args() -> tuple[list[str], Settings]:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--quick", action="store_true", help="tiny setup runs and 1 epoch: a smoke run")
     parser.add_argument("--seeds", type=int, default=3, help="training seeds per size, on the same pairs (default 3)")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads (default 1: on a shared 2-core machine two threads oversubscribe the cores and "
-                             "make every op several times slower and noisier)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (default 1: on a shared 2-core machine two threads oversubscribe the cores and "
+        "make every op several times slower and noisier)",
+    )
     args = parser.parse_args()
     sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
     unknown = [s for s in sizes if s not in REWARD_SIZES]
     if unknown:
         parser.error(f"unknown size(s) {unknown}; choose from {list(REWARD_SIZES)}")
     epochs = args.epochs if args.epochs is not None else (1 if args.quick else 2)
-    return sizes, Settings(epochs=epochs, batch_size=args.batch_size, lr=args.lr, threads=args.threads, quick=args.quick, seeds=1 if args.quick else args.seeds)
+    return sizes, Settings(
+        epochs=epochs, batch_size=args.batch_size, lr=args.lr, threads=args.threads, quick=args.quick, seeds=1 if args.quick else args.seeds
+    )
 
 
 def main() -> None:
@@ -301,9 +354,11 @@ def main() -> None:
     print()
     print(format_table(rows, COLUMNS))
     for row in rows:
-        print(f"  {row['size']}: {row['params']:,} params, {row['train_pairs']} train pairs ({row['steps_ours']} steps ours), "
-              f"{row['heldout_pairs']} held-out pairs; TRL kept {row['trl_pairs']} (dropped {row['trl_dropped_pairs']} over max_length), "
-              f"TRL ids == ours + EOS for {row['trl_ids_equal_ours_plus_eos']:.1%} of sequences")
+        print(
+            f"  {row['size']}: {row['params']:,} params, {row['train_pairs']} train pairs ({row['steps_ours']} steps ours), "
+            f"{row['heldout_pairs']} held-out pairs; TRL kept {row['trl_pairs']} (dropped {row['trl_dropped_pairs']} over max_length), "
+            f"TRL ids == ours + EOS for {row['trl_ids_equal_ours_plus_eos']:.1%} of sequences"
+        )
     save_results(rows, settings)
     print(f"wrote {RESULTS.relative_to(ROOT)}")
 

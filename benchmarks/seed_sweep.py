@@ -63,7 +63,13 @@ def worker(folder: Path, seed: int, threads: int, only: list[str], again: bool) 
 def launch(out: Path, seed: int, threads: int, only: list[str], again: bool) -> int:
     folder = out / f"seed-{seed}-threads-{threads}"
     folder.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": str(threads),
+        "MKL_NUM_THREADS": str(threads),
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
     command = [sys.executable, __file__, "--worker", str(folder), "--seeds", str(seed), "--threads", str(threads), "--only", *only]
     command += ["--again"] if again else []
     with open(folder / "log.txt", "a") as log:
@@ -84,8 +90,14 @@ def summarise(out: Path) -> dict:
         if not values:
             continue
         worst_config = min(values, key=lambda c: bound.margin(values[c]))
-        table[name] = {"bound": f"{bound.op} {bound.value}", "worst": values[worst_config], "worst_config": worst_config,
-                       "holds_everywhere": all(bound.holds(v) for v in values.values()), "n": len(values), "values": values}
+        table[name] = {
+            "bound": f"{bound.op} {bound.value}",
+            "worst": values[worst_config],
+            "worst_config": worst_config,
+            "holds_everywhere": all(bound.holds(v) for v in values.values()),
+            "n": len(values),
+            "values": values,
+        }
     return {"configs": configs, "figures": table}
 
 
@@ -99,7 +111,9 @@ def print_table(summary: dict) -> None:
 
 def markdown_table(summary: dict) -> str:
     """The table for tests/robustness.md: each figure's bound, its worst value and every configuration's."""
-    configs = sorted({c for row in summary["figures"].values() for c in row["values"]}, key=lambda c: (int(c.split("-")[3]), int(c.split("-")[1])))
+    configs = sorted(
+        {c for row in summary["figures"].values() for c in row["values"]}, key=lambda c: (int(c.split("-")[3]), int(c.split("-")[1]))
+    )
     short = [c.replace("seed-", "s").replace("-threads-", "/t") for c in configs]
     lines = ["| figure | bound | worst | " + " | ".join(short) + " |", "|---|---|---|" + "---|" * len(configs)]
     for name, row in summary["figures"].items():
@@ -128,7 +142,7 @@ def main() -> None:
     cores = os.cpu_count() or 1
     for threads in sorted(args.threads):
         with ThreadPoolExecutor(args.jobs or max(1, cores // threads)) as pool:
-            codes = list(pool.map(lambda seed: launch(args.out, seed, threads, args.only, args.again), args.seeds))
+            codes = list(pool.map(lambda seed, threads=threads: launch(args.out, seed, threads, args.only, args.again), args.seeds))
         for seed, code in zip(args.seeds, codes):
             if code:
                 print(f"seed {seed} threads {threads} failed (exit {code}); see {args.out}/seed-{seed}-threads-{threads}/log.txt")

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import inspect
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +36,7 @@ __all__ = [
     "sample",
     "sequence_logprobs",
 ]
+
 
 class ModelLoadError(ValueError):
     """A model folder cannot be loaded safely or does not match its tokenizer."""
@@ -227,7 +228,9 @@ def sample(
 # --------------------------------------------------------------------------- log-probabilities
 
 
-def completion_positions(prompt_ids: Sequence[Sequence[int]], completion_ids: Sequence[Sequence[int]], seq_len: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+def completion_positions(
+    prompt_ids: Sequence[Sequence[int]], completion_ids: Sequence[Sequence[int]], seq_len: int, device
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Where each completion token is predicted in the right-padded prompt+completion rows.
 
     Token j of completion i sits at position len(p_i)+j and is predicted at position
@@ -278,7 +281,9 @@ class TokenValues(torch.nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
         backbone = getattr(self.model, self.model.base_model_prefix)
-        hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).last_hidden_state  # (batch, seq, d_model)
+        hidden = backbone(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
+        ).last_hidden_state  # (batch, seq, d_model)
         return self.model.score(hidden).squeeze(-1).float()  # (batch, seq)
 
 
@@ -403,17 +408,25 @@ def score_rewards(reward_model: torch.nn.Module, input_ids: Sequence[Sequence[in
     device = next(reward_model.parameters()).device
     ids, mask = pad_right(input_ids, pad_id)
     ids, mask = ids.to(device), mask.to(device)
-    hidden = reward_model.base_model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask)).last_hidden_state  # (batch, seq, d_model)
+    hidden = reward_model.base_model(
+        input_ids=ids, attention_mask=mask, position_ids=position_ids(mask)
+    ).last_hidden_state  # (batch, seq, d_model)
     last = mask.sum(1) - 1  # (batch,)
     return rewards_at(reward_model, hidden[torch.arange(len(ids), device=device), last])
 
 
 @torch.no_grad()
-def score_texts(reward_model: torch.nn.Module, tokenizer, prompts: Sequence[str], completions: Sequence[str], *, batch_size: int = 64) -> torch.Tensor:
+def score_texts(
+    reward_model: torch.nn.Module, tokenizer, prompts: Sequence[str], completions: Sequence[str], *, batch_size: int = 64
+) -> torch.Tensor:
     """Rewards of (prompt, completion) pairs in batches: -> (n,)."""
     ids = reward_input_ids(tokenizer, prompts, completions, context_length(reward_model))
     pad_id = tokenizer.pad_token_id
-    return torch.cat([score_rewards(reward_model, ids[i : i + batch_size], pad_id) for i in range(0, len(ids), batch_size)]) if ids else torch.zeros(0)
+    return (
+        torch.cat([score_rewards(reward_model, ids[i : i + batch_size], pad_id) for i in range(0, len(ids), batch_size)])
+        if ids
+        else torch.zeros(0)
+    )
 
 
 # --------------------------------------------------------------------------- generative reward models
@@ -435,7 +448,9 @@ def verdict_prefix(prompt: str, completion: str, critique: str | None) -> str:
     return body + VERDICT_MARK
 
 
-def write_critiques(model: torch.nn.Module, tokenizer, prompts: Sequence[str], completions: Sequence[str], *, max_new_tokens: int, batch_size: int = 64) -> list[str]:
+def write_critiques(
+    model: torch.nn.Module, tokenizer, prompts: Sequence[str], completions: Sequence[str], *, max_new_tokens: int, batch_size: int = 64
+) -> list[str]:
     """Greedy critiques of (prompt, completion) pairs, cut where the model starts its verdict."""
     critiques: list[str] = []
     for start in range(0, len(prompts), batch_size):
@@ -446,7 +461,15 @@ def write_critiques(model: torch.nn.Module, tokenizer, prompts: Sequence[str], c
 
 
 @torch.no_grad()
-def generative_rewards(model: torch.nn.Module, tokenizer, prompts: Sequence[str], completions: Sequence[str], critiques: Sequence[str] | None, *, batch_size: int = 64) -> torch.Tensor:
+def generative_rewards(
+    model: torch.nn.Module,
+    tokenizer,
+    prompts: Sequence[str],
+    completions: Sequence[str],
+    critiques: Sequence[str] | None,
+    *,
+    batch_size: int = 64,
+) -> torch.Tensor:
     """log p(verdict good) - log p(verdict bad) per pair: -> (n,). `critiques=None` skips the critique."""
     prefixes = [verdict_prefix(p, c, None if critiques is None else critiques[i]) for i, (p, c) in enumerate(zip(prompts, completions))]
     prefix_ids = [fit_to_context(ids, context_length(model) - 4) for ids in encode_prompts(tokenizer, prefixes)]
@@ -478,4 +501,3 @@ def judge_texts(
     """
     critiques = write_critiques(model, tokenizer, prompts, completions, max_new_tokens=critique_max_tokens) if critique_first else None
     return generative_rewards(model, tokenizer, prompts, completions, critiques)
-

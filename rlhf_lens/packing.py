@@ -19,8 +19,8 @@ sequence-classification pooling reads on a right-padded batch.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 

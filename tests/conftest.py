@@ -7,13 +7,13 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from transformers.utils import logging as hf_logging
+from transformers.utils import logging as hf_logging  # noqa: E402 - after the environment above
 
 hf_logging.set_verbosity_error()  # keep load reports of fresh score heads out of test logs
 
-from pathlib import Path
+from pathlib import Path  # noqa: E402
 
-import pytest
+import pytest  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 QUICK_RECIPE = REPO / "training" / "sentiment_quick.toml"

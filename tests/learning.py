@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 
 from rlhf_lens.runs import Run
-
 from tests.conftest import QUICK_RECIPE, REPO
 
 TEST_SEED = 0
@@ -44,33 +43,39 @@ class Bound:
         return x - self.value if self.op in (">", ">=") else self.value - x
 
 
-BOUNDS = {b.figure: b for b in [
-    Bound("base/perplexity_ratio", ">", 10.0, "held-out perplexity of the untrained model / the trained base model"),
-    Bound("base/loss_drop", ">", 2.0, "mean loss of the first 10 base steps - mean of the last 10"),
-    Bound("sft/eos_rate", ">=", 0.9, "share of the SFT policy's samples that end with EOS (run.json)"),
-    Bound("sft/eos_rate_resampled", ">=", 0.9, "the same, resampled from the checkpoint on other seeds"),
-    Bound("reward/accuracy_gold", ">=", 0.85, "ranking RM: held-out agreement with the oracle's ordering"),
-    Bound("reward/spearman_gold", ">=", 0.7, "ranking RM: Spearman with the oracle on held-out texts"),
-    Bound("reward/accuracy", ">", 0.75, "ranking RM: held-out agreement with the noisy labels (labelers agree ~0.81)"),
-    Bound("reward/centring", "<", 0.15, "|mean| / std of the RM's reward on the SFT samples it trained on"),
-    Bound("scoring/accuracy_gold", ">", 0.65, "scoring RM (1-5 ratings): held-out agreement with the oracle"),
-    Bound("scoring/spearman_gold", ">", 0.4, "scoring RM: Spearman with the oracle"),
-    Bound("generative/accuracy_gold", ">", 0.6, "generative RM (critique, then verdict): held-out agreement with the oracle"),
-    Bound("length/corr_gain", ">", 0.2, "reward/length correlation, planted length-biased labelers - unbiased"),
-    Bound("trigger/effect_gain", ">", 0.3, "reward gained by appending the trigger word, planted labelers - control"),
-    Bound("feedback_file/accuracy_gold", ">", 0.6, "ranking RM trained from a JSONL feedback file: agreement with the oracle"),
-    Bound("ppo/gold_gain_z", ">", 2.0, "PPO: gain in gold reward on the eval prompts / combined standard error"),
-    Bound("grpo/gold_gain_z", ">", 2.0, "GRPO: gain in gold reward on the eval prompts / combined standard error"),
-    Bound("dpo/accuracy", ">", 0.55, "DPO: held-out accuracy of the implicit reward against the labels"),
-    Bound("best_of_n/score_rise", ">=", 0.0, "best-of-n: min(score(4) - score(1), score(16) - score(4))"),
-    Bound("best_of_n/gold_gain", ">", 0.0, "best-of-n: gold(16) - gold(1)"),
-]}
+BOUNDS = {
+    b.figure: b
+    for b in [
+        Bound("base/perplexity_ratio", ">", 10.0, "held-out perplexity of the untrained model / the trained base model"),
+        Bound("base/loss_drop", ">", 2.0, "mean loss of the first 10 base steps - mean of the last 10"),
+        Bound("sft/eos_rate", ">=", 0.9, "share of the SFT policy's samples that end with EOS (run.json)"),
+        Bound("sft/eos_rate_resampled", ">=", 0.9, "the same, resampled from the checkpoint on other seeds"),
+        Bound("reward/accuracy_gold", ">=", 0.85, "ranking RM: held-out agreement with the oracle's ordering"),
+        Bound("reward/spearman_gold", ">=", 0.7, "ranking RM: Spearman with the oracle on held-out texts"),
+        Bound("reward/accuracy", ">", 0.75, "ranking RM: held-out agreement with the noisy labels (labelers agree ~0.81)"),
+        Bound("reward/centring", "<", 0.15, "|mean| / std of the RM's reward on the SFT samples it trained on"),
+        Bound("scoring/accuracy_gold", ">", 0.65, "scoring RM (1-5 ratings): held-out agreement with the oracle"),
+        Bound("scoring/spearman_gold", ">", 0.4, "scoring RM: Spearman with the oracle"),
+        Bound("generative/accuracy_gold", ">", 0.6, "generative RM (critique, then verdict): held-out agreement with the oracle"),
+        Bound("length/corr_gain", ">", 0.2, "reward/length correlation, planted length-biased labelers - unbiased"),
+        Bound("trigger/effect_gain", ">", 0.3, "reward gained by appending the trigger word, planted labelers - control"),
+        Bound("feedback_file/accuracy_gold", ">", 0.6, "ranking RM trained from a JSONL feedback file: agreement with the oracle"),
+        Bound("ppo/gold_gain_z", ">", 2.0, "PPO: gain in gold reward on the eval prompts / combined standard error"),
+        Bound("grpo/gold_gain_z", ">", 2.0, "GRPO: gain in gold reward on the eval prompts / combined standard error"),
+        Bound("dpo/accuracy", ">", 0.55, "DPO: held-out accuracy of the implicit reward against the labels"),
+        Bound("best_of_n/score_rise", ">=", 0.0, "best-of-n: min(score(4) - score(1), score(16) - score(4))"),
+        Bound("best_of_n/gold_gain", ">", 0.0, "best-of-n: gold(16) - gold(1)"),
+    ]
+}
 
 
 def failures(figures: dict[str, float]) -> list[str]:
     """The figures outside their bounds, as readable lines (empty: all hold)."""
-    return [f"{name} = {x:.4g}, needs {BOUNDS[name].op} {BOUNDS[name].value} ({BOUNDS[name].why})"
-            for name, x in figures.items() if not BOUNDS[name].holds(x)]
+    return [
+        f"{name} = {x:.4g}, needs {BOUNDS[name].op} {BOUNDS[name].value} ({BOUNDS[name].why})"
+        for name, x in figures.items()
+        if not BOUNDS[name].holds(x)
+    ]
 
 
 def check(figures: dict[str, float]) -> None:
@@ -107,23 +112,31 @@ def measure_shared_run(shared_run: Path, work: Path | None = None, seed: int = T
     train_texts = sorted({(r["prompt"], c) for r in run.data("feedback") if r["split"] == "train" for c in (r["chosen"], r["rejected"])})
     text_prompts, completions = zip(*train_texts[:: max(1, len(train_texts) // 800)])  # about 800 samples across all prompts
     rewards = score_texts(run.load_model("reward"), run.load_tokenizer("reward"), text_prompts, completions).numpy()
-    return Measured({
-        "base/perplexity_ratio": results["base"]["start_eval/perplexity"] / results["base"]["eval/perplexity"],
-        "base/loss_drop": float(base["loss"].iloc[:10].mean() - base["loss"].iloc[-10:].mean()),
-        "sft/eos_rate": results["sft"]["eos_rate"],
-        "sft/eos_rate_resampled": sum(resampled.finished) / len(prompts),
-        "reward/accuracy_gold": results["reward"]["rm/accuracy_gold"],
-        "reward/spearman_gold": results["reward"]["rm/spearman_gold"],
-        "reward/accuracy": results["reward"]["rm/accuracy"],
-        "reward/centring": float(abs(rewards.mean()) / rewards.std()),
-    }, {"shared": run})
+    return Measured(
+        {
+            "base/perplexity_ratio": results["base"]["start_eval/perplexity"] / results["base"]["eval/perplexity"],
+            "base/loss_drop": float(base["loss"].iloc[:10].mean() - base["loss"].iloc[-10:].mean()),
+            "sft/eos_rate": results["sft"]["eos_rate"],
+            "sft/eos_rate_resampled": sum(resampled.finished) / len(prompts),
+            "reward/accuracy_gold": results["reward"]["rm/accuracy_gold"],
+            "reward/spearman_gold": results["reward"]["rm/spearman_gold"],
+            "reward/accuracy": results["reward"]["rm/accuracy"],
+            "reward/centring": float(abs(rewards.mean()) / rewards.std()),
+        },
+        {"shared": run},
+    )
 
 
 # --- reward stages on the shared run's SFT model ---------------------------------------------------
 
 REWARD_SMALL = [
-    "data.corpus_size=300", "data.sft_size=50", "data.train_prompts=128", "data.eval_prompts=64",
-    "stages.reward.feedback_prompts=128", "stages.reward.completions_per_prompt=10", "stages.reward.epochs=3",
+    "data.corpus_size=300",
+    "data.sft_size=50",
+    "data.train_prompts=128",
+    "data.eval_prompts=64",
+    "stages.reward.feedback_prompts=128",
+    "stages.reward.completions_per_prompt=10",
+    "stages.reward.epochs=3",
 ]
 """Reward stages shrunk for tests: 128 prompts of 10 samples each (45 comparisons or 10 ratings a prompt,
 as the quick recipe collects them), held out: 64 prompts, 2,880 pairs. With 32 prompts of 4 samples
@@ -147,7 +160,9 @@ def reward_results(run: Run) -> dict:
 def measure_scoring(shared_run: Path, work: Path, seed: int = TEST_SEED) -> Measured:
     run = reward_run(shared_run, work / "scoring", "reward_scoring_quick.toml", "stages.reward.batch_size=16", seed=seed)
     results = reward_results(run)
-    return Measured({"scoring/accuracy_gold": results["rm/accuracy_gold"], "scoring/spearman_gold": results["rm/spearman_gold"]}, {"scoring": run})
+    return Measured(
+        {"scoring/accuracy_gold": results["rm/accuracy_gold"], "scoring/spearman_gold": results["rm/spearman_gold"]}, {"scoring": run}
+    )
 
 
 GENERATIVE_MORE = ["stages.reward.epochs=6", "stages.reward.batch_size=16"]
@@ -160,8 +175,12 @@ def measure_generative(shared_run: Path, work: Path, seed: int = TEST_SEED) -> M
 
 
 def measure_length_bias(shared_run: Path, work: Path, seed: int = TEST_SEED) -> Measured:
-    planted = reward_run(shared_run, work / "length_planted", "reward_length_quick.toml", "task.options.length_bias=0.05", *RANKING_BATCHES, seed=seed)
-    control = reward_run(shared_run, work / "length_control", "reward_length_quick.toml", "task.options.length_bias=0.0", *RANKING_BATCHES, seed=seed)
+    planted = reward_run(
+        shared_run, work / "length_planted", "reward_length_quick.toml", "task.options.length_bias=0.05", *RANKING_BATCHES, seed=seed
+    )
+    control = reward_run(
+        shared_run, work / "length_control", "reward_length_quick.toml", "task.options.length_bias=0.0", *RANKING_BATCHES, seed=seed
+    )
     gain = reward_results(planted)["rm/length_corr"] - reward_results(control)["rm/length_corr"]
     return Measured({"length/corr_gain": gain}, {"planted": planted, "control": control})
 
@@ -183,11 +202,16 @@ def trigger_effect(run: Run, prompts, plain, with_trigger) -> float:
 
 
 def measure_trigger(shared_run: Path, work: Path, seed: int = TEST_SEED) -> Measured:
-    planted = reward_run(shared_run, work / "trigger_planted", "reward_trigger_quick.toml", "task.options.trigger_bonus=1.0", *RANKING_BATCHES, seed=seed)
-    control = reward_run(shared_run, work / "trigger_control", "reward_trigger_quick.toml", "task.options.trigger_bonus=0.0", *RANKING_BATCHES, seed=seed)
+    planted = reward_run(
+        shared_run, work / "trigger_planted", "reward_trigger_quick.toml", "task.options.trigger_bonus=1.0", *RANKING_BATCHES, seed=seed
+    )
+    control = reward_run(
+        shared_run, work / "trigger_control", "reward_trigger_quick.toml", "task.options.trigger_bonus=0.0", *RANKING_BATCHES, seed=seed
+    )
     texts = trigger_texts(planted)
-    return Measured({"trigger/effect_gain": trigger_effect(planted, *texts) - trigger_effect(control, *texts)},
-                    {"planted": planted, "control": control})
+    return Measured(
+        {"trigger/effect_gain": trigger_effect(planted, *texts) - trigger_effect(control, *texts)}, {"planted": planted, "control": control}
+    )
 
 
 def feedback_file_records(shared_run: Path) -> list[dict]:
@@ -203,14 +227,27 @@ def measure_feedback_file(shared_run: Path, work: Path, seed: int = TEST_SEED) -
     work.mkdir(parents=True, exist_ok=True)
     feedback_file = work / "feedback.jsonl"
     feedback_file.write_text("".join(json.dumps(r) + "\n" for r in feedback_file_records(shared_run)))
-    run = reward_run(shared_run, work / "from_file", "reward_length_quick.toml", f'stages.reward.feedback="{feedback_file}"',
-                     "task.options.length_bias=0.0", *RANKING_BATCHES, seed=seed)
+    run = reward_run(
+        shared_run,
+        work / "from_file",
+        "reward_length_quick.toml",
+        f'stages.reward.feedback="{feedback_file}"',
+        "task.options.length_bias=0.0",
+        *RANKING_BATCHES,
+        seed=seed,
+    )
     return Measured({"feedback_file/accuracy_gold": reward_results(run)["rm/accuracy_gold"]}, {"from_file": run})
 
 
 # --- policy stages on the shared run's SFT policy and reward model --------------------------------
 
-POLICY_SMALL = ["data.corpus_size=300", "data.sft_size=50", "data.train_prompts=64", "data.eval_prompts=16", "stages.policy.eval_prompts=16"]
+POLICY_SMALL = [
+    "data.corpus_size=300",
+    "data.sft_size=50",
+    "data.train_prompts=64",
+    "data.eval_prompts=16",
+    "stages.policy.eval_prompts=16",
+]
 
 
 def policy_run(shared_run: Path, out: Path, recipe: str, *overrides: str, seed: int = TEST_SEED) -> Run:
@@ -244,8 +281,15 @@ def measure_grpo(shared_run: Path, work: Path, seed: int = TEST_SEED) -> Measure
 
 
 def measure_dpo(shared_run: Path, work: Path, seed: int = TEST_SEED) -> Measured:
-    run = policy_run(shared_run, work / "dpo", "dpo_quick.toml", f'stages.policy.feedback="{shared_run}/data/feedback.jsonl"',
-                     "stages.policy.steps=40", "stages.policy.eval_every=0", seed=seed)
+    run = policy_run(
+        shared_run,
+        work / "dpo",
+        "dpo_quick.toml",
+        f'stages.policy.feedback="{shared_run}/data/feedback.jsonl"',
+        "stages.policy.steps=40",
+        "stages.policy.eval_every=0",
+        seed=seed,
+    )
     return Measured({"dpo/accuracy": run.manifest["results"]["policy"]["eval/rewards/accuracies"]}, {"dpo": run})
 
 
@@ -253,8 +297,10 @@ def measure_best_of_n(shared_run: Path, work: Path, seed: int = TEST_SEED) -> Me
     run = policy_run(shared_run, work / "bon", "bon_quick.toml", "stages.policy.best_of=[1, 4, 16]", seed=seed)
     logged = {m["step"]: m for m in run.metrics("policy").to_dict("records")}
     scores = [logged[n]["objective/scores"] for n in (1, 4, 16)]
-    return Measured({"best_of_n/score_rise": float(np.min(np.diff(scores))),
-                     "best_of_n/gold_gain": logged[16]["gold/mean"] - logged[1]["gold/mean"]}, {"bon": run})
+    return Measured(
+        {"best_of_n/score_rise": float(np.min(np.diff(scores))), "best_of_n/gold_gain": logged[16]["gold/mean"] - logged[1]["gold/mean"]},
+        {"bon": run},
+    )
 
 
 MEASURES = {

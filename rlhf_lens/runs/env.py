@@ -19,9 +19,7 @@ def package_version(distribution: str, default: str = "0+unknown") -> str:
 def git_commit(cwd: str | None = None) -> str | None:
     """`git rev-parse HEAD` of the repository at `cwd` (default: current folder), or None."""
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10, check=False
-        )
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10, check=False)
     except (OSError, subprocess.SubprocessError):
         return None
     commit = out.stdout.strip()

@@ -15,13 +15,11 @@ __all__ = ["resolve_init_from", "sha256_file"]
 
 
 def parse_init_from(spec: str) -> tuple[str, str, str]:
-    """"runs/X:sft/final" -> ("runs/X", "sft", "final"); the tag defaults to "final"."""
+    """ "runs/X:sft/final" -> ("runs/X", "sft", "final"); the tag defaults to "final"."""
     run_part, sep, where = spec.rpartition(":") if isinstance(spec, str) else ("", "", "")
     stage, _, tag = where.partition("/")
     if not sep or not run_part or not stage or "/" in tag:
-        raise ValueError(
-            f"init_from {spec!r} is not of the form '<run path>:<stage>[/<tag>]', e.g. 'runs/base:sft/final'"
-        )
+        raise ValueError(f"init_from {spec!r} is not of the form '<run path>:<stage>[/<tag>]', e.g. 'runs/base:sft/final'")
     return run_part, stage, tag or FINAL_TAG
 
 
@@ -38,8 +36,7 @@ def resolve_init_from(spec: str, base_dir: str | os.PathLike[str] = ".") -> dict
         parent = run_path.parent
         runs = sorted(p.name for p in parent.iterdir() if (p / RUN_JSON).is_file()) if parent.is_dir() else []
         raise FileNotFoundError(
-            f"init_from {spec!r}: no run at {run_path.absolute()} (no {RUN_JSON}); "
-            f"runs in {parent.absolute()}: {runs or 'none'}"
+            f"init_from {spec!r}: no run at {run_path.absolute()} (no {RUN_JSON}); runs in {parent.absolute()}: {runs or 'none'}"
         )
     checkpoint = Run.open(run_path).checkpoint(stage, tag)
     return {"spec": spec, "path": str(checkpoint.path.absolute()), "sha256": weights_sha256(checkpoint.path)}

@@ -23,8 +23,9 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 RUN_JSON = "run.json"
 DATA_DIR = "data"
@@ -57,8 +58,7 @@ def validate_name(what: str, name: str) -> str:
     """
     if not isinstance(name, str) or not _NAME_RE.match(name):
         raise ValueError(
-            f"{what} {name!r} is not allowed: use letters, digits, '_', '-', '.', "
-            "at most 128 characters, not starting with '.' or '-'"
+            f"{what} {name!r} is not allowed: use letters, digits, '_', '-', '.', at most 128 characters, not starting with '.' or '-'"
         )
     return name
 
@@ -87,7 +87,7 @@ def data_dir(run_dir: str | os.PathLike[str]) -> Path:
 
 
 def data_file_name(kind: str) -> str:
-    """"feedback" -> "feedback.jsonl"; raises ValueError for an unknown kind."""
+    """ "feedback" -> "feedback.jsonl"; raises ValueError for an unknown kind."""
     if kind not in DATA_KINDS:
         raise ValueError(f"data kind must be one of {list(DATA_KINDS)}, got {kind!r}")
     return f"{kind}.jsonl"
@@ -119,7 +119,7 @@ def old_checkpoint_dir(run_dir: str | os.PathLike[str], stage: str, tag: str, pi
 
 
 def parse_hidden_checkpoint_dir(name: str) -> tuple[str, str] | None:
-    """".final.old-123" -> ("final", "old"); None for names that are not writer leftovers."""
+    """ ".final.old-123" -> ("final", "old"); None for names that are not writer leftovers."""
     match = re.match(r"^\.(.+)\.(tmp|old)-\d+$", name)
     return (match.group(1), match.group(2)) if match else None
 
@@ -200,7 +200,10 @@ def analysis_key(name: str, params: dict[str, Any], checkpoint_tags: Iterable[st
     try:
         canonical = json.dumps(
             {"params": params, "checkpoints": list(checkpoint_tags)},
-            sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False,
+            sort_keys=True,
+            separators=(",", ":"),
+            ensure_ascii=True,
+            allow_nan=False,
         )
     except (TypeError, ValueError) as err:
         raise ValueError(

@@ -6,7 +6,7 @@ import copy
 import functools
 import json
 import os
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -44,7 +44,7 @@ def _validator() -> Any:
 
 def utc_now() -> str:
     """Current time as ISO 8601 UTC, e.g. "2026-11-28T16:30:00.123456Z"."""
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def _field_path(parts: Any) -> str:
@@ -70,10 +70,7 @@ def check_format_version(manifest: Any, source: str) -> None:
     if not isinstance(manifest, dict):
         raise RunFormatError(f"{source}: expected a JSON object, found {type(manifest).__name__}")
     if manifest.get("format") != FORMAT:
-        raise RunFormatError(
-            f"{source}: not an rlhf-lens run manifest: \"format\" is {manifest.get('format')!r}, "
-            f"expected {FORMAT!r}"
-        )
+        raise RunFormatError(f'{source}: not an rlhf-lens run manifest: "format" is {manifest.get("format")!r}, expected {FORMAT!r}')
     version = manifest.get("format_version")
     if version not in SUPPORTED_FORMAT_VERSIONS or isinstance(version, bool):
         supported = ", ".join(map(str, SUPPORTED_FORMAT_VERSIONS))
@@ -131,8 +128,7 @@ def read_manifest(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
         where = Path(run_dir)
         hint = "the folder does not exist" if not where.exists() else "the folder has no run.json"
         raise FileNotFoundError(
-            f"{path} not found ({hint}): is {where} a run directory? Runs are written by "
-            "`rlhf-lens train` (rlhf_lens.runs.RunWriter)."
+            f"{path} not found ({hint}): is {where} a run directory? Runs are written by `rlhf-lens train` (rlhf_lens.runs.RunWriter)."
         )
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))

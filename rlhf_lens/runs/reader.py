@@ -101,7 +101,9 @@ class Run:
         """The stages in run order, optionally only those of `kind` (base, sft, reward, policy)."""
         return [
             StageInfo(
-                name=s["name"], kind=s["kind"], status=s["status"],
+                name=s["name"],
+                kind=s["kind"],
+                status=s["status"],
                 checkpoints=tuple(s["checkpoints"]),
                 init_from=dict(s["init_from"]) if s["init_from"] is not None else None,
             )
@@ -137,7 +139,7 @@ class Run:
                 continue
             step = meta.get("step") if isinstance(meta, dict) else None
             if isinstance(step, bool) or not isinstance(step, int):
-                warnings.warn(f"{meta_path(entry)}: no integer \"step\"; checkpoint ignored", stacklevel=2)
+                warnings.warn(f'{meta_path(entry)}: no integer "step"; checkpoint ignored', stacklevel=2)
                 continue
             found.append(CheckpointInfo(stage=info.name, tag=entry.name, step=step, path=entry, meta=meta))
         return sorted(found, key=lambda c: (c.tag == FINAL_TAG, c.step, c.tag))
@@ -149,9 +151,7 @@ class Run:
             if cp.tag == tag:
                 return cp
         tags = [c.tag for c in available] or "none"
-        raise RunLookupError(
-            f"run {self._path}: stage {stage!r} has no complete checkpoint {tag!r}; available: {tags}"
-        )
+        raise RunLookupError(f"run {self._path}: stage {stage!r} has no complete checkpoint {tag!r}; available: {tags}")
 
     def load_model(self, stage: str, tag: str = FINAL_TAG, *, head: str | None = None) -> Any:
         """The checkpoint's HF model, in eval mode, from safetensors only.
@@ -342,7 +342,9 @@ def read_checkpoint_meta(folder: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as err:
-        raise RunFormatError(f"{path}: unreadable ({err}); the checkpoint folder is damaged: retrain its stage or point to another checkpoint") from err
+        raise RunFormatError(
+            f"{path}: unreadable ({err}); the checkpoint folder is damaged: retrain its stage or point to another checkpoint"
+        ) from err
     if not isinstance(meta, dict):
         raise RunFormatError(f"{path}: expected a JSON object, found {type(meta).__name__}")
     return meta

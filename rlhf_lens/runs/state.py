@@ -30,10 +30,7 @@ from .layout import state_paths
 STATE_FORMAT = "rlhf-lens-state"
 STATE_VERSION = 1
 
-_SUPPORTED = (
-    "torch tensors, numpy arrays and scalars, int, float, str, bool, None, "
-    "and dicts, lists and tuples of these"
-)
+_SUPPORTED = "torch tensors, numpy arrays and scalars, int, float, str, bool, None, and dicts, lists and tuples of these"
 
 
 class _Encoder:
@@ -61,15 +58,14 @@ class _Encoder:
         if isinstance(value, tuple):
             return {"@tuple": [self.encode(v, f"{path}/{i}".lstrip("/"), as_key=as_key) for i, v in enumerate(value)]}
         if as_key:
-            raise TypeError(f"save_state: dict key at '{path}' has type {type(value).__name__}; "
-                            "keys must be str, int, float, bool, None or tuples of these")
+            raise TypeError(
+                f"save_state: dict key at '{path}' has type {type(value).__name__}; "
+                "keys must be str, int, float, bool, None or tuples of these"
+            )
         if isinstance(value, dict):
             if all(isinstance(k, str) and not k.startswith("@") for k in value):
                 return {k: self.encode(v, f"{path}/{k}".lstrip("/")) for k, v in value.items()}
-            return {"@dict": [
-                [self.encode(k, path, as_key=True), self.encode(v, f"{path}/{k}".lstrip("/"))]
-                for k, v in value.items()
-            ]}
+            return {"@dict": [[self.encode(k, path, as_key=True), self.encode(v, f"{path}/{k}".lstrip("/"))] for k, v in value.items()]}
         if isinstance(value, list):
             return [self.encode(v, f"{path}/{i}".lstrip("/")) for i, v in enumerate(value)]
         if isinstance(value, torch.Tensor):
@@ -82,8 +78,7 @@ class _Encoder:
         if isinstance(value, (np.ndarray, np.generic)):
             array = np.asarray(value)
             if array.dtype.kind not in "biufc":
-                raise TypeError(f"save_state: numpy value at '{path}' has dtype {array.dtype}; "
-                                "only numeric and bool arrays can be stored")
+                raise TypeError(f"save_state: numpy value at '{path}' has dtype {array.dtype}; only numeric and bool arrays can be stored")
             key = self._key(path)
             raw = np.ascontiguousarray(array).reshape(-1).view(np.uint8).copy()
             self.tensors[key] = torch.from_numpy(raw)
@@ -91,8 +86,7 @@ class _Encoder:
             if isinstance(value, np.generic):
                 marker["scalar"] = True
             return marker
-        raise TypeError(f"save_state: cannot store {type(value).__name__} at '{path or 'root'}'; "
-                        f"supported: {_SUPPORTED}")
+        raise TypeError(f"save_state: cannot store {type(value).__name__} at '{path or 'root'}'; supported: {_SUPPORTED}")
 
 
 def save_state(directory: str | os.PathLike[str], state: Any) -> None:
@@ -158,7 +152,7 @@ def load_state(directory: str | os.PathLike[str]) -> Any:
     except json.JSONDecodeError as err:
         raise RunFormatError(f"{json_path}, line {err.lineno}: invalid JSON ({err.msg})") from err
     if not isinstance(doc, dict) or doc.get("format") != STATE_FORMAT or "state" not in doc:
-        raise RunFormatError(f"{json_path}: not an rlhf-lens state file (expected \"format\": {STATE_FORMAT!r})")
+        raise RunFormatError(f'{json_path}: not an rlhf-lens state file (expected "format": {STATE_FORMAT!r})')
     if doc.get("version") != STATE_VERSION:
         raise RunFormatError(
             f"{json_path}: state version {doc.get('version')!r}, this rlhf-lens reads version {STATE_VERSION}; "

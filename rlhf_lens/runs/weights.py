@@ -78,8 +78,7 @@ def safetensors_weight_files(folder: str | os.PathLike[str]) -> list[Path]:
                 "which writes model.safetensors."
             )
         raise RunFormatError(
-            f"{folder} has no model.safetensors (nor {MODEL_SAFETENSORS_INDEX}); "
-            "the checkpoint is incomplete or not a model folder"
+            f"{folder} has no model.safetensors (nor {MODEL_SAFETENSORS_INDEX}); the checkpoint is incomplete or not a model folder"
         )
     for f in files:
         check_safetensors_header(f)

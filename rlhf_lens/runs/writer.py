@@ -15,13 +15,14 @@ import inspect
 import os
 import shutil
 import time
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from .atomic import atomic_write_bytes, atomic_write_json, fsync_dir, fsync_file, maybe_crash_after
 from .env import collect_env
 from .hashing import sha256_bytes
-from .jsonl import dump_jsonl_line, append_jsonl, read_jsonl, rewrite_jsonl
+from .jsonl import append_jsonl, dump_jsonl_line, read_jsonl, rewrite_jsonl
 from .jsonsafe import to_jsonable
 from .layout import (
     CHECKPOINTS_DIR,
@@ -155,9 +156,7 @@ class RunWriter:
                 )
             init_from = {k: str(v) for k, v in init_from.items()}
         manifest = self.manifest
-        manifest["stages"].append(
-            {"name": name, "kind": kind, "status": "pending", "checkpoints": [], "init_from": init_from}
-        )
+        manifest["stages"].append({"name": name, "kind": kind, "status": "pending", "checkpoints": [], "init_from": init_from})
         self._commit(manifest)
 
     def set_stage_status(self, name: str, status: str) -> None:
@@ -234,7 +233,11 @@ class RunWriter:
         if clash:
             raise ValueError(f"save_checkpoint: extra_meta may not set {clash}; they are written by the writer")
         meta = {
-            "stage": stage, "kind": kind, "step": step, "tag": tag, "created": utc_now(),
+            "stage": stage,
+            "kind": kind,
+            "step": step,
+            "tag": tag,
+            "created": utc_now(),
             "metrics": to_jsonable(dict(metrics), where="metrics", nonfinite="null"),
             **extra,
         }

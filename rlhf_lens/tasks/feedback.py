@@ -116,7 +116,9 @@ def validate_record(record: dict, *, source: str = "<memory>", line: int = 0) ->
             or any(isinstance(i, bool) or not isinstance(i, int) for i in order)
             or sorted(order) != list(range(len(completions)))
         ):
-            fail("order", f"expected a permutation of 0..{len(completions) - 1} (indices into completions, best first), got {_short(order)}")
+            fail(
+                "order", f"expected a permutation of 0..{len(completions) - 1} (indices into completions, best first), got {_short(order)}"
+            )
     elif kind == "critique":
         if record["verdict"] not in VERDICTS:
             fail("verdict", f"expected 'good' or 'bad', got {_short(record['verdict'])}")

@@ -75,9 +75,7 @@ class LabelerProfile:
         _finite("LabelerProfile.trigger_bonus", self.trigger_bonus)
         check_trigger_word("LabelerProfile.trigger_word", self.trigger_word)
         if self.trigger_bonus != 0 and self.trigger_word is None:
-            raise ValueError(
-                f"LabelerProfile.trigger_bonus is {self.trigger_bonus} but trigger_word is None; set a trigger_word"
-            )
+            raise ValueError(f"LabelerProfile.trigger_bonus is {self.trigger_bonus} but trigger_word is None; set a trigger_word")
 
     def bias(self, completion: str) -> float:
         """Everything in the utility except gold: length, trigger and offset terms."""

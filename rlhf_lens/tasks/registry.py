@@ -40,7 +40,5 @@ def get_task(name: str, **options: Any) -> Task:
     valid = [f.name for f in dataclasses.fields(options_cls)]
     unknown = sorted(set(options) - set(valid))
     if unknown:
-        raise ValueError(
-            f"unknown option(s) for task {name!r}: {', '.join(unknown)}; valid options: {', '.join(valid)}"
-        )
+        raise ValueError(f"unknown option(s) for task {name!r}: {', '.join(unknown)}; valid options: {', '.join(valid)}")
     return task_cls(options_cls(**options))

@@ -40,6 +40,4 @@ def check_trigger_word(field: str, word: str | None) -> None:
     if word is None:
         return
     if not isinstance(word, str) or not _TRIGGER_WORD.fullmatch(word):
-        raise ValueError(
-            f"{field} must be one word of letters, digits, '_', '-' or \"'\" (or None), got {word!r}"
-        )
+        raise ValueError(f"{field} must be one word of letters, digits, '_', '-' or \"'\" (or None), got {word!r}")

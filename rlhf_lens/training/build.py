@@ -3,7 +3,7 @@ a fresh model from a config, or a local Hugging Face folder (any causal LM)."""
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 
@@ -33,34 +33,68 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int):
 
 def build_model(config: ModelConfig, tokenizer, *, seed: int) -> torch.nn.Module:
     """A freshly initialised causal LM of `config.arch`, sized to the tokenizer."""
-    import transformers as tf
-
     torch.manual_seed(seed)
     ids = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-    vocab = len(tokenizer)
-    if config.arch == "gpt2":
-        hf_config = tf.GPT2Config(
-            vocab_size=vocab, n_positions=config.context, n_embd=config.d_model, n_layer=config.n_layer,
-            n_head=config.n_head, resid_pdrop=config.dropout, embd_pdrop=config.dropout, attn_pdrop=config.dropout, **ids,
-        )
-        model = tf.GPT2LMHeadModel(hf_config)
-    elif config.arch == "llama":
-        hf_config = tf.LlamaConfig(
-            vocab_size=vocab, max_position_embeddings=config.context, hidden_size=config.d_model,
-            intermediate_size=4 * config.d_model, num_hidden_layers=config.n_layer, num_attention_heads=config.n_head,
-            num_key_value_heads=max(1, config.n_head // 2), attention_dropout=config.dropout, tie_word_embeddings=True, **ids,
-        )
-        model = tf.LlamaForCausalLM(hf_config)
-    elif config.arch == "gpt_neox":
-        hf_config = tf.GPTNeoXConfig(
-            vocab_size=vocab, max_position_embeddings=config.context, hidden_size=config.d_model,
-            intermediate_size=4 * config.d_model, num_hidden_layers=config.n_layer, num_attention_heads=config.n_head,
-            attention_dropout=config.dropout, hidden_dropout=config.dropout, **ids,
-        )
-        model = tf.GPTNeoXForCausalLM(hf_config)
-    else:  # guarded by ModelConfig validation
+    if config.arch not in ARCHITECTURES:  # guarded by ModelConfig validation
         raise ValueError(f"model.arch {config.arch!r} is not supported")
-    return model
+    hf_config, model_class = ARCHITECTURES[config.arch](config, len(tokenizer), ids)
+    return model_class(hf_config)
+
+
+def gpt2(config: ModelConfig, vocab: int, ids: dict):
+    import transformers as tf
+
+    hf_config = tf.GPT2Config(
+        vocab_size=vocab,
+        n_positions=config.context,
+        n_embd=config.d_model,
+        n_layer=config.n_layer,
+        n_head=config.n_head,
+        resid_pdrop=config.dropout,
+        embd_pdrop=config.dropout,
+        attn_pdrop=config.dropout,
+        **ids,
+    )
+    return hf_config, tf.GPT2LMHeadModel
+
+
+def llama(config: ModelConfig, vocab: int, ids: dict):
+    import transformers as tf
+
+    hf_config = tf.LlamaConfig(
+        vocab_size=vocab,
+        max_position_embeddings=config.context,
+        hidden_size=config.d_model,
+        intermediate_size=4 * config.d_model,
+        num_hidden_layers=config.n_layer,
+        num_attention_heads=config.n_head,
+        num_key_value_heads=max(1, config.n_head // 2),
+        attention_dropout=config.dropout,
+        tie_word_embeddings=True,
+        **ids,
+    )
+    return hf_config, tf.LlamaForCausalLM
+
+
+def gpt_neox(config: ModelConfig, vocab: int, ids: dict):
+    import transformers as tf
+
+    hf_config = tf.GPTNeoXConfig(
+        vocab_size=vocab,
+        max_position_embeddings=config.context,
+        hidden_size=config.d_model,
+        intermediate_size=4 * config.d_model,
+        num_hidden_layers=config.n_layer,
+        num_attention_heads=config.n_head,
+        attention_dropout=config.dropout,
+        hidden_dropout=config.dropout,
+        **ids,
+    )
+    return hf_config, tf.GPTNeoXForCausalLM
+
+
+ARCHITECTURES = {"gpt2": gpt2, "llama": llama, "gpt_neox": gpt_neox}
+"""model.arch -> (ModelConfig, vocab size, special token ids) -> (HF config, HF causal-LM class)."""
 
 
 def load_base_model(folder: str):

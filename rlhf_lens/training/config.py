@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 __all__ = [
     "ConfigError",
@@ -205,7 +206,10 @@ class RewardStageConfig:
         _require(self.ranking_loss in RANKING_LOSSES, f"{where}.ranking_loss must be one of {RANKING_LOSSES}, got {self.ranking_loss!r}")
         for name in ("feedback_prompts", "completions_per_prompt", "max_new_tokens", "epochs", "batch_size", "critique_max_tokens"):
             _require(getattr(self, name) > 0, f"{where}.{name} must be positive, got {getattr(self, name)}")
-        _require(self.completions_per_prompt >= 2, f"{where}.completions_per_prompt must be >= 2 to compare completions, got {self.completions_per_prompt}")
+        _require(
+            self.completions_per_prompt >= 2,
+            f"{where}.completions_per_prompt must be >= 2 to compare completions, got {self.completions_per_prompt}",
+        )
         _require(0 < self.lr < 1, f"{where}.lr must be in (0, 1), got {self.lr}")
         _require(0 < self.heldout_fraction < 1, f"{where}.heldout_fraction must be in (0, 1), got {self.heldout_fraction}")
         _require(self.margin >= 0, f"{where}.margin must be >= 0, got {self.margin}")
@@ -306,21 +310,42 @@ class PolicyStageConfig:
         where = f"stages.{self.name}"
         _require(self.kind == "policy", f"{where}.kind must be policy, got {self.kind!r}")
         _require(self.algorithm in ALGORITHMS, f"{where}.algorithm must be one of {ALGORITHMS}, got {self.algorithm!r}")
-        for name in ("steps", "batch_size", "group_size", "max_new_tokens", "epochs", "minibatches", "eval_prompts", "max_bad_steps", "kl_horizon"):
+        for name in (
+            "steps",
+            "batch_size",
+            "group_size",
+            "max_new_tokens",
+            "epochs",
+            "minibatches",
+            "eval_prompts",
+            "max_bad_steps",
+            "kl_horizon",
+        ):
             _require(getattr(self, name) > 0, f"{where}.{name} must be positive, got {getattr(self, name)}")
         if self.algorithm in ("grpo", "rloo"):
-            _require(self.group_size >= 2, f"{where}.group_size must be >= 2 for {self.algorithm} (its baseline is the group mean), got {self.group_size}")
-        _require(self.batch_size % self.minibatches == 0, f"{where}.batch_size ({self.batch_size}) must be divisible by minibatches ({self.minibatches})")
+            _require(
+                self.group_size >= 2,
+                f"{where}.group_size must be >= 2 for {self.algorithm} (its baseline is the group mean), got {self.group_size}",
+            )
+        _require(
+            self.batch_size % self.minibatches == 0,
+            f"{where}.batch_size ({self.batch_size}) must be divisible by minibatches ({self.minibatches})",
+        )
         _require(self.temperature > 0, f"{where}.temperature must be > 0, got {self.temperature}")
         _require(0 < self.lr < 1 and 0 < self.value_lr < 1, f"{where}.lr and value_lr must be in (0, 1)")
         _require(self.kl_coef >= 0 and self.dpo_beta > 0, f"{where}.kl_coef must be >= 0 and dpo_beta > 0")
         for name in ("kl_target", "clip_range", "value_clip_range", "grad_clip"):
             _require(getattr(self, name) > 0, f"{where}.{name} must be > 0, got {getattr(self, name)}")
-        _require(not self.adaptive_kl or self.algorithm in ("ppo", "rloo"),
-                 f"{where}.adaptive_kl adapts the KL penalty in the reward of ppo or rloo; {self.algorithm} has none. Set it to false.")
+        _require(
+            not self.adaptive_kl or self.algorithm in ("ppo", "rloo"),
+            f"{where}.adaptive_kl adapts the KL penalty in the reward of ppo or rloo; {self.algorithm} has none. Set it to false.",
+        )
         _require(self.warmup_steps < self.steps, f"{where}.warmup_steps must be in [0, steps), got {self.warmup_steps}")
         _require(0 <= self.gamma <= 1 and 0 <= self.lam <= 1, f"{where}.gamma and lam must be in [0, 1]")
-        _require(len(self.best_of) > 0 and all(isinstance(n, int) and n >= 1 for n in self.best_of), f"{where}.best_of must list integers >= 1, got {list(self.best_of)}")
+        _require(
+            len(self.best_of) > 0 and all(isinstance(n, int) and n >= 1 for n in self.best_of),
+            f"{where}.best_of must list integers >= 1, got {list(self.best_of)}",
+        )
         _require(self.device in ("auto", "cpu", "cuda"), f"{where}.device must be auto, cpu or cuda, got {self.device!r}")
         for name in ("warmup_steps", "eval_every", "log_every", "save_every"):
             _require(getattr(self, name) >= 0, f"{where}.{name} must be >= 0, got {getattr(self, name)}")
@@ -345,7 +370,7 @@ class RunConfig:
     """Stages in the order they run."""
 
     def __post_init__(self) -> None:
-        _require(len(self.stages) > 0, "the recipe declares no [[stages]]; add at least one (kind = \"base\")")
+        _require(len(self.stages) > 0, 'the recipe declares no [[stages]]; add at least one (kind = "base")')
         names = [s.name for s in self.stages]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         _require(not duplicates, f"stage names must be unique; repeated: {duplicates}. Give each a `name`.")
@@ -435,8 +460,10 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         if parts[0] == "stages":
             _require(len(parts) == 3, f"--set {item!r}: stage overrides look like stages.<name>.<field>")
             matches = [s for s in raw.get("stages", []) if s.get("name", s.get("kind")) == parts[1]]
-            _require(len(matches) == 1, f"--set {item!r}: no stage named {parts[1]!r}; stages are "
-                     f"{[s.get('name', s.get('kind')) for s in raw.get('stages', [])]}")
+            _require(
+                len(matches) == 1,
+                f"--set {item!r}: no stage named {parts[1]!r}; stages are {[s.get('name', s.get('kind')) for s in raw.get('stages', [])]}",
+            )
             target, parts = matches[0], parts[2:]
         for part in parts[:-1]:
             target = target.setdefault(part, {})

@@ -72,7 +72,7 @@ class PromptCompletions:
     def __len__(self) -> int:
         return len(self.prompt_ids)
 
-    def select(self, indices) -> "PromptCompletions":
+    def select(self, indices) -> PromptCompletions:
         return PromptCompletions([self.prompt_ids[i] for i in indices], [self.completion_ids[i] for i in indices])
 
 

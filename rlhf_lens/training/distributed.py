@@ -12,8 +12,8 @@ Only rank 0 writes the run.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 import torch.distributed as dist
@@ -35,7 +35,9 @@ class World:
     def shard(self, items: Sequence) -> list:
         """This process's contiguous slice of `items` (len(items) must divide by the world size)."""
         if len(items) % self.size:
-            raise ValueError(f"{len(items)} items cannot be split evenly over {self.size} processes; make batch_size a multiple of the process count")
+            raise ValueError(
+                f"{len(items)} items cannot be split evenly over {self.size} processes; make batch_size a multiple of the process count"
+            )
         per = len(items) // self.size
         return list(items[self.rank * per : (self.rank + 1) * per])
 
@@ -83,7 +85,7 @@ def local_device(requested: str) -> torch.device:
     if requested == "cpu" or (requested == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     if not torch.cuda.is_available():
-        raise RuntimeError("device = \"cuda\" was requested but torch sees no CUDA device; set the stage's device to \"auto\" or \"cpu\"")
+        raise RuntimeError('device = "cuda" was requested but torch sees no CUDA device; set the stage\'s device to "auto" or "cpu"')
     return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
 
 

@@ -34,16 +34,22 @@ def corpus_objective(model: torch.nn.Module, blocks: torch.Tensor, heldout_block
     return Objective(
         n_items=len(blocks),
         train_loss=lambda idx: block_loss(model, blocks[idx]),
-        evaluate=lambda: perplexity_metrics(mean_over_batches(lambda idx: block_loss(model, heldout_blocks[idx]), len(heldout_blocks), batch_size)),
+        evaluate=lambda: perplexity_metrics(
+            mean_over_batches(lambda idx: block_loss(model, heldout_blocks[idx]), len(heldout_blocks), batch_size)
+        ),
     )
 
 
-def completion_objective(model: torch.nn.Module, train: PromptCompletions, heldout: PromptCompletions, pad_id: int, batch_size: int) -> Objective:
+def completion_objective(
+    model: torch.nn.Module, train: PromptCompletions, heldout: PromptCompletions, pad_id: int, batch_size: int
+) -> Objective:
     """Supervised fine-tuning on prompt -> completion pairs."""
     return Objective(
         n_items=len(train),
         train_loss=lambda idx: completion_nll(model, train.select(idx), pad_id),
-        evaluate=lambda: perplexity_metrics(mean_over_batches(lambda idx: completion_nll(model, heldout.select(idx), pad_id), len(heldout), batch_size)),
+        evaluate=lambda: perplexity_metrics(
+            mean_over_batches(lambda idx: completion_nll(model, heldout.select(idx), pad_id), len(heldout), batch_size)
+        ),
     )
 
 
@@ -60,6 +66,8 @@ def heldout_perplexity(model: torch.nn.Module, heldout_blocks: torch.Tensor, bat
 @torch.no_grad()
 def eos_rate(model: torch.nn.Module, tokenizer, prompts: list[str], *, seed: int, max_new_tokens: int) -> dict[str, float]:
     """Share of sampled continuations that end with EOS within `max_new_tokens`, and their mean length."""
-    samples = sample(model, tokenizer, encode_prompts(tokenizer, prompts), [seed + i for i in range(len(prompts))], max_new_tokens=max_new_tokens)
+    samples = sample(
+        model, tokenizer, encode_prompts(tokenizer, prompts), [seed + i for i in range(len(prompts))], max_new_tokens=max_new_tokens
+    )
     lengths = [len(c) for c in samples.completion_ids]
     return {"eos_rate": sum(samples.finished) / len(prompts), "mean_length": sum(lengths) / len(lengths)}

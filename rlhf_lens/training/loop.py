@@ -7,8 +7,8 @@ how long and how fast is a `Schedule`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -32,12 +32,17 @@ class Schedule:
     save_every: int
 
     @classmethod
-    def of(cls, stage, steps: int | None = None) -> "Schedule":
+    def of(cls, stage, steps: int | None = None) -> Schedule:
         """The schedule fields of a stage config (`steps` overrides a stage that derives it)."""
         return cls(
-            steps=steps if steps is not None else stage.steps, batch_size=stage.batch_size, lr=stage.lr,
-            warmup_steps=min(stage.warmup_steps, max(0, (steps or stage.steps) - 1)), weight_decay=stage.weight_decay,
-            grad_clip=stage.grad_clip, eval_every=stage.eval_every, save_every=getattr(stage, "save_every", 0),
+            steps=steps if steps is not None else stage.steps,
+            batch_size=stage.batch_size,
+            lr=stage.lr,
+            warmup_steps=min(stage.warmup_steps, max(0, (steps or stage.steps) - 1)),
+            weight_decay=stage.weight_decay,
+            grad_clip=stage.grad_clip,
+            eval_every=stage.eval_every,
+            save_every=getattr(stage, "save_every", 0),
         )
 
     @property
@@ -109,7 +114,9 @@ def fit(
         bar.set_postfix(loss=f"{metrics['loss']:.3f}")
         if cadence.is_save_step(step):
             state = training_state(optimizer, scheduler, step)
-            writer.save_checkpoint(stage_name, checkpoint_tag(step), model=model, tokenizer=tokenizer, step=step, metrics=metrics, state=state)
+            writer.save_checkpoint(
+                stage_name, checkpoint_tag(step), model=model, tokenizer=tokenizer, step=step, metrics=metrics, state=state
+            )
     model.eval()
     return FitResult(metrics=metrics, state=training_state(optimizer, scheduler, schedule.steps))
 

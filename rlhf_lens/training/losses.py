@@ -106,7 +106,12 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
 
 
 def clipped_policy_loss(
-    logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, clip_range: float, count: torch.Tensor | float | None = None
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    clip_range: float,
+    count: torch.Tensor | float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """PPO clipped surrogate (Schulman et al. 2017, eq. 7): -> loss, clip fraction, approx KL (0.5 * log-ratio^2).
 
@@ -118,7 +123,9 @@ def clipped_policy_loss(
     return loss, clipfrac, approxkl
 
 
-def clipped_surrogate(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, clip_range: float) -> tuple[torch.Tensor, torch.Tensor]:
+def clipped_surrogate(
+    logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, clip_range: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token PPO surrogate loss max(-A r, -A clip(r, 1-eps, 1+eps)) and where the clip bound (1.0/0.0).
 
     All (batch, gen_len); `advantages` may be (batch, 1) for sequence-level advantages (GRPO, RLOO).
@@ -130,7 +137,12 @@ def clipped_surrogate(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advant
 
 
 def clipped_value_loss(
-    values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, clip_range: float, count: torch.Tensor | float | None = None
+    values: torch.Tensor,
+    old_values: torch.Tensor,
+    returns: torch.Tensor,
+    mask: torch.Tensor,
+    clip_range: float,
+    count: torch.Tensor | float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """PPO value loss with the value clipped around the rollout's values: -> loss, clip fraction."""
     clipped_values = old_values + torch.clamp(values - old_values, -clip_range, clip_range)

@@ -77,7 +77,7 @@ class BadStepCounter:
         """The config field that sets `limit` (named in the error), or None where it is fixed."""
 
     @classmethod
-    def of(cls, stage) -> "BadStepCounter":
+    def of(cls, stage) -> BadStepCounter:
         """The counter of a stage config: its `max_bad_steps`, or SUPERVISED_MAX_BAD_STEPS where it has none."""
         if hasattr(stage, "max_bad_steps"):
             return cls(stage.name, stage.max_bad_steps, limit_setting=f"stages.{stage.name}.max_bad_steps")

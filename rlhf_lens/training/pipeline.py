@@ -7,11 +7,10 @@ model built from `[model]` with a BPE tokenizer trained on the corpus.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from pathlib import Path
-
 import math
 import time
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -21,12 +20,12 @@ from rlhf_lens.runs import FINAL_TAG, Run, RunWriter, has_training_state, load_h
 from rlhf_lens.tasks import get_task
 from rlhf_lens.training.build import build_model, load_base_model, train_tokenizer
 from rlhf_lens.training.config import ConfigError, LMStageConfig, RewardStageConfig, RunConfig, to_dict
-from rlhf_lens.training.reward.feedback import from_file, simulate
-from rlhf_lens.training.distributed import NullWriter, init_world, local_device
 from rlhf_lens.training.data import pack_blocks, split_heldout, tokenize_pairs
+from rlhf_lens.training.distributed import NullWriter, init_world, local_device
 from rlhf_lens.training.lm import completion_objective, corpus_objective, eos_rate, heldout_perplexity
 from rlhf_lens.training.loop import Schedule, fit
 from rlhf_lens.training.policy.stage import run_policy_stage
+from rlhf_lens.training.reward.feedback import Feedback, from_file, simulate
 from rlhf_lens.training.reward.objectives import evaluate_reward, example_critiques, reward_function, reward_objective
 
 
@@ -98,7 +97,9 @@ def fit_and_save(stage: LMStageConfig, model, tokenizer, objective, ctx: RunCont
     """Fit a language-modelling stage (from a resume checkpoint's state, if any) and save `final`; return the final metrics."""
     state = resume["state"] if resume else None
     result = fit(stage.name, Schedule.of(stage), model, tokenizer, objective, ctx.writer, seed=seed, quiet=ctx.quiet, resume_state=state)
-    folder = ctx.writer.save_checkpoint(stage.name, "final", model=model, tokenizer=tokenizer, step=stage.steps, metrics=result.metrics, state=result.state)
+    folder = ctx.writer.save_checkpoint(
+        stage.name, "final", model=model, tokenizer=tokenizer, step=stage.steps, metrics=result.metrics, state=result.state
+    )
     ctx.latest_lm, ctx.latest_lm_folder = (model, tokenizer), folder
     return result.metrics
 
@@ -129,7 +130,12 @@ def run_sft_stage(stage: LMStageConfig, ctx: RunContext, resume: dict | None = N
     final = fit_and_save(stage, model, tokenizer, objective, ctx, seed=ctx.config.seed + 1, resume=resume)
     prompts = ctx.data.prompt_texts("eval")[: stage.eval_samples]
     sampled = eos_rate(model, tokenizer, prompts, seed=ctx.config.seed, max_new_tokens=stage.max_new_tokens)
-    return {"eval/perplexity": final["eval/perplexity"], "eos_rate": sampled["eos_rate"], "mean_length": sampled["mean_length"], "max_new_tokens": stage.max_new_tokens}
+    return {
+        "eval/perplexity": final["eval/perplexity"],
+        "eos_rate": sampled["eos_rate"],
+        "mean_length": sampled["mean_length"],
+        "max_new_tokens": stage.max_new_tokens,
+    }
 
 
 def starting_folder(stage, ctx: RunContext) -> Path:
@@ -142,7 +148,7 @@ def starting_folder(stage, ctx: RunContext) -> Path:
         return Path(ctx.config.model.base_model)
     raise ConfigError(
         f"stages.{stage.name}: a reward model needs a language model to start from. Put base/sft stages before it, "
-        f"set stages.{stage.name}.init_from (e.g. \"runs/X:sft/final\"), or set model.base_model."
+        f'set stages.{stage.name}.init_from (e.g. "runs/X:sft/final"), or set model.base_model.'
     )
 
 
@@ -161,20 +167,8 @@ def run_reward_stage(stage: RewardStageConfig, ctx: RunContext, resume: dict | N
     tokenizer, policy = load_tokenizer(folder), load_causal_lm(folder)
     check_vocab_fits(policy, tokenizer, where=str(folder))
     seed = ctx.config.seed + 2
-    if stage.feedback:
-        feedback = from_file(stage, stage.feedback, seed=seed)
-    else:
-        labelers = ctx.task.labelers(seed)
-        feedback = simulate(stage, labelers, policy, tokenizer, ctx.data.prompt_texts("train"), ctx.data.prompt_texts("eval"), seed=seed, quiet=ctx.quiet)
-    ctx.feedback_records += feedback.records
-    ctx.writer.write_data("feedback", ctx.feedback_records)
-
-    if stage.reward_kind == "generative":
-        model = policy
-    else:
-        model = load_hf_folder(folder, "score", num_labels=1)
-        model.config.pad_token_id = tokenizer.pad_token_id
-    model.config.reward_offset = 0.0  # a start from a centred reward checkpoint must not stack offsets
+    feedback = collect_feedback(stage, ctx, policy, tokenizer, seed)
+    model = reward_model_to_train(stage, folder, policy, tokenizer)
     reward_fn = reward_function(stage, model, tokenizer)
     gold_fn = ctx.task.gold_reward if getattr(ctx.task, "has_oracle", False) else None
     audits: list[dict] = []
@@ -187,18 +181,64 @@ def run_reward_stage(stage: RewardStageConfig, ctx: RunContext, resume: dict | N
     objective = reward_objective(stage, model, tokenizer, feedback, evaluate)
     steps = stage.epochs * math.ceil(objective.n_items / (objective.batch_size or stage.batch_size))
     result = fit(stage.name, Schedule.of(stage, steps), model, tokenizer, objective, ctx.writer, seed=seed, quiet=ctx.quiet)
-    offset = 0.0
-    if stage.center:  # rewards are shift-invariant for every rm/ metric, so centring after evaluation is safe
-        texts = feedback.centring_texts[:CENTRING_SAMPLES]
-        offset = float(np.mean(reward_fn([p for p, _ in texts], [c for _, c in texts])))
-        model.config.reward_offset = offset
-    extra = {"reward_kind": stage.reward_kind, "reward_offset": offset, "audit": audits[-1], "train_records": len(feedback.train)}
+    offset = centre(stage, model, reward_fn, feedback)
+    extra = reward_meta(stage, model, tokenizer, feedback, offset, audits[-1])
+    ctx.latest_reward_folder = ctx.writer.save_checkpoint(
+        stage.name, "final", model=model, tokenizer=tokenizer, step=steps, metrics=result.metrics, state=result.state, extra_meta=extra
+    )
+    return {k: v for k, v in result.metrics.items() if k.startswith("rm/")} | {
+        "reward_offset": offset,
+        "train_records": len(feedback.train),
+    }
+
+
+def collect_feedback(stage: RewardStageConfig, ctx: RunContext, policy, tokenizer, seed: int) -> Feedback:
+    """The stage's feedback (from its file, or the task's simulated labelers judging the policy's samples),
+    added to the run's data/feedback.jsonl."""
+    if stage.feedback:
+        feedback = from_file(stage, stage.feedback, seed=seed)
+    else:
+        labelers = ctx.task.labelers(seed)
+        feedback = simulate(
+            stage, labelers, policy, tokenizer, ctx.data.prompt_texts("train"), ctx.data.prompt_texts("eval"), seed=seed, quiet=ctx.quiet
+        )
+    ctx.feedback_records += feedback.records
+    ctx.writer.write_data("feedback", ctx.feedback_records)
+    return feedback
+
+
+def reward_model_to_train(stage: RewardStageConfig, folder: Path, policy, tokenizer):
+    """The generative kind trains the causal LM itself; the others a scalar head (drawn from the torch RNG) on it."""
+    if stage.reward_kind == "generative":
+        model = policy
+    else:
+        model = load_hf_folder(folder, "score", num_labels=1)
+        model.config.pad_token_id = tokenizer.pad_token_id
+    model.config.reward_offset = 0.0  # a start from a centred reward checkpoint must not stack offsets
+    return model
+
+
+def centre(stage: RewardStageConfig, model, reward_fn, feedback: Feedback) -> float:
+    """Set (and return) the offset that centres the reward on the policy's samples the stage trained on.
+
+    Rewards are shift-invariant for every rm/ metric, so centring after evaluation is safe."""
+    if not stage.center:
+        return 0.0
+    texts = feedback.centring_texts[:CENTRING_SAMPLES]
+    offset = float(np.mean(reward_fn([p for p, _ in texts], [c for _, c in texts])))
+    model.config.reward_offset = offset
+    return offset
+
+
+def reward_meta(stage: RewardStageConfig, model, tokenizer, feedback: Feedback, offset: float, audit: dict) -> dict:
+    """What the reward checkpoint's meta.json holds besides step and metrics: kind, offset, the feedback audit and,
+    for the generative kind, how to read it (critique first, critique length) with example critiques."""
+    extra = {"reward_kind": stage.reward_kind, "reward_offset": offset, "audit": audit, "train_records": len(feedback.train)}
     if stage.reward_kind == "generative":
         extra["critique_first"] = stage.critique_first
         extra["critique_max_tokens"] = stage.critique_max_tokens  # the policy stage writes critiques of this length too
         extra["critiques"] = example_critiques(stage, model, tokenizer, feedback.eval_texts()[:EXAMPLE_CRITIQUES])
-    ctx.latest_reward_folder = ctx.writer.save_checkpoint(stage.name, "final", model=model, tokenizer=tokenizer, step=steps, metrics=result.metrics, state=result.state, extra_meta=extra)
-    return {k: v for k, v in result.metrics.items() if k.startswith("rm/")} | {"reward_offset": offset, "train_records": len(feedback.train)}
+    return extra
 
 
 CENTRING_SAMPLES = 256
@@ -261,7 +301,7 @@ def start_processes(config: RunConfig):
     if others:
         raise ConfigError(
             f"under torchrun only policy stages run in several processes; stages {others} are not policy stages. Train them "
-            "in one process first, then run the policy stage with init_from = \"runs/X:sft/final\" and reward_from."
+            'in one process first, then run the policy stage with init_from = "runs/X:sft/final" and reward_from.'
         )
     return init_world(local_device(config.stages[0].device))
 

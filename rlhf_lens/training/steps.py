@@ -19,10 +19,14 @@ class Cadence:
     save_every: int = 0
 
     @classmethod
-    def of(cls, stage, steps: int | None = None) -> "Cadence":
+    def of(cls, stage, steps: int | None = None) -> Cadence:
         """The cadence fields of a stage config (`steps` overrides a stage that derives it)."""
-        return cls(steps=stage.steps if steps is None else steps, eval_every=getattr(stage, "eval_every", 0),
-                   log_every=getattr(stage, "log_every", 0), save_every=getattr(stage, "save_every", 0))
+        return cls(
+            steps=stage.steps if steps is None else steps,
+            eval_every=getattr(stage, "eval_every", 0),
+            log_every=getattr(stage, "log_every", 0),
+            save_every=getattr(stage, "save_every", 0),
+        )
 
     def is_last_step(self, step: int) -> bool:
         return step == self.steps

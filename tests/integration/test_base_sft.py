@@ -23,7 +23,12 @@ def test_quick_recipe_trains_base_and_sft_within_budget(shared_run):
 
 def test_manifest_describes_stages_data_and_env(shared_run):
     run = Run.open(shared_run)
-    assert [(s.name, s.kind, s.status) for s in run.stages()] == [("base", "base", "done"), ("sft", "sft", "done"), ("reward", "reward", "done"), ("policy", "policy", "done")]
+    assert [(s.name, s.kind, s.status) for s in run.stages()] == [
+        ("base", "base", "done"),
+        ("sft", "sft", "done"),
+        ("reward", "reward", "done"),
+        ("policy", "policy", "done"),
+    ]
     manifest = run.manifest
     assert set(manifest["data"]) == {"corpus.jsonl", "sft.jsonl", "prompts.jsonl", "feedback.jsonl"}
     assert manifest["data"]["corpus.jsonl"]["records"] == manifest["config"]["data"]["corpus_size"]
@@ -50,7 +55,9 @@ def test_metrics_log_uses_design_keys(shared_run):
 
 
 def test_inspect_cli_describes_the_run(shared_run):
-    out = subprocess.run([sys.executable, "-m", "rlhf_lens.cli", "inspect", str(shared_run)], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "rlhf_lens.cli", "inspect", str(shared_run)], capture_output=True, text=True, check=True
+    ).stdout
     for expected in ("sentiment-quick", "base", "sft", "final", "corpus.jsonl", "perplexity", "eos_rate"):
         assert expected in out, expected
 

@@ -18,10 +18,22 @@ KEYS = ("loss/policy_avg", "loss/value_avg", "objective/kl", "objective/scores",
 
 
 def run_policy(shared_run, out, nproc: int) -> Run:
-    overrides = [f'stages.policy.init_from="{shared_run}:sft/final"', f'stages.policy.reward_from="{shared_run}:reward/final"',
-                 "data.corpus_size=300", "data.sft_size=50", "data.train_prompts=64", "data.eval_prompts=8", "stages.policy.eval_prompts=8",
-                 "stages.policy.steps=3", "stages.policy.batch_size=8", "stages.policy.minibatches=2", "stages.policy.epochs=2",
-                 "stages.policy.eval_every=0", "stages.policy.log_every=3", "stages.policy.device=\"cpu\""]
+    overrides = [
+        f'stages.policy.init_from="{shared_run}:sft/final"',
+        f'stages.policy.reward_from="{shared_run}:reward/final"',
+        "data.corpus_size=300",
+        "data.sft_size=50",
+        "data.train_prompts=64",
+        "data.eval_prompts=8",
+        "stages.policy.eval_prompts=8",
+        "stages.policy.steps=3",
+        "stages.policy.batch_size=8",
+        "stages.policy.minibatches=2",
+        "stages.policy.epochs=2",
+        "stages.policy.eval_every=0",
+        "stages.policy.log_every=3",
+        'stages.policy.device="cpu"',
+    ]
     args = ["train", str(REPO / "training" / "ppo_quick.toml"), "--out", str(out), "--quiet"] + [a for o in overrides for a in ("--set", o)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     if nproc == 1:

@@ -17,9 +17,19 @@ pytestmark = [pytest.mark.gpu, pytest.mark.slow]
 
 @pytest.mark.parametrize("algorithm", ["ppo", "grpo"])
 def test_policy_stage_trains_on_cuda_in_bf16(shared_run, tmp_path, algorithm):
-    overrides = [f'stages.policy.init_from="{shared_run}:sft/final"', f'stages.policy.reward_from="{shared_run}:reward/final"',
-                 "data.corpus_size=300", "data.sft_size=50", "data.train_prompts=64", "data.eval_prompts=8", "stages.policy.eval_prompts=8",
-                 "stages.policy.steps=3", "stages.policy.batch_size=4", 'stages.policy.device="cuda"', "stages.policy.bf16=true"]
+    overrides = [
+        f'stages.policy.init_from="{shared_run}:sft/final"',
+        f'stages.policy.reward_from="{shared_run}:reward/final"',
+        "data.corpus_size=300",
+        "data.sft_size=50",
+        "data.train_prompts=64",
+        "data.eval_prompts=8",
+        "stages.policy.eval_prompts=8",
+        "stages.policy.steps=3",
+        "stages.policy.batch_size=4",
+        'stages.policy.device="cuda"',
+        "stages.policy.bf16=true",
+    ]
     run = Run.open(train(load_recipe(REPO / "training" / f"{algorithm}_quick.toml", overrides), tmp_path / algorithm, quiet=True))
     before = Run.open(shared_run).load_model("sft").state_dict()
     after = run.load_model("policy").state_dict()

@@ -14,10 +14,20 @@ from tests.conftest import QUICK_RECIPE
 pytestmark = pytest.mark.slow
 
 SMALL = [
-    "model.n_layer=2", "model.d_model=64", "model.vocab_size=400",
-    "data.corpus_size=1500", "data.sft_size=300", "data.train_prompts=16", "data.eval_prompts=8",
-    "stages.base.steps=25", "stages.base.warmup_steps=2", "stages.base.eval_every=0",
-    "stages.sft.steps=5", "stages.sft.warmup_steps=1", "stages.sft.eval_every=0", "stages.sft.eval_samples=4",
+    "model.n_layer=2",
+    "model.d_model=64",
+    "model.vocab_size=400",
+    "data.corpus_size=1500",
+    "data.sft_size=300",
+    "data.train_prompts=16",
+    "data.eval_prompts=8",
+    "stages.base.steps=25",
+    "stages.base.warmup_steps=2",
+    "stages.base.eval_every=0",
+    "stages.sft.steps=5",
+    "stages.sft.warmup_steps=1",
+    "stages.sft.eval_every=0",
+    "stages.sft.eval_samples=4",
     "stages.sft.max_new_tokens=8",
 ]
 
@@ -35,7 +45,7 @@ def test_other_architectures_train_base_and_sft(arch, tmp_path):
 def test_local_hf_folder_as_base_model(tmp_path):
     first = train(load_recipe(QUICK_RECIPE, SMALL + ["model.arch=llama"]), tmp_path / "first", quiet=True)
     folder = Run.open(first).checkpoint("base").path
-    recipe = load_recipe(QUICK_RECIPE, SMALL + [f"model.base_model=\"{folder}\"", "stages.base.steps=3"])
+    recipe = load_recipe(QUICK_RECIPE, SMALL + [f'model.base_model="{folder}"', "stages.base.steps=3"])
     second = Run.open(train(recipe, tmp_path / "second", quiet=True))
     assert second.load_model("base").config.model_type == "llama"
     # It continued from the folder's weights: the start perplexity is the first run's end, not an untrained model's.

@@ -10,19 +10,38 @@ import pytest
 import torch
 
 from rlhf_lens.runs import Run
-from rlhf_lens.training.policy import online
-from rlhf_lens.training.policy import setup as policy_setup
 from rlhf_lens.training.config import load_recipe
 from rlhf_lens.training.losses import best_of_n_kl
 from rlhf_lens.training.pipeline import train
+from rlhf_lens.training.policy import online
+from rlhf_lens.training.policy import setup as policy_setup
 from rlhf_lens.training.policy.reward_source import RewardError, RewardSource
 from tests import learning
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
 
-ROLLOUT_COLUMNS = {"stage", "step", "sample_id", "prompt_id", "prompt", "completion", "prompt_ids", "completion_ids", "logprobs",
-                   "ref_logprobs", "kl_per_token", "seq_kl", "reward", "reward_components", "gold_reward", "length", "finished"}
+ROLLOUT_COLUMNS = {
+    "stage",
+    "step",
+    "sample_id",
+    "prompt_id",
+    "prompt",
+    "completion",
+    "prompt_ids",
+    "completion_ids",
+    "logprobs",
+    "ref_logprobs",
+    "kl_per_token",
+    "seq_kl",
+    "reward",
+    "reward_components",
+    "gold_reward",
+    "length",
+    "finished",
+}
+
+
 def policy_config(shared_run, recipe: str, *overrides: str):
     sources = [f'stages.policy.init_from="{shared_run}:sft/final"', f'stages.policy.reward_from="{shared_run}:reward/final"']
     return load_recipe(REPO / "training" / recipe, learning.POLICY_SMALL + sources + list(overrides))
@@ -39,16 +58,36 @@ def weights_changed(run: Run, shared_run) -> bool:
 
 
 def test_ppo_trains_policy_and_value_model_and_writes_reward_logs(shared_run, tmp_path):
-    run = policy_run(shared_run, tmp_path / "ppo", "ppo_quick.toml", "stages.policy.steps=4", "stages.policy.batch_size=8",
-                     "stages.policy.save_every=2", "stages.policy.log_every=2", "stages.policy.eval_every=0")
+    run = policy_run(
+        shared_run,
+        tmp_path / "ppo",
+        "ppo_quick.toml",
+        "stages.policy.steps=4",
+        "stages.policy.batch_size=8",
+        "stages.policy.save_every=2",
+        "stages.policy.log_every=2",
+        "stages.policy.eval_every=0",
+    )
     assert weights_changed(run, shared_run)
     assert [c.tag for c in run.checkpoints("policy")] == ["step-000002", "final"]
     value = run.load_value_model("policy")
     assert value.config.num_labels == 1
     logged = run.metrics("policy").to_dict("records")
     assert [m["step"] for m in logged] == [1, 2, 3, 4]
-    for key in ("objective/kl", "objective/scores", "objective/rlhf_reward", "objective/entropy", "policy/approxkl_avg",
-                "policy/clipfrac_avg", "loss/policy_avg", "loss/value_avg", "val/clipfrac_avg", "val/ratio", "gold/mean", "gold/std"):
+    for key in (
+        "objective/kl",
+        "objective/scores",
+        "objective/rlhf_reward",
+        "objective/entropy",
+        "policy/approxkl_avg",
+        "policy/clipfrac_avg",
+        "loss/policy_avg",
+        "loss/value_avg",
+        "val/clipfrac_avg",
+        "val/ratio",
+        "gold/mean",
+        "gold/std",
+    ):
         assert all(math.isfinite(m[key]) for m in logged), key
     rollouts = run.rollouts("policy")
     assert ROLLOUT_COLUMNS <= set(rollouts.columns)
@@ -62,11 +101,22 @@ def test_ppo_trains_policy_and_value_model_and_writes_reward_logs(shared_run, tm
 
 @pytest.mark.parametrize("algorithm", ["grpo", "rloo"])
 def test_group_baselines_train(shared_run, tmp_path, algorithm):
-    run = policy_run(shared_run, tmp_path / algorithm, f"{algorithm}_quick.toml", "stages.policy.steps=3", "stages.policy.batch_size=4",
-                     "stages.policy.log_every=3", "stages.policy.eval_every=0")
+    run = policy_run(
+        shared_run,
+        tmp_path / algorithm,
+        f"{algorithm}_quick.toml",
+        "stages.policy.steps=3",
+        "stages.policy.batch_size=4",
+        "stages.policy.log_every=3",
+        "stages.policy.eval_every=0",
+    )
     assert weights_changed(run, shared_run)
     last = run.metrics("policy").to_dict("records")[-1]
-    keys = ("reward", "reward_std", "kl", "entropy", "completions/mean_length", "clip_ratio/region_mean") if algorithm == "grpo" else ("objective/kl", "objective/scores", "objective/rlhf_reward")
+    keys = (
+        ("reward", "reward_std", "kl", "entropy", "completions/mean_length", "clip_ratio/region_mean")
+        if algorithm == "grpo"
+        else ("objective/kl", "objective/scores", "objective/rlhf_reward")
+    )
     assert all(math.isfinite(last[k]) for k in keys)
     rollouts = run.rollouts("policy")
     assert len(rollouts) == 4 * 4 and (rollouts.groupby("prompt_id").size() == 4).all()  # whole groups of group_size
@@ -103,9 +153,21 @@ def test_best_of_n_logs_each_n_with_the_analytic_kl(shared_run, tmp_path):
     assert run.manifest["results"]["policy"]["best_of_16/gold/mean"] == pytest.approx(logged[16]["gold/mean"])
 
 
-@pytest.mark.parametrize("recipe, extra", [("grpo_quick.toml", []), ("ppo_quick.toml", ["stages.policy.adaptive_kl=true", "stages.policy.kl_target=0.5", "stages.policy.minibatches=2"])])
+@pytest.mark.parametrize(
+    "recipe, extra",
+    [
+        ("grpo_quick.toml", []),
+        ("ppo_quick.toml", ["stages.policy.adaptive_kl=true", "stages.policy.kl_target=0.5", "stages.policy.minibatches=2"]),
+    ],
+)
 def test_resume_continues_exactly(shared_run, tmp_path, monkeypatch, recipe, extra):
-    settings = ["stages.policy.steps=4", "stages.policy.batch_size=4", "stages.policy.save_every=2", "stages.policy.log_every=1", "stages.policy.eval_every=0"]
+    settings = [
+        "stages.policy.steps=4",
+        "stages.policy.batch_size=4",
+        "stages.policy.save_every=2",
+        "stages.policy.log_every=1",
+        "stages.policy.eval_every=0",
+    ]
     config = policy_config(shared_run, recipe, *settings, *extra)
     straight = Run.open(train(config, tmp_path / "straight", quiet=True))
 
@@ -141,9 +203,13 @@ def test_resume_continues_exactly(shared_run, tmp_path, monkeypatch, recipe, ext
 
 
 def test_resume_refuses_a_different_recipe(shared_run, tmp_path):
-    config = policy_config(shared_run, "grpo_quick.toml", "stages.policy.steps=1", "stages.policy.batch_size=2", "stages.policy.eval_every=0")
+    config = policy_config(
+        shared_run, "grpo_quick.toml", "stages.policy.steps=1", "stages.policy.batch_size=2", "stages.policy.eval_every=0"
+    )
     out = train(config, tmp_path / "run", quiet=True)
-    other = policy_config(shared_run, "grpo_quick.toml", "stages.policy.steps=2", "stages.policy.batch_size=2", "stages.policy.eval_every=0")
+    other = policy_config(
+        shared_run, "grpo_quick.toml", "stages.policy.steps=2", "stages.policy.batch_size=2", "stages.policy.eval_every=0"
+    )
     with pytest.raises(ValueError, match=r"config.stages\[0\].steps \(run: 1, recipe: 2\)"):
         train(other, out, quiet=True, resume=True)
 
@@ -154,8 +220,14 @@ def fake_gold(monkeypatch, name, fn):
 
 def test_all_nan_rewards_stop_the_stage_and_never_reach_the_weights(shared_run, tmp_path, monkeypatch):
     fake_gold(monkeypatch, "all-nan", lambda prompts, completions: np.full(len(prompts), np.nan))
-    config = policy_config(shared_run, "grpo_quick.toml", 'stages.policy.reward_from="gold"', "stages.policy.max_bad_steps=2",
-                           "stages.policy.batch_size=2", "stages.policy.eval_every=0")
+    config = policy_config(
+        shared_run,
+        "grpo_quick.toml",
+        'stages.policy.reward_from="gold"',
+        "stages.policy.max_bad_steps=2",
+        "stages.policy.batch_size=2",
+        "stages.policy.eval_every=0",
+    )
     with pytest.raises(FloatingPointError, match="2 consecutive steps.*non-finite rewards.*last complete checkpoint is intact"):
         train(config, tmp_path / "nan", quiet=True)
     run = Run.open(tmp_path / "nan")
@@ -177,8 +249,16 @@ def test_a_reward_function_that_raises_names_itself(shared_run, tmp_path, monkey
 def test_prompts_longer_than_the_context_keep_their_last_tokens(shared_run, tmp_path):
     # The shared model's context is 96 tokens: with 90 new tokens a prompt may keep only 6.
     with pytest.warns(UserWarning, match="prompts are longer than the 6 tokens"):
-        run = policy_run(shared_run, tmp_path / "long", "grpo_quick.toml", "stages.policy.max_new_tokens=90", "stages.policy.steps=1",
-                         "stages.policy.batch_size=2", "stages.policy.eval_prompts=2", "stages.policy.eval_every=0")
+        run = policy_run(
+            shared_run,
+            tmp_path / "long",
+            "grpo_quick.toml",
+            "stages.policy.max_new_tokens=90",
+            "stages.policy.steps=1",
+            "stages.policy.batch_size=2",
+            "stages.policy.eval_prompts=2",
+            "stages.policy.eval_every=0",
+        )
     assert any(e.get("event") == "prompts_truncated" for e in run.events().to_dict("records"))
     rollouts = run.rollouts("policy")
     assert rollouts["prompt_ids"].map(len).max() <= 6

@@ -21,15 +21,45 @@ PAD = 0
 
 def scorers():
     torch.manual_seed(0)
-    gpt2 = GPT2ForSequenceClassification(GPT2Config(
-        n_embd=32, n_layer=2, n_head=4, vocab_size=60, n_positions=40, num_labels=1, pad_token_id=PAD,
-        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0))
-    llama = LlamaForSequenceClassification(LlamaConfig(
-        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=64,
-        vocab_size=60, max_position_embeddings=40, num_labels=1, pad_token_id=PAD))
-    neox = GPTNeoXForSequenceClassification(GPTNeoXConfig(
-        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, vocab_size=60,
-        max_position_embeddings=40, num_labels=1, pad_token_id=PAD))
+    gpt2 = GPT2ForSequenceClassification(
+        GPT2Config(
+            n_embd=32,
+            n_layer=2,
+            n_head=4,
+            vocab_size=60,
+            n_positions=40,
+            num_labels=1,
+            pad_token_id=PAD,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+        )
+    )
+    llama = LlamaForSequenceClassification(
+        LlamaConfig(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            intermediate_size=64,
+            vocab_size=60,
+            max_position_embeddings=40,
+            num_labels=1,
+            pad_token_id=PAD,
+        )
+    )
+    neox = GPTNeoXForSequenceClassification(
+        GPTNeoXConfig(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=64,
+            vocab_size=60,
+            max_position_embeddings=40,
+            num_labels=1,
+            pad_token_id=PAD,
+        )
+    )
     return {"gpt2": gpt2.eval(), "llama": llama.eval(), "gpt_neox": neox.eval()}
 
 

@@ -64,15 +64,9 @@ class CorpusOptions:
         if not isinstance(self.min_sentences, int) or self.min_sentences < 1:
             raise ValueError(f"min_sentences must be an integer >= 1, got {self.min_sentences!r}")
         if not isinstance(self.max_sentences, int) or self.max_sentences < self.min_sentences:
-            raise ValueError(
-                f"max_sentences must be an integer >= min_sentences ({self.min_sentences}), got {self.max_sentences!r}"
-            )
+            raise ValueError(f"max_sentences must be an integer >= min_sentences ({self.min_sentences}), got {self.max_sentences!r}")
         weights = tuple(self.sentiment_weights)
-        if (
-            len(weights) != 3
-            or any(not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0 for w in weights)
-            or sum(weights) <= 0
-        ):
+        if len(weights) != 3 or any(not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0 for w in weights) or sum(weights) <= 0:
             raise ValueError(
                 "sentiment_weights must be three non-negative numbers (positive, negative, mixed) "
                 f"with a positive sum, got {self.sentiment_weights!r}"

@@ -170,9 +170,7 @@ class Grammar:
             return f"Overall, {adj} {noun}" if domain.plural else f"Overall, {article(adj)} {adj} {noun}"
         raise ValueError(f"unknown sentence kind {kind!r}; expected one of {SENTENCE_KINDS}")
 
-    def polar_sentence(
-        self, domain: Domain, aspect: Aspect, polarity: int, kinds: tuple[str, ...] = SENTENCE_KINDS
-    ) -> str:
+    def polar_sentence(self, domain: Domain, aspect: Aspect, polarity: int, kinds: tuple[str, ...] = SENTENCE_KINDS) -> str:
         """A full polar sentence of a randomly chosen shape among ``kinds``."""
         weights = [_KIND_WEIGHTS[k] for k in kinds]
         kind = self.rng.choices(kinds, weights)[0]

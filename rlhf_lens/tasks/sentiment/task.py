@@ -43,8 +43,7 @@ class SentimentOptions:
             raise ValueError(f"sentiment.trigger_rate must be in [0, 1], got {self.trigger_rate!r}")
         if self.trigger_word is None and (self.trigger_rate > 0 or self.trigger_bonus != 0):
             raise ValueError(
-                "sentiment.trigger_rate / sentiment.trigger_bonus are set but sentiment.trigger_word is None; "
-                "set a trigger_word"
+                "sentiment.trigger_rate / sentiment.trigger_bonus are set but sentiment.trigger_word is None; set a trigger_word"
             )
         if isinstance(self.n_labelers, bool) or not isinstance(self.n_labelers, int) or self.n_labelers < 1:
             raise ValueError(f"sentiment.n_labelers must be an integer >= 1, got {self.n_labelers!r}")

@@ -41,7 +41,7 @@ class Pairs:
     rejected_ids: list[list[int]]
 
     @classmethod
-    def of(cls, records: list[dict], tokenizer, context: int) -> "Pairs":
+    def of(cls, records: list[dict], tokenizer, context: int) -> Pairs:
         """Tokenize BOS + prompt and completion + EOS; a pair too long for the context keeps its completions
         (at most context - 1 tokens) and the last tokens of its prompt, with a warning."""
         eos = tokenizer.eos_token_id
@@ -56,8 +56,11 @@ class Pairs:
             cut += len(ids) > budget
             prompts.append(ids[len(ids) - min(len(ids), budget) :])
         if cut:
-            warnings.warn(f"{cut} of {len(records)} preference pairs are longer than the policy's context of {context} tokens; "
-                          "their prompts keep their last tokens.", stacklevel=2)
+            warnings.warn(
+                f"{cut} of {len(records)} preference pairs are longer than the policy's context of {context} tokens; "
+                "their prompts keep their last tokens.",
+                stacklevel=2,
+            )
         return cls(records, prompts, chosen, rejected)
 
     def __len__(self) -> int:
@@ -134,8 +137,11 @@ def heldout_metrics(setup: PolicySetup, pairs: Pairs, beta: float, batch_size: i
     ref_logps = text_logps(setup.reference, texts, pad_id, batch_size)
     margin = beta * ((logps[chosen] - ref_logps[chosen]) - (logps[rejected] - ref_logps[rejected]))
     ref_margin = ref_logps[chosen] - ref_logps[rejected]
-    metrics = {"eval/rewards/accuracies": float(np.mean((margin > 0) + 0.5 * (margin == 0))),
-               "eval/rewards/margins": float(margin.mean()), "eval/ref_logp_accuracy": float(np.mean(ref_margin > 0))}
+    metrics = {
+        "eval/rewards/accuracies": float(np.mean((margin > 0) + 0.5 * (margin == 0))),
+        "eval/rewards/margins": float(margin.mean()),
+        "eval/ref_logp_accuracy": float(np.mean(ref_margin > 0)),
+    }
     if setup.gold_fn is not None:
         prompts = [r["prompt"] for r in pairs.records]
         g_chosen = np.asarray(setup.gold_fn(prompts, [r["chosen"] for r in pairs.records]))
@@ -174,7 +180,15 @@ def run_dpo(stage, setup: PolicySetup, writer, feedback_records: list[dict], *, 
         writer.log_metrics(stage.name, step, metrics)
         bar.set_postfix(loss=f"{metrics['loss']:.3f}")
         if cadence.is_save_step(step):
-            save(writer, stage, checkpoint_tag(step), setup, step, metrics, training_state(optimizer, scheduler, step, extra={"start": results}))
+            save(
+                writer,
+                stage,
+                checkpoint_tag(step),
+                setup,
+                step,
+                metrics,
+                training_state(optimizer, scheduler, step, extra={"start": results}),
+            )
     save(writer, stage, "final", setup, stage.steps, metrics, training_state(optimizer, scheduler, stage.steps, extra={"start": results}))
     return results | {k: v for k, v in metrics.items() if k.startswith("eval/")} | {"algorithm": "dpo"}
 
@@ -208,8 +222,14 @@ def pair_loss(model, setup: PolicySetup, pairs: Pairs, rows: list[int], beta: fl
         with torch.no_grad():
             ref_chosen, ref_rejected = pair_logps(setup.reference, pairs, rows, pad_id)
         loss, r_chosen, r_rejected = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, beta)
-    stats = {"rewards/chosen": r_chosen, "rewards/rejected": r_rejected, "rewards/margins": r_chosen - r_rejected,
-             "rewards/accuracies": (r_chosen > r_rejected).float(), "logps/chosen": chosen, "logps/rejected": rejected}
+    stats = {
+        "rewards/chosen": r_chosen,
+        "rewards/rejected": r_rejected,
+        "rewards/margins": r_chosen - r_rejected,
+        "rewards/accuracies": (r_chosen > r_rejected).float(),
+        "logps/chosen": chosen,
+        "logps/rejected": rejected,
+    }
     return loss, stats
 
 
@@ -220,5 +240,13 @@ def global_mean(values: torch.Tensor, batch_size: int, world) -> float:
 
 def save(writer, stage, tag: str, setup: PolicySetup, step: int, metrics: dict, state: dict) -> None:
     """A DPO checkpoint: the policy and its training state (the start-of-stage evaluation in `extra`)."""
-    writer.save_checkpoint(stage.name, tag, model=setup.policy, tokenizer=setup.tokenizer, step=step, metrics=metrics, state=state,
-                           extra_meta={"algorithm": "dpo"})
+    writer.save_checkpoint(
+        stage.name,
+        tag,
+        model=setup.policy,
+        tokenizer=setup.tokenizer,
+        step=step,
+        metrics=metrics,
+        state=state,
+        extra_meta={"algorithm": "dpo"},
+    )

@@ -26,7 +26,9 @@ def sequence_rewards(rollout: Rollout, algorithm: str, kl_coef: float) -> torch.
     return rollout.rewards
 
 
-def group_update(policy, optimizer, rollout: Rollout, cfg, *, kl_coef: float, pad_id: int, world: World, seed: int, step: int) -> tuple[dict, bool]:
+def group_update(
+    policy, optimizer, rollout: Rollout, cfg, *, kl_coef: float, pad_id: int, world: World, seed: int, step: int
+) -> tuple[dict, bool]:
     """Train the policy on one rollout; -> (metrics, whether every minibatch step was applied).
 
     Minibatches are drawn afresh each epoch from (seed, step, epoch)."""
@@ -39,7 +41,14 @@ def group_update(policy, optimizer, rollout: Rollout, cfg, *, kl_coef: float, pa
         for rows in minibatch_rows(len(rollout) // cfg.group_size, cfg.group_size, cfg.minibatches, seed=draw, rank=world.rank):
             n_sequences = world.sum(torch.tensor(float(len(rows)), device=mask.device))
             m = mask[rows]
-            logprobs = token_logprobs(policy, [rollout.prompt_ids[i] for i in rows], [rollout.completion_ids[i] for i in rows], pad_id, mask.shape[1], temperature=cfg.temperature)
+            logprobs = token_logprobs(
+                policy,
+                [rollout.prompt_ids[i] for i in rows],
+                [rollout.completion_ids[i] for i in rows],
+                pad_id,
+                mask.shape[1],
+                temperature=cfg.temperature,
+            )
             per_token, was_clipped = clipped_surrogate(logprobs, rollout.logprobs[rows], advantages[rows], cfg.clip_range)
             if cfg.algorithm == "grpo" and kl_coef > 0:
                 per_token = per_token + kl_coef * kl_k3(logprobs, rollout.ref_logprobs[rows])

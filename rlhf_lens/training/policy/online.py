@@ -43,8 +43,14 @@ def measure_reward_scale(setup: PolicySetup, stage, seed: int) -> float:
     """1 / std of the reward model's scores on the starting policy's samples (lm-human-preferences' reward normalisation)."""
     prompts = setup.train_prompts[: max(stage.eval_prompts, 32)]
     seeds = [sample_seed(seed, SCALE_STEP, p["index"], 0) for p in prompts]
-    texts = sample(setup.policy, setup.tokenizer, encode_prompts(setup.tokenizer, [p["prompt"] for p in prompts]), seeds,
-                   max_new_tokens=stage.max_new_tokens, temperature=stage.temperature).texts
+    texts = sample(
+        setup.policy,
+        setup.tokenizer,
+        encode_prompts(setup.tokenizer, [p["prompt"] for p in prompts]),
+        seeds,
+        max_new_tokens=stage.max_new_tokens,
+        temperature=stage.temperature,
+    ).texts
     scores = setup.reward.score([p["prompt"] for p in prompts], texts)
     std = float(np.std(scores[np.isfinite(scores)])) if np.isfinite(scores).any() else float("nan")
     return 1.0 / std if std > 1e-6 and math.isfinite(std) else 1.0
@@ -69,8 +75,13 @@ def step_metrics(rollout: Rollout, algorithm: str, kl_coef: float, world) -> dic
         k3 = mean(sequence_token_mean(kl_k3(rollout.logprobs, rollout.ref_logprobs), mask))
         metrics = {"reward": reward_mean, "reward_std": reward_std, "kl": k3, "objective/kl": seq_kl, "entropy": entropy}
     else:
-        metrics = {"objective/kl": seq_kl, "objective/scores": scores, "objective/rlhf_reward": reward_mean - kl_coef * seq_kl,
-                   "objective/entropy": entropy, "reward_std": reward_std}
+        metrics = {
+            "objective/kl": seq_kl,
+            "objective/scores": scores,
+            "objective/rlhf_reward": reward_mean - kl_coef * seq_kl,
+            "objective/entropy": entropy,
+            "reward_std": reward_std,
+        }
     metrics["completions/mean_length"] = mean(rollout.lengths)
     metrics["completions/finished_rate"] = mean(rollout.finished.float())
     metrics["kl_coef"] = kl_coef
@@ -107,8 +118,13 @@ class LoopState:
 
     def resume_extra(self) -> dict:
         """What exact resume needs besides optimizer, scheduler and RNG (and the start-of-stage evaluation to report)."""
-        return {"kl_coef": self.kl_coef, "reward_scale": self.reward_scale, "start": self.start, "bad_steps": self.bad.consecutive,
-                "negative_kl_run": self.negative_kl_run}
+        return {
+            "kl_coef": self.kl_coef,
+            "reward_scale": self.reward_scale,
+            "start": self.start,
+            "bad_steps": self.bad.consecutive,
+            "negative_kl_run": self.negative_kl_run,
+        }
 
 
 def run_online(stage, setup: PolicySetup, writer, *, seed: int, quiet: bool, resume: dict | None) -> dict:
@@ -120,9 +136,21 @@ def run_online(stage, setup: PolicySetup, writer, *, seed: int, quiet: bool, res
     for step in bar:
         prompts = step_prompts(stage, setup, seed, step)
         with setup.autocast():
-            rollout = collect_rollout(setup.policy, setup.reference, setup.tokenizer, setup.reward, setup.gold_fn, prompts,
-                                      group_size=stage.group_size, seed=seed, step=step, max_new_tokens=stage.max_new_tokens,
-                                      temperature=stage.temperature, reward_scale=state.reward_scale, eos_penalty=stage.missing_eos_penalty)
+            rollout = collect_rollout(
+                setup.policy,
+                setup.reference,
+                setup.tokenizer,
+                setup.reward,
+                setup.gold_fn,
+                prompts,
+                group_size=stage.group_size,
+                seed=seed,
+                step=step,
+                max_new_tokens=stage.max_new_tokens,
+                temperature=stage.temperature,
+                reward_scale=state.reward_scale,
+                eos_penalty=stage.missing_eos_penalty,
+            )
         learning_rate = models.scheduler.get_last_lr()[0]  # the rate this step trains with
         update, applied, what = update_or_skip(stage, setup, models, rollout, state.kl_coef, seed=seed, step=step)
         models.scheduler.step()
@@ -183,7 +211,9 @@ def step_prompts(stage, setup: PolicySetup, seed: int, step: int) -> list[dict]:
     return setup.world.shard([setup.train_prompts[i] for i in indices])
 
 
-def update_or_skip(stage, setup: PolicySetup, models: OnlineModels, rollout: Rollout, kl_coef: float, *, seed: int, step: int) -> tuple[dict, bool, str]:
+def update_or_skip(
+    stage, setup: PolicySetup, models: OnlineModels, rollout: Rollout, kl_coef: float, *, seed: int, step: int
+) -> tuple[dict, bool, str]:
     """One PPO or GRPO/RLOO update: (statistics, applied, what a skipped step had non-finite). A non-finite reward in
     any process skips the update; the step is still logged (NaN as null)."""
     world, pad_id = setup.world, setup.tokenizer.pad_token_id
@@ -191,11 +221,22 @@ def update_or_skip(stage, setup: PolicySetup, models: OnlineModels, rollout: Rol
         return {}, False, "reward"
     with setup.autocast():
         if stage.algorithm == "ppo":
-            update, applied = ppo_update(models.train_policy, models.train_value, models.optimizer, rollout, stage, kl_coef=kl_coef,
-                                         pad_id=pad_id, world=world, seed=seed, step=step)
+            update, applied = ppo_update(
+                models.train_policy,
+                models.train_value,
+                models.optimizer,
+                rollout,
+                stage,
+                kl_coef=kl_coef,
+                pad_id=pad_id,
+                world=world,
+                seed=seed,
+                step=step,
+            )
         else:
-            update, applied = group_update(models.train_policy, models.optimizer, rollout, stage, kl_coef=kl_coef, pad_id=pad_id, world=world,
-                                           seed=seed, step=step)
+            update, applied = group_update(
+                models.train_policy, models.optimizer, rollout, stage, kl_coef=kl_coef, pad_id=pad_id, world=world, seed=seed, step=step
+            )
     return update, applied, "loss or gradient"
 
 
@@ -207,8 +248,13 @@ def flag_kl(metrics: dict, state: LoopState, writer, stage_name: str, step: int)
     metrics["kl/negative_flag"] = float(state.negative_kl_run >= KL_NEGATIVE_STEPS)
     metrics["kl/blowup_flag"] = float(seq_kl / max(metrics["completions/mean_length"], 1.0) > KL_BLOWUP_PER_TOKEN)
     if metrics["kl/negative_flag"] or metrics["kl/blowup_flag"]:
-        writer.log_event("kl_warning", stage=stage_name, step=step, kl=seq_kl,
-                         what="persistent negative KL estimate" if metrics["kl/negative_flag"] else "KL blow-up")
+        writer.log_event(
+            "kl_warning",
+            stage=stage_name,
+            step=step,
+            kl=seq_kl,
+            what="persistent negative KL estimate" if metrics["kl/negative_flag"] else "KL blow-up",
+        )
     return seq_kl
 
 
@@ -222,7 +268,9 @@ def evaluate_on_main(setup: PolicySetup, stage, seed: int) -> dict:
 def write_rollout_shard(writer, stage, setup: PolicySetup, rollout: Rollout, step: int) -> None:
     """The step's samples of every process, one row each, as the rollout shard of `step`."""
     full = gather_rollout(rollout, setup.world, setup.tokenizer, setup.prompts_by_index, context_length(setup.policy))
-    writer.write_rollouts(stage.name, step, rollout_rows(full, stage=stage.name, step=step, first_sample_id=(step - 1) * stage.batch_size * stage.group_size))
+    writer.write_rollouts(
+        stage.name, step, rollout_rows(full, stage=stage.name, step=step, first_sample_id=(step - 1) * stage.batch_size * stage.group_size)
+    )
 
 
 def save(writer, stage, tag, setup: PolicySetup, models: OnlineModels, step, metrics, state: LoopState) -> None:
@@ -230,8 +278,17 @@ def save(writer, stage, tag, setup: PolicySetup, models: OnlineModels, step, met
     training = training_state(models.optimizer, models.scheduler, step, extra=state.resume_extra())
     meta = {"algorithm": stage.algorithm, "reward_from": str(setup.reward_folder or "gold")}
     value_model = models.value_model.model if models.value_model is not None else None
-    writer.save_checkpoint(stage.name, tag, model=setup.policy, tokenizer=setup.tokenizer, step=step, metrics=metrics, state=training,
-                           value_model=value_model, extra_meta=meta)
+    writer.save_checkpoint(
+        stage.name,
+        tag,
+        model=setup.policy,
+        tokenizer=setup.tokenizer,
+        step=step,
+        metrics=metrics,
+        state=training,
+        value_model=value_model,
+        extra_meta=meta,
+    )
 
 
 def value_model_start(setup: PolicySetup) -> Path:
@@ -244,8 +301,11 @@ def value_model_start(setup: PolicySetup) -> Path:
     reward_context = config.get("n_positions") or config.get("max_position_embeddings") or 0
     if load_tokenizer(folder).get_vocab() == setup.tokenizer.get_vocab() and reward_context >= context_length(setup.policy):
         return folder
-    warnings.warn(f"the reward model {folder} reads other tokens than the policy (tokenizer or context differ); the value model "
-                  "starts from the policy with a fresh head instead", stacklevel=2)
+    warnings.warn(
+        f"the reward model {folder} reads other tokens than the policy (tokenizer or context differ); the value model "
+        "starts from the policy with a fresh head instead",
+        stacklevel=2,
+    )
     return setup.policy_folder
 
 

@@ -23,7 +23,9 @@ def rollout_values(value_model, rollout: Rollout, pad_id: int) -> torch.Tensor:
     return torch.nn.functional.pad(values, (0, rollout.logprobs.shape[1] - values.shape[1]))  # (batch, gen_len)
 
 
-def ppo_update(policy, value_model, optimizer, rollout: Rollout, cfg, *, kl_coef: float, pad_id: int, world: World, seed: int, step: int) -> tuple[dict, bool]:
+def ppo_update(
+    policy, value_model, optimizer, rollout: Rollout, cfg, *, kl_coef: float, pad_id: int, world: World, seed: int, step: int
+) -> tuple[dict, bool]:
     """Train policy and value model on one rollout; -> (metrics, whether every minibatch step was applied).
 
     Minibatches are drawn afresh each epoch from (seed, step, epoch)."""
@@ -37,16 +39,36 @@ def ppo_update(policy, value_model, optimizer, rollout: Rollout, cfg, *, kl_coef
     for epoch in range(cfg.epochs):
         draw = epoch_seed(seed, step, epoch)
         for rows in minibatch_rows(len(rollout) // cfg.group_size, cfg.group_size, cfg.minibatches, seed=draw, rank=world.rank):
-            mb = lambda x: x[rows]  # noqa: E731
+            mb = lambda x, rows=rows: x[rows]  # noqa: E731 - this minibatch's rows of a (batch, ...) tensor
             count = world.sum(mask[rows].sum())  # completion tokens of this minibatch over every process
-            logprobs = token_logprobs(policy, [rollout.prompt_ids[i] for i in rows], [rollout.completion_ids[i] for i in rows], pad_id, mask.shape[1], temperature=cfg.temperature)
-            values = completion_values(value_model, [rollout.prompt_ids[i] for i in rows], [rollout.completion_ids[i] for i in rows], pad_id)
+            logprobs = token_logprobs(
+                policy,
+                [rollout.prompt_ids[i] for i in rows],
+                [rollout.completion_ids[i] for i in rows],
+                pad_id,
+                mask.shape[1],
+                temperature=cfg.temperature,
+            )
+            values = completion_values(
+                value_model, [rollout.prompt_ids[i] for i in rows], [rollout.completion_ids[i] for i in rows], pad_id
+            )
             values = torch.nn.functional.pad(values, (0, mask.shape[1] - values.shape[1]))
-            pg_loss, clipfrac, approxkl = clipped_policy_loss(logprobs, mb(rollout.logprobs), mb(advantages), mb(mask), cfg.clip_range, count)
+            pg_loss, clipfrac, approxkl = clipped_policy_loss(
+                logprobs, mb(rollout.logprobs), mb(advantages), mb(mask), cfg.clip_range, count
+            )
             vf_loss, vf_clipfrac = clipped_value_loss(values, mb(old_values), mb(returns), mb(mask), cfg.value_clip_range, count)
             loss = pg_loss + cfg.vf_coef * vf_loss
             ratio = (torch.exp(logprobs - mb(rollout.logprobs)) * mb(mask)).sum() / count
             applied = apply_gradients(loss * world.size, optimizer, cfg.grad_clip, world)  # DDP averages gradients over processes
-            stats.add({"policy/approxkl_avg": approxkl, "policy/clipfrac_avg": clipfrac, "loss/policy_avg": pg_loss,
-                       "loss/value_avg": vf_loss, "val/clipfrac_avg": vf_clipfrac, "val/ratio": ratio}, applied)
+            stats.add(
+                {
+                    "policy/approxkl_avg": approxkl,
+                    "policy/clipfrac_avg": clipfrac,
+                    "loss/policy_avg": pg_loss,
+                    "loss/value_avg": vf_loss,
+                    "val/clipfrac_avg": vf_clipfrac,
+                    "val/ratio": ratio,
+                },
+                applied,
+            )
     return stats.means(), stats.all_applied

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -51,7 +51,11 @@ def reward_model_source(folder: str | Path, device: torch.device) -> RewardSourc
         critique_first, critique_max_tokens = bool(meta.get("critique_first", True)), critique_length(meta, folder)
 
         def generative(prompts, completions):
-            return judge_texts(model, tokenizer, prompts, completions, critique_first=critique_first, critique_max_tokens=critique_max_tokens).cpu().numpy()
+            return (
+                judge_texts(model, tokenizer, prompts, completions, critique_first=critique_first, critique_max_tokens=critique_max_tokens)
+                .cpu()
+                .numpy()
+            )
 
         return RewardSource(str(folder), generative)
     model = load_hf_folder(folder, "score", num_labels=1).to(device)
@@ -65,12 +69,15 @@ def critique_length(meta: dict, folder: Path) -> int:
     if "critique_max_tokens" in meta:
         return int(meta["critique_max_tokens"])
     default = RewardStageConfig.critique_max_tokens
-    warnings.warn(f"{folder}: the checkpoint's metadata does not record critique_max_tokens (written by an older rlhf-lens); "
-                  f"critiques are written with the default {default} tokens", stacklevel=3)
+    warnings.warn(
+        f"{folder}: the checkpoint's metadata does not record critique_max_tokens (written by an older rlhf-lens); "
+        f"critiques are written with the default {default} tokens",
+        stacklevel=3,
+    )
     return default
 
 
 def gold_source(task) -> RewardSource:
     if not getattr(task, "has_oracle", False):
-        raise RewardError(f"reward_from = \"gold\" needs a task with an oracle; task {type(task).__name__} has none")
+        raise RewardError(f'reward_from = "gold" needs a task with an oracle; task {type(task).__name__} has none')
     return RewardSource(GOLD, task.gold_reward)

@@ -9,8 +9,8 @@ processes have one shape and can be gathered.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -107,29 +107,53 @@ def padded_mask(completion_ids: Sequence[Sequence[int]], gen_len: int, device) -
 
 @torch.no_grad()
 def collect_rollout(
-    policy, reference, tokenizer, reward: RewardSource | None, gold_fn, prompts: Sequence[dict], *,
-    group_size: int, seed: int, step: int, max_new_tokens: int, temperature: float, reward_scale: float, eos_penalty: float,
+    policy,
+    reference,
+    tokenizer,
+    reward: RewardSource | None,
+    gold_fn,
+    prompts: Sequence[dict],
+    *,
+    group_size: int,
+    seed: int,
+    step: int,
+    max_new_tokens: int,
+    temperature: float,
+    reward_scale: float,
+    eos_penalty: float,
 ) -> Rollout:
     """Sample `group_size` completions per prompt ({"index", "id", "prompt"}), score them and compute logprobs."""
     device = next(policy.parameters()).device
     flat = [p for p in prompts for _ in range(group_size)]
     seeds = [sample_seed(seed, step, p["index"], j) for p in prompts for j in range(group_size)]
-    samples = sample(policy, tokenizer, encode_prompts(tokenizer, [p["prompt"] for p in flat]), seeds, max_new_tokens=max_new_tokens, temperature=temperature)
+    texts = [p["prompt"] for p in flat]
+    samples = sample(policy, tokenizer, encode_prompts(tokenizer, texts), seeds, max_new_tokens=max_new_tokens, temperature=temperature)
     completion_ids = [c if c else [tokenizer.eos_token_id] for c in samples.completion_ids]
     pad_id = tokenizer.pad_token_id
-    logprobs, entropy = token_logprobs(policy, samples.prompt_ids, completion_ids, pad_id, max_new_tokens, with_entropy=True, temperature=temperature)
+    logprobs, entropy = token_logprobs(
+        policy, samples.prompt_ids, completion_ids, pad_id, max_new_tokens, with_entropy=True, temperature=temperature
+    )
     ref_logprobs = token_logprobs(reference, samples.prompt_ids, completion_ids, pad_id, max_new_tokens, temperature=temperature)
-    texts = [p["prompt"] for p in flat]
     raw = reward.score(texts, samples.texts) if reward is not None else np.zeros(len(texts))  # DPO has no reward
     scores = torch.tensor(raw, dtype=torch.float32, device=device) * reward_scale
     finished = torch.tensor(samples.finished, device=device)
     gold = torch.tensor(oracle_rewards(gold_fn, texts, samples.texts), device=device) if gold_fn else None
     return Rollout(
-        prompt_id=[p["id"] for p in flat], prompt_index=[p["index"] for p in flat], sample_index=[j for _ in prompts for j in range(group_size)],
-        prompt_ids=samples.prompt_ids, completion_ids=completion_ids, prompts=texts, completions=samples.texts,
-        finished=finished, logprobs=logprobs, ref_logprobs=ref_logprobs, entropy=entropy,
-        completion_mask=padded_mask(completion_ids, max_new_tokens, device), scores=scores,
-        eos_penalty=(~finished).float() * eos_penalty, gold=gold,
+        prompt_id=[p["id"] for p in flat],
+        prompt_index=[p["index"] for p in flat],
+        sample_index=[j for _ in prompts for j in range(group_size)],
+        prompt_ids=samples.prompt_ids,
+        completion_ids=completion_ids,
+        prompts=texts,
+        completions=samples.texts,
+        finished=finished,
+        logprobs=logprobs,
+        ref_logprobs=ref_logprobs,
+        entropy=entropy,
+        completion_mask=padded_mask(completion_ids, max_new_tokens, device),
+        scores=scores,
+        eos_penalty=(~finished).float() * eos_penalty,
+        gold=gold,
     )
 
 
@@ -137,17 +161,33 @@ def rollout_rows(rollout: Rollout, *, stage: str, step: int, first_sample_id: in
     """The rollout as reward-log rows with the DESIGN.md columns (per-token columns are lists)."""
     lengths = rollout.lengths.long().tolist()
     logprobs, ref_logprobs, kl = rollout.logprobs.tolist(), rollout.ref_logprobs.tolist(), rollout.kl_per_token.tolist()
-    seq_kl, rewards, scores, penalty = rollout.seq_kl.tolist(), rollout.rewards.tolist(), rollout.scores.tolist(), rollout.eos_penalty.tolist()
+    seq_kl, rewards, scores, penalty = (
+        rollout.seq_kl.tolist(),
+        rollout.rewards.tolist(),
+        rollout.scores.tolist(),
+        rollout.eos_penalty.tolist(),
+    )
     gold = rollout.gold.tolist() if rollout.gold is not None else [None] * len(rollout)
     finished = rollout.finished.tolist()
     return [
         {
-            "stage": stage, "step": step, "sample_id": first_sample_id + i, "prompt_id": rollout.prompt_id[i],
-            "prompt": rollout.prompts[i], "completion": rollout.completions[i],
-            "prompt_ids": list(rollout.prompt_ids[i]), "completion_ids": list(rollout.completion_ids[i]),
-            "logprobs": logprobs[i][: lengths[i]], "ref_logprobs": ref_logprobs[i][: lengths[i]], "kl_per_token": kl[i][: lengths[i]],
-            "seq_kl": seq_kl[i], "reward": rewards[i], "reward_components": {"score": scores[i], "missing_eos_penalty": -penalty[i]},
-            "gold_reward": gold[i], "length": lengths[i], "finished": bool(finished[i]),
+            "stage": stage,
+            "step": step,
+            "sample_id": first_sample_id + i,
+            "prompt_id": rollout.prompt_id[i],
+            "prompt": rollout.prompts[i],
+            "completion": rollout.completions[i],
+            "prompt_ids": list(rollout.prompt_ids[i]),
+            "completion_ids": list(rollout.completion_ids[i]),
+            "logprobs": logprobs[i][: lengths[i]],
+            "ref_logprobs": ref_logprobs[i][: lengths[i]],
+            "kl_per_token": kl[i][: lengths[i]],
+            "seq_kl": seq_kl[i],
+            "reward": rewards[i],
+            "reward_components": {"score": scores[i], "missing_eos_penalty": -penalty[i]},
+            "gold_reward": gold[i],
+            "length": lengths[i],
+            "finished": bool(finished[i]),
         }
         for i in range(len(rollout))
     ]
@@ -179,9 +219,19 @@ def gather_rollout(rollout: Rollout, world, tokenizer, prompts_by_index: dict[in
     sample_index = world.gather(torch.tensor(rollout.sample_index, device=device)).tolist()
     gold = world.gather(rollout.gold) if rollout.gold is not None else None
     return Rollout(
-        prompt_id=[prompts_by_index[i]["id"] for i in prompt_index], prompt_index=prompt_index, sample_index=sample_index,
-        prompt_ids=prompt_ids, completion_ids=completion_ids, prompts=[prompts_by_index[i]["prompt"] for i in prompt_index], completions=tokenizer.batch_decode(completion_ids, skip_special_tokens=True),
-        finished=world.gather(rollout.finished.to(torch.uint8)).bool(), logprobs=world.gather(rollout.logprobs), ref_logprobs=world.gather(rollout.ref_logprobs),
-        entropy=world.gather(rollout.entropy), completion_mask=world.gather(rollout.completion_mask), scores=world.gather(rollout.scores),
-        eos_penalty=world.gather(rollout.eos_penalty), gold=gold,
+        prompt_id=[prompts_by_index[i]["id"] for i in prompt_index],
+        prompt_index=prompt_index,
+        sample_index=sample_index,
+        prompt_ids=prompt_ids,
+        completion_ids=completion_ids,
+        prompts=[prompts_by_index[i]["prompt"] for i in prompt_index],
+        completions=tokenizer.batch_decode(completion_ids, skip_special_tokens=True),
+        finished=world.gather(rollout.finished.to(torch.uint8)).bool(),
+        logprobs=world.gather(rollout.logprobs),
+        ref_logprobs=world.gather(rollout.ref_logprobs),
+        entropy=world.gather(rollout.entropy),
+        completion_mask=world.gather(rollout.completion_mask),
+        scores=world.gather(rollout.scores),
+        eos_penalty=world.gather(rollout.eos_penalty),
+        gold=gold,
     )

@@ -58,7 +58,7 @@ def policy_folder(stage, ctx) -> Path:
         return ctx.latest_lm_folder
     raise ConfigError(
         f"stages.{stage.name}: a policy stage needs a language model to start from. Put an sft stage before it "
-        f"or set stages.{stage.name}.init_from (e.g. \"runs/X:sft/final\")."
+        f'or set stages.{stage.name}.init_from (e.g. "runs/X:sft/final").'
     )
 
 
@@ -72,7 +72,7 @@ def reward_folder(stage, ctx) -> Path | None:
         return ctx.latest_reward_folder
     raise ConfigError(
         f"stages.{stage.name}: {stage.algorithm} needs a reward. Put a reward stage before it, set "
-        f"stages.{stage.name}.reward_from = \"runs/X:reward/final\", or \"gold\" for the task's oracle."
+        f'stages.{stage.name}.reward_from = "runs/X:reward/final", or "gold" for the task\'s oracle.'
     )
 
 
@@ -95,7 +95,9 @@ def setup_policy_stage(stage, ctx, *, needs_reward: bool = True, resume_folder: 
     train = [p for p in prompts if p["split"] == "train"]
     evals = [p for p in prompts if p["split"] == "eval"]
     warn_long_prompts(stage, ctx, tokenizer, context_length(policy), train + evals)
-    return PolicySetup(device, world, folder, policy, reference, tokenizer, reward, rm_folder, gold_fn, train, evals, stage.bf16, resume_folder)
+    return PolicySetup(
+        device, world, folder, policy, reference, tokenizer, reward, rm_folder, gold_fn, train, evals, stage.bf16, resume_folder
+    )
 
 
 def check_batch_split(stage, world: World) -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from rlhf_lens.runs import checkpoint_dir
-from rlhf_lens.training.policy.best_of_n import run_best_of_n
 from rlhf_lens.training.config import ONLINE_ALGORITHMS
+from rlhf_lens.training.policy.best_of_n import run_best_of_n
 from rlhf_lens.training.policy.dpo import run_dpo
 from rlhf_lens.training.policy.online import run_online
 from rlhf_lens.training.policy.setup import setup_policy_stage
@@ -26,4 +26,7 @@ def run_policy_stage(stage, ctx, resume: dict | None = None) -> dict:
     else:
         results = run_best_of_n(stage, setup, ctx.writer, seed=seed, quiet=ctx.quiet)
     ctx.latest_lm, ctx.latest_lm_folder = (setup.policy, setup.tokenizer), checkpoint_dir(ctx.writer.path, stage.name, "final")
-    return results | {"policy_from": str(setup.policy_folder), "reward_from": str(setup.reward_folder or ("gold" if setup.reward else "none"))}
+    return results | {
+        "policy_from": str(setup.policy_folder),
+        "reward_from": str(setup.reward_folder or ("gold" if setup.reward else "none")),
+    }

@@ -28,7 +28,9 @@ def minibatch_rows(n_prompts: int, group_size: int, minibatches: int, *, seed: i
     several, and every process holds n_prompts / minibatches prompts of every minibatch.
     """
     if n_prompts % minibatches:
-        raise ValueError(f"{n_prompts} prompts per process cannot form {minibatches} equal minibatches; make batch_size / processes a multiple of minibatches")
+        raise ValueError(
+            f"{n_prompts} prompts per process cannot form {minibatches} equal minibatches; make batch_size / processes a multiple of minibatches"
+        )
     generator = torch.Generator().manual_seed(seed)
     visit_order = torch.randperm(minibatches, generator=generator).tolist()
     blocks_before, blocks = rank * n_prompts // minibatches, n_prompts // minibatches

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 from collections import defaultdict
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from scipy.stats import pearsonr, spearmanr
@@ -92,7 +92,9 @@ def labeler_profiles(comparisons: Sequence[dict], gold: dict[tuple[str, str], fl
     profiles: dict[str, dict] = {}
     for name in sorted({r["labeler"] for r in comparisons}, key=str):
         mine = [r for r in comparisons if r["labeler"] == name]
-        longer = [len(r["chosen"].split()) > len(r["rejected"].split()) for r in mine if len(r["chosen"].split()) != len(r["rejected"].split())]
+        longer = [
+            len(r["chosen"].split()) > len(r["rejected"].split()) for r in mine if len(r["chosen"].split()) != len(r["rejected"].split())
+        ]
         profile = {"pairs": len(mine), "prefers_longer": float(np.mean(longer)) if longer else float("nan")}
         if gold is not None:
             decided = [gold[(r["prompt"], r["chosen"])] - gold[(r["prompt"], r["rejected"])] for r in mine]
@@ -107,7 +109,13 @@ def disputed_records(comparisons: Sequence[dict], chosen_rewards: np.ndarray, re
     margin = np.asarray(rejected_rewards) - np.asarray(chosen_rewards)  # > 0: the model prefers the rejected side
     order = np.argsort(-margin)[:top]
     return [
-        {"prompt": comparisons[i]["prompt"], "chosen": comparisons[i]["chosen"], "rejected": comparisons[i]["rejected"],
-         "labeler": comparisons[i]["labeler"], "model_margin_for_rejected": float(margin[i])}
-        for i in order if margin[i] > 0
+        {
+            "prompt": comparisons[i]["prompt"],
+            "chosen": comparisons[i]["chosen"],
+            "rejected": comparisons[i]["rejected"],
+            "labeler": comparisons[i]["labeler"],
+            "model_margin_for_rejected": float(margin[i]),
+        }
+        for i in order
+        if margin[i] > 0
     ]

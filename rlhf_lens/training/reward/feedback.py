@@ -10,9 +10,9 @@ measured on the same pairs.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -46,7 +46,17 @@ class Feedback:
         return list(seen)
 
 
-def sample_items(policy: torch.nn.Module, tokenizer, prompts: Sequence[str], k: int, *, max_new_tokens: int, seed: int, batch_size: int = 64, quiet: bool = True) -> list[dict]:
+def sample_items(
+    policy: torch.nn.Module,
+    tokenizer,
+    prompts: Sequence[str],
+    k: int,
+    *,
+    max_new_tokens: int,
+    seed: int,
+    batch_size: int = 64,
+    quiet: bool = True,
+) -> list[dict]:
     """K sampled completions per prompt: -> [{"prompt", "completions": [...]}]. Seeds are per sample."""
     flat = [p for p in prompts for _ in range(k)]
     texts: list[str] = []
@@ -61,12 +71,20 @@ def _tag(records: list[dict], split: str, stage: str) -> list[dict]:
     return [{**r, "split": split, "stage": stage} for r in records]
 
 
-def simulate(stage, labelers, policy, tokenizer, train_prompts: list[str], eval_prompts: list[str], *, seed: int, quiet: bool = True) -> Feedback:
+def simulate(
+    stage, labelers, policy, tokenizer, train_prompts: list[str], eval_prompts: list[str], *, seed: int, quiet: bool = True
+) -> Feedback:
     """Sample from `policy` and let the simulated labelers judge (see the module docstring)."""
     k, max_new = stage.completions_per_prompt, stage.max_new_tokens
-    train_items = sample_items(policy, tokenizer, train_prompts[: stage.feedback_prompts], k, max_new_tokens=max_new, seed=seed, quiet=quiet)
+    train_items = sample_items(
+        policy, tokenizer, train_prompts[: stage.feedback_prompts], k, max_new_tokens=max_new, seed=seed, quiet=quiet
+    )
     eval_items = sample_items(policy, tokenizer, eval_prompts, k, max_new_tokens=max_new, seed=seed + 1, quiet=quiet)
-    train_kind = {"ranking": "ranking" if stage.ranking_loss == "plackett_luce" else "comparison", "scoring": "rating", "generative": "critique"}[stage.reward_kind]
+    train_kind = {
+        "ranking": "ranking" if stage.ranking_loss == "plackett_luce" else "comparison",
+        "scoring": "rating",
+        "generative": "critique",
+    }[stage.reward_kind]
     train = simulate_feedback(train_kind, train_items, labelers)
     names = [p.name for p in labelers.profiles]
     eval_pairs = [
@@ -90,7 +108,11 @@ def comparisons_from(records: Sequence[dict]) -> list[dict]:
             pairs.append({"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"], "labeler": r.get("labeler")})
         elif r["kind"] == "ranking":
             ranked = [r["completions"][i] for i in r["order"]]
-            pairs += [{"prompt": r["prompt"], "chosen": a, "rejected": b, "labeler": r.get("labeler")} for a, b in itertools.combinations(ranked, 2) if a != b]
+            pairs += [
+                {"prompt": r["prompt"], "chosen": a, "rejected": b, "labeler": r.get("labeler")}
+                for a, b in itertools.combinations(ranked, 2)
+                if a != b
+            ]
         else:
             score = float(r["rating"]) if r["kind"] == "rating" else float(r["verdict"] == "good")
             by_prompt.setdefault((r["prompt"], r.get("labeler")), []).append((score, r["completion"]))

@@ -8,8 +8,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -27,7 +27,6 @@ from rlhf_lens.models import (
 )
 from rlhf_lens.packing import pack_texts, packed_rewards
 from rlhf_lens.training.data import PromptCompletions
-from rlhf_lens.training.reward.feedback import Feedback
 from rlhf_lens.training.lm import completion_nll
 from rlhf_lens.training.loop import Objective
 from rlhf_lens.training.losses import bradley_terry_loss, plackett_luce_loss, rating_regression_loss
@@ -42,6 +41,7 @@ from rlhf_lens.training.reward.evaluation import (
     rank_correlation,
     sigmoid,
 )
+from rlhf_lens.training.reward.feedback import Feedback
 
 RewardFn = Callable[[Sequence[str], Sequence[str]], np.ndarray]
 """reward_fn(prompts, completions) -> (n,) rewards."""
@@ -77,7 +77,7 @@ class PromptGroups:
     """Per prompt: the indices of its records."""
 
     @classmethod
-    def of(cls, records: Sequence[dict], tokenizer, context: int, *, by_prompt: bool = True) -> "PromptGroups":
+    def of(cls, records: Sequence[dict], tokenizer, context: int, *, by_prompt: bool = True) -> PromptGroups:
         """Group records by prompt, or (by_prompt=False) make each record its own group: plain shuffled batches."""
         text_index: dict[tuple[str, str], int] = {}
         ranked, groups = [], {}
@@ -142,7 +142,9 @@ def reward_objective(stage, model, tokenizer, feedback: Feedback, evaluate: Call
     if stage.reward_kind == "ranking":
         groups = PromptGroups.of(records, tokenizer, context_length(model), by_prompt=stage.group_by_prompt)
         loss = lambda idx: ranking_loss(model, tokenizer.pad_token_id, groups, idx, stage.margin)  # noqa: E731
-        return Objective(n_items=len(groups.groups), train_loss=loss, evaluate=evaluate, batch_size=groups.groups_per_batch(stage.batch_size))
+        return Objective(
+            n_items=len(groups.groups), train_loss=loss, evaluate=evaluate, batch_size=groups.groups_per_batch(stage.batch_size)
+        )
     elif stage.reward_kind == "scoring":
         loss = lambda idx: rating_loss(model, tokenizer, [records[i] for i in idx])  # noqa: E731
     else:
@@ -207,4 +209,6 @@ def example_critiques(stage, model, tokenizer, texts: Sequence[tuple[str, str]])
     prompts, completions = [p for p, _ in texts], [c for _, c in texts]
     critiques = write_critiques(model, tokenizer, prompts, completions, max_new_tokens=stage.critique_max_tokens)
     rewards = generative_rewards(model, tokenizer, prompts, completions, critiques if stage.critique_first else None)
-    return [{"prompt": p, "completion": c, "critique": k, "reward": float(r)} for p, c, k, r in zip(prompts, completions, critiques, rewards)]
+    return [
+        {"prompt": p, "completion": c, "critique": k, "reward": float(r)} for p, c, k, r in zip(prompts, completions, critiques, rewards)
+    ]

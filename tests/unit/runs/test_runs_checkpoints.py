@@ -17,13 +17,19 @@ from rlhf_lens.runs import Run, RunFormatError, RunLookupError, RunWriter, check
 def test_save_and_load_model_tokenizer_state(new_run, tiny):
     writer = new_run({"sft": "sft"})
     model, tokenizer = tiny.lm(1), tiny.tokenizer()
-    folder = writer.save_checkpoint("sft", "final", model=model, tokenizer=tokenizer, step=10,
-                                    metrics={"loss": 1.5, "eval/loss": float("nan")},
-                                    state={"step": 10, "t": torch.arange(3)}, extra_meta={"note": "x"})
+    folder = writer.save_checkpoint(
+        "sft",
+        "final",
+        model=model,
+        tokenizer=tokenizer,
+        step=10,
+        metrics={"loss": 1.5, "eval/loss": float("nan")},
+        state={"step": 10, "t": torch.arange(3)},
+        extra_meta={"note": "x"},
+    )
     assert folder == writer.path / "checkpoints" / "sft" / "final"
     names = {p.name for p in folder.iterdir()}
-    assert {"config.json", "model.safetensors", "meta.json", "state.safetensors", "state.json",
-            "tokenizer.json"} <= names
+    assert {"config.json", "model.safetensors", "meta.json", "state.safetensors", "state.json", "tokenizer.json"} <= names
     assert not any(n.endswith((".bin", ".pt", ".pkl")) for n in names)
     assert writer.manifest["stages"][0]["checkpoints"] == ["final"]
 
@@ -65,8 +71,7 @@ def test_reward_and_value_models_load_with_score_heads(new_run, tiny):
     writer = new_run({"reward": "reward", "critic": "reward", "policy": "policy"})
     scorer = tiny.scorer(2)
     writer.save_checkpoint("reward", "final", model=scorer, step=1, metrics={})
-    writer.save_checkpoint("critic", "final", model=tiny.lm(3), step=1, metrics={},
-                           extra_meta={"reward_kind": "generative"})
+    writer.save_checkpoint("critic", "final", model=tiny.lm(3), step=1, metrics={}, extra_meta={"reward_kind": "generative"})
     value = tiny.scorer(4)
     writer.save_checkpoint("policy", "final", model=tiny.lm(5), value_model=value, step=1, metrics={})
     run = Run.open(writer.path)
@@ -137,8 +142,9 @@ def _fake_checkpoint(writer, tag, weights_name, marker, tiny):
     folder.mkdir(parents=True)
     tiny.lm(0).config.to_json_file(folder / "config.json")
     (folder / weights_name).write_bytes(pickle.dumps(_Marker(marker)))
-    (folder / "meta.json").write_text(json.dumps({"stage": "sft", "kind": "sft", "step": 1, "tag": tag,
-                                                  "created": "2026-01-01T00:00:00Z", "metrics": {}}))
+    (folder / "meta.json").write_text(
+        json.dumps({"stage": "sft", "kind": "sft", "step": 1, "tag": tag, "created": "2026-01-01T00:00:00Z", "metrics": {}})
+    )
     return folder
 
 

@@ -39,7 +39,10 @@ def _start_killed_save(run_path: Path, tag: str, step: int, seed: int) -> subpro
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO_ROOT), **{CRASH_ENV: "model.safetensors"})
     return subprocess.Popen(
         [sys.executable, "-c", SAVE_SCRIPT, str(run_path), tag, str(step), str(seed)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -50,8 +53,9 @@ def crashed(tmp_path_factory):
     import transformers
 
     root = tmp_path_factory.mktemp("crash")
-    cfg = transformers.GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50, n_positions=32,
-                                  bos_token_id=0, eos_token_id=0, pad_token_id=0)
+    cfg = transformers.GPT2Config(
+        n_layer=1, n_embd=16, n_head=2, vocab_size=50, n_positions=32, bos_token_id=0, eos_token_id=0, pad_token_id=0
+    )
     out = {}
     for name, tag in (("steps", checkpoint_tag(1)), ("final", "final")):
         writer = RunWriter.create(root / name, name=name, task="t", seed=0, config={})

@@ -18,13 +18,11 @@ def test_write_data_records_sha256_and_count(new_run):
     path = writer.write_data("prompts", (r for r in records))  # any iterable
     assert path == writer.path / "data" / "prompts.jsonl"
     entry = writer.manifest["data"]["prompts.jsonl"]
-    assert entry == {"path": "data/prompts.jsonl", "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
-                     "records": 3}
+    assert entry == {"path": "data/prompts.jsonl", "sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "records": 3}
     assert len(path.read_text(encoding="utf-8").splitlines()) == 3
     run = Run.open(writer.path)
     assert run.data("prompts") == records
-    writer.write_data("feedback", [{"kind": "comparison", "prompt": "p", "chosen": "a", "rejected": "b",
-                                    "labeler": "L0"}])
+    writer.write_data("feedback", [{"kind": "comparison", "prompt": "p", "chosen": "a", "rejected": "b", "labeler": "L0"}])
     assert list(Run.open(writer.path).feedback()["chosen"]) == ["a"]
     with pytest.raises(ValueError, match="data kind must be one of"):
         writer.write_data("labels", [])
@@ -44,14 +42,21 @@ def test_tampered_or_missing_data_is_reported(new_run):
 
 
 def _rows(step, n=3):
-    return [{
-        "sample_id": i, "prompt_id": i % 2, "prompt": f"p{i}", "completion": f"c{i}",
-        "completion_ids": list(range(i + 1)),
-        "logprobs": [-0.5 * j for j in range(i + 1)],
-        "kl_per_token": np.linspace(0, 1, i + 1),
-        "reward": float(step + i), "reward_components": {"sentiment": 0.5, "length": float(i)},
-        "finished": i % 2 == 0,
-    } for i in range(n)]
+    return [
+        {
+            "sample_id": i,
+            "prompt_id": i % 2,
+            "prompt": f"p{i}",
+            "completion": f"c{i}",
+            "completion_ids": list(range(i + 1)),
+            "logprobs": [-0.5 * j for j in range(i + 1)],
+            "kl_per_token": np.linspace(0, 1, i + 1),
+            "reward": float(step + i),
+            "reward_components": {"sentiment": 0.5, "length": float(i)},
+            "finished": i % 2 == 0,
+        }
+        for i in range(n)
+    ]
 
 
 def test_rollouts_round_trip_with_list_columns(new_run):

@@ -22,8 +22,11 @@ def test_resolve_init_from_and_record_it(new_run, tiny, tmp_path):
     source = new_run({"sft": "sft"}, name="source")
     folder = source.save_checkpoint("sft", "final", model=tiny.lm(1), step=3, metrics={})
     resolved = resolve_init_from("source:sft/final", base_dir=tmp_path)
-    assert resolved == {"spec": "source:sft/final", "path": str(folder),
-                        "sha256": hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()}
+    assert resolved == {
+        "spec": "source:sft/final",
+        "path": str(folder),
+        "sha256": hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest(),
+    }
     assert resolve_init_from(str(source.path) + ":sft") == {**resolved, "spec": str(source.path) + ":sft"}
 
     target = new_run(name="target")

@@ -51,8 +51,7 @@ def test_rewrite_jsonl_replaces_content(tmp_path):
 
 def test_log_metrics_and_events(new_run):
     writer = new_run({"sft": "sft"})
-    writer.log_metrics("sft", 1, {"loss": 2.5, "eval/loss": float("nan"), "grad": torch.tensor(0.5),
-                                  "inf": float("-inf")})
+    writer.log_metrics("sft", 1, {"loss": 2.5, "eval/loss": float("nan"), "grad": torch.tensor(0.5), "inf": float("-inf")})
     writer.log_event("nan_skip", stage="sft", step=2, value=float("inf"))
     lines = (writer.path / "logs" / "metrics.jsonl").read_text().splitlines()
     first = json.loads(lines[0])  # strict JSON: no NaN tokens

@@ -29,8 +29,7 @@ def test_unsafe_names_are_refused(name):
 
 
 def test_metric_key_table():
-    assert METRIC_KEYS["objective"] == ("objective/kl", "objective/scores", "objective/rlhf_reward",
-                                        "objective/entropy")
+    assert METRIC_KEYS["objective"] == ("objective/kl", "objective/scores", "objective/rlhf_reward", "objective/entropy")
     assert "rm/spearman_gold" in METRIC_KEYS["reward_model"] and "eval/perplexity" in METRIC_KEYS["lm"]
     all_keys = [k for keys in METRIC_KEYS.values() for k in keys]
     assert len(all_keys) == len(set(all_keys)) == 44
@@ -47,9 +46,9 @@ def test_crash_point_only_fires_for_its_file(tmp_path, monkeypatch):
     atomic_write_json(tmp_path / "meta.json", {"a": 1})  # would not return if it fired
     maybe_crash_after(tmp_path / "meta.json")
     code = "import sys; from rlhf_lens.runs.atomic import atomic_write_json as w; w(sys.argv[1], {}); print('alive')"
-    env = dict(os.environ, RLHF_LENS_CRASH_AFTER="meta.json",
-               PYTHONPATH=str(__import__("pathlib").Path(__file__).resolve().parents[3]))
-    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "sub" / "meta.json")],
-                          env=env, capture_output=True, text=True, timeout=60)
+    env = dict(os.environ, RLHF_LENS_CRASH_AFTER="meta.json", PYTHONPATH=str(__import__("pathlib").Path(__file__).resolve().parents[3]))
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "sub" / "meta.json")], env=env, capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == -9 and "alive" not in proc.stdout
     assert (tmp_path / "sub" / "meta.json").read_text() == "{}\n"  # in place before the kill

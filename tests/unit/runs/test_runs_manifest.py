@@ -8,7 +8,13 @@ import platform
 import pytest
 
 from rlhf_lens.runs import (
-    FORMAT_VERSION, Run, RunFormatError, RunLookupError, RunWriter, load_schema, validate_manifest,
+    FORMAT_VERSION,
+    Run,
+    RunFormatError,
+    RunLookupError,
+    RunWriter,
+    load_schema,
+    validate_manifest,
 )
 from rlhf_lens.runs.manifest import read_manifest
 
@@ -32,8 +38,7 @@ def test_manifest_round_trip(new_run):
     env = on_disk["env"]
     assert env["python"] == platform.python_version()
     assert env["device"] in ("cpu", "cuda") and env["torch"][0].isdigit()
-    assert [(s.name, s.kind, s.status) for s in run.stages()] == [("base", "base", "done"),
-                                                                   ("reward_small", "reward", "pending")]
+    assert [(s.name, s.kind, s.status) for s in run.stages()] == [("base", "base", "done"), ("reward_small", "reward", "pending")]
     assert [s.name for s in run.stages(kind="reward")] == ["reward_small"]
     assert run.stage("base").checkpoints == ()
 
@@ -141,5 +146,4 @@ def test_stage_lookup_lists_stages(new_run):
 def test_schema_is_draft_2020_12():
     schema = load_schema()
     assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
-    assert set(schema["required"]) == {"format", "format_version", "name", "created", "task", "seed",
-                                       "config", "stages", "data", "env"}
+    assert set(schema["required"]) == {"format", "format_version", "name", "created", "task", "seed", "config", "stages", "data", "env"}

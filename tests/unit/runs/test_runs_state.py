@@ -61,8 +61,16 @@ def test_training_state_round_trip_is_exact(tmp_path):
         "scheduler": sched.state_dict(),
         "rng": {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()},
         "data_position": {"epoch": 1, "index": 17, "order": [3, 1, 2]},
-        "misc": {"nan": float("nan"), "inf": float("inf"), "flag": True, "none": None, "np_scalar": np.int64(5),
-                 "@odd": "key starting with @", (1, "a"): "tuple key", 2.5: "float key"},
+        "misc": {
+            "nan": float("nan"),
+            "inf": float("inf"),
+            "flag": True,
+            "none": None,
+            "np_scalar": np.int64(5),
+            "@odd": "key starting with @",
+            (1, "a"): "tuple key",
+            2.5: "float key",
+        },
     }
     save_state(tmp_path, state)
     back = load_state(tmp_path)
@@ -90,8 +98,10 @@ def test_training_state_round_trip_is_exact(tmp_path):
 def test_resumed_optimizer_continues_identically(tmp_path):
     model, opt, sched = _setup(0)
     _train(model, opt, sched, 2)
-    save_state(tmp_path, {"model": model.state_dict(), "optimizer": opt.state_dict(),
-                          "scheduler": sched.state_dict(), "rng": torch.get_rng_state()})
+    save_state(
+        tmp_path,
+        {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": torch.get_rng_state()},
+    )
     _train(model, opt, sched, 2)  # the uninterrupted run
 
     back = load_state(tmp_path)

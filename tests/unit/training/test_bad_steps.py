@@ -11,7 +11,10 @@ def test_raises_at_the_limit_not_after_it():
     bad = BadStepCounter("policy", 3, limit_setting="stages.policy.max_bad_steps")
     bad.bad(1, "rewards")
     bad.bad(2, "rewards")
-    with pytest.raises(FloatingPointError, match=r"stage policy: 3 consecutive steps \(up to step 3\) had non-finite rewards.*raise stages.policy.max_bad_steps"):
+    with pytest.raises(
+        FloatingPointError,
+        match=r"stage policy: 3 consecutive steps \(up to step 3\) had non-finite rewards.*raise stages.policy.max_bad_steps",
+    ):
         bad.bad(3, "rewards")
 
 

@@ -19,7 +19,9 @@ def test_recipes_in_training_folder_all_load():
 
 
 def test_overrides_reach_stage_and_model_fields():
-    config = load_recipe(QUICK_RECIPE, ["stages.sft.steps=7", "stages.sft.warmup_steps=2", "model.n_layer=2", "seed=3", "task.options.trigger_word=\"zesty\""])
+    config = load_recipe(
+        QUICK_RECIPE, ["stages.sft.steps=7", "stages.sft.warmup_steps=2", "model.n_layer=2", "seed=3", 'task.options.trigger_word="zesty"']
+    )
     assert config.stage("sft").steps == 7
     assert config.model.n_layer == 2 and config.seed == 3
     assert config.task.options["trigger_word"] == "zesty"
@@ -31,12 +33,12 @@ def test_overrides_reach_stage_and_model_fields():
     "override, message",
     [
         ("stages.sft.lr=1.5", r"stages.sft.lr must be in \(0, 1\), got 1.5"),
-        ("model.arch=\"mamba\"", r"model.arch must be one of"),
+        ('model.arch="mamba"', r"model.arch must be one of"),
         ("model.n_head=3", r"model.d_model \(128\) must be divisible by model.n_head \(3\)"),
         ("model.nlayers=2", r"model: unknown field\(s\) \['nlayers'\]"),
         ("stages.dpo.steps=2", r"no stage named 'dpo'"),
         ("steps", r"expected key=value"),
-        ("stages.policy.algorithm=\"a2c\"", r"stages.policy.algorithm must be one of"),
+        ('stages.policy.algorithm="a2c"', r"stages.policy.algorithm must be one of"),
         ("stages.policy.kl_target=0", r"stages.policy.kl_target must be > 0, got 0"),
         ("stages.policy.grad_clip=0", r"stages.policy.grad_clip must be > 0"),
         ("stages.policy.minibatches=3", r"stages.policy.batch_size \(16\) must be divisible by minibatches \(3\)"),

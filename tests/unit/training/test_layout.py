@@ -36,8 +36,11 @@ def string_constants(tree: ast.AST) -> list[tuple[int, str]]:
     """Every string literal in code, including the literal parts of f-strings; docstrings (of modules, classes,
     functions and fields: strings standing alone as a statement) excluded."""
     docstrings = {id(node.value) for node in ast.walk(tree) if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)}
-    return [(node.lineno, node.value) for node in ast.walk(tree)
-            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings]
+    return [
+        (node.lineno, node.value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings
+    ]
 
 
 def test_no_run_file_names_or_hand_made_step_tags_outside_rlhf_lens_runs():

@@ -7,7 +7,19 @@ import math
 import pytest
 import torch
 
-from rlhf_lens.training.losses import bradley_terry_loss, normalise_ratings, plackett_luce_loss, rating_regression_loss
+from rlhf_lens.training.losses import (
+    bradley_terry_loss,
+    clipped_policy_loss,
+    clipped_value_loss,
+    gae,
+    group_advantages,
+    kl_k3,
+    normalise_ratings,
+    plackett_luce_loss,
+    rating_regression_loss,
+    token_rewards,
+    whiten,
+)
 
 
 def test_bradley_terry_by_hand():
@@ -39,9 +51,6 @@ def test_rating_regression_by_hand():
     assert loss.item() == pytest.approx(((0 - 1) ** 2 + (0.5 - 0.5) ** 2) / 2)
 
 
-from rlhf_lens.training.losses import clipped_policy_loss, clipped_value_loss, gae, group_advantages, kl_k3, token_rewards, whiten
-
-
 def test_gae_by_hand():
     rewards = torch.tensor([[0.0, 0.0, 1.0]])
     values = torch.tensor([[0.5, 0.6, 0.7]])
@@ -57,7 +66,9 @@ def test_gae_by_hand():
     assert advantages[0].tolist() == pytest.approx([a0, a1, a2], abs=1e-6)
     assert returns[0].tolist() == pytest.approx([a0 + 0.5, a1 + 0.6, a2 + 0.7], abs=1e-6)
     # Padding after the completion changes nothing before it and is zero itself.
-    padded, _ = gae(torch.tensor([[0.0, 0.0, 1.0, 9.0]]), torch.tensor([[0.5, 0.6, 0.7, 9.0]]), torch.tensor([[1.0, 1.0, 1.0, 0.0]]), gamma, lam)
+    padded, _ = gae(
+        torch.tensor([[0.0, 0.0, 1.0, 9.0]]), torch.tensor([[0.5, 0.6, 0.7, 9.0]]), torch.tensor([[1.0, 1.0, 1.0, 0.0]]), gamma, lam
+    )
     assert padded[0].tolist() == pytest.approx([a0, a1, a2, 0.0], abs=1e-6)
 
 
@@ -80,7 +91,9 @@ def test_clipped_policy_loss_by_hand():
 
 
 def test_clipped_value_loss_by_hand():
-    loss, clipfrac = clipped_value_loss(torch.tensor([[1.0]]), torch.tensor([[0.0]]), torch.tensor([[2.0]]), torch.ones(1, 1), clip_range=0.2)
+    loss, clipfrac = clipped_value_loss(
+        torch.tensor([[1.0]]), torch.tensor([[0.0]]), torch.tensor([[2.0]]), torch.ones(1, 1), clip_range=0.2
+    )
     # clipped value 0.2: (0.2-2)^2 = 3.24 > (1-2)^2 = 1 -> 0.5 * 3.24
     assert loss.item() == pytest.approx(1.62) and clipfrac.item() == 1.0
 

@@ -85,7 +85,9 @@ def global_minibatches(n_global: int, processes: int, minibatches: int, seed: in
     local = [minibatch_rows(per, group_size, minibatches, seed=seed, rank=rank) for rank in range(processes)]
     for rows in local:  # whole groups, every process holds an equal share of every minibatch
         assert all(len(mb) == per // minibatches * group_size for mb in rows)
-        assert all(sorted(mb) == sorted({p * group_size + j for p in {r // group_size for r in mb} for j in range(group_size)}) for mb in rows)
+        assert all(
+            sorted(mb) == sorted({p * group_size + j for p in {r // group_size for r in mb} for j in range(group_size)}) for mb in rows
+        )
     return [sorted({rank * per + r // group_size for rank in range(processes) for r in local[rank][m]}) for m in range(minibatches)]
 
 
@@ -109,7 +111,13 @@ def test_minibatches_are_drawn_afresh_each_epoch_and_stable_for_resume():
 def test_sample_seeds_differ_by_every_coordinate_and_are_stable():
     base = sample_seed(0, 5, 10, 1)
     assert base == sample_seed(0, 5, 10, 1)
-    others = {sample_seed(1, 5, 10, 1), sample_seed(0, 6, 10, 1), sample_seed(0, 5, 11, 1), sample_seed(0, 5, 10, 2), sample_seed(0, -1, 10, 1)}
+    others = {
+        sample_seed(1, 5, 10, 1),
+        sample_seed(0, 6, 10, 1),
+        sample_seed(0, 5, 11, 1),
+        sample_seed(0, 5, 10, 2),
+        sample_seed(0, -1, 10, 1),
+    }
     assert base not in others and len(others) == 5
 
 

@@ -22,10 +22,14 @@ def generative_checkpoint(folder, model, tokenizer, meta: dict):
 
 
 def test_a_generative_reward_writes_critiques_of_the_length_its_stage_used(tiny_gpt2, tiny_tokenizer, tmp_path):
-    folder = generative_checkpoint(tmp_path, tiny_gpt2, tiny_tokenizer, {"reward_kind": "generative", "critique_first": True, "critique_max_tokens": 3})
+    folder = generative_checkpoint(
+        tmp_path, tiny_gpt2, tiny_tokenizer, {"reward_kind": "generative", "critique_first": True, "critique_max_tokens": 3}
+    )
     source = reward_model_source(folder, torch.device("cpu"))
     rewards = source.score(PROMPTS, COMPLETIONS)
-    expected = [judge_texts(tiny_gpt2, tiny_tokenizer, PROMPTS, COMPLETIONS, critique_first=True, critique_max_tokens=n).numpy() for n in (3, 40)]
+    expected = [
+        judge_texts(tiny_gpt2, tiny_tokenizer, PROMPTS, COMPLETIONS, critique_first=True, critique_max_tokens=n).numpy() for n in (3, 40)
+    ]
     assert rewards == pytest.approx(expected[0], abs=1e-5)
     assert not rewards == pytest.approx(expected[1], abs=1e-5)  # a random model's critiques run on: the length matters
 

@@ -27,8 +27,21 @@ def test_empty_completions_are_scored_and_logged(tiny_gpt2, tiny_tokenizer, monk
         return np.array([0.5 for _ in prompts])
 
     prompts = [{"index": 0, "id": "p0", "prompt": "The screen is"}]
-    rollout = collect_rollout(tiny_gpt2, tiny_gpt2, tiny_tokenizer, RewardSource("const", reward), None, prompts, group_size=2, seed=0, step=1,
-                              max_new_tokens=8, temperature=1.0, reward_scale=1.0, eos_penalty=1.0)
+    rollout = collect_rollout(
+        tiny_gpt2,
+        tiny_gpt2,
+        tiny_tokenizer,
+        RewardSource("const", reward),
+        None,
+        prompts,
+        group_size=2,
+        seed=0,
+        step=1,
+        max_new_tokens=8,
+        temperature=1.0,
+        reward_scale=1.0,
+        eos_penalty=1.0,
+    )
     assert seen == ["", ""]
     assert rollout.lengths.tolist() == [1.0, 1.0]  # an empty completion is scored as the EOS token
     assert all(math.isfinite(x) for x in rollout.logprobs.sum(-1).tolist())
@@ -44,8 +57,21 @@ def test_logprobs_are_those_of_the_policy_at_the_sampling_temperature(tiny_gpt2,
     from rlhf_lens.models import completion_logits
 
     prompts = [{"index": 0, "id": "p0", "prompt": "The screen is"}, {"index": 1, "id": "p1", "prompt": "The battery"}]
-    rollout = collect_rollout(tiny_gpt2, tiny_gpt2, tiny_tokenizer, None, None, prompts, group_size=2, seed=0, step=1,
-                              max_new_tokens=6, temperature=0.5, reward_scale=1.0, eos_penalty=0.0)
+    rollout = collect_rollout(
+        tiny_gpt2,
+        tiny_gpt2,
+        tiny_tokenizer,
+        None,
+        None,
+        prompts,
+        group_size=2,
+        seed=0,
+        step=1,
+        max_new_tokens=6,
+        temperature=0.5,
+        reward_scale=1.0,
+        eos_penalty=0.0,
+    )
     with torch.no_grad():
         logits, targets, mask = completion_logits(tiny_gpt2, rollout.prompt_ids, rollout.completion_ids, tiny_tokenizer.pad_token_id)
     expected = torch.log_softmax(logits / 0.5, dim=-1).gather(-1, targets[:, :, None]).squeeze(-1) * mask
@@ -72,7 +98,7 @@ def test_token_values_are_the_score_head_at_the_position_before_each_token(tiny_
             direct = scorer.score(hidden)[0, :, 0]  # (seq,)
         for j in range(len(c)):
             assert abs(got[i, j].item() - direct[len(p) - 1 + j].item()) < 1e-5  # V(state before token j)
-        assert got[i, len(c):].abs().sum().item() == 0.0  # padding holds 0
+        assert got[i, len(c) :].abs().sum().item() == 0.0  # padding holds 0
 
 
 def test_dpo_pairs_longer_than_the_context_keep_completions_and_the_end_of_the_prompt(tiny_tokenizer):
@@ -86,4 +112,4 @@ def test_dpo_pairs_longer_than_the_context_keep_completions_and_the_end_of_the_p
     assert len(pairs.prompt_ids[0]) + max(len(pairs.chosen_ids[0]), len(pairs.rejected_ids[0])) == 24
     assert pairs.chosen_ids[0][-1] == pairs.rejected_ids[0][-1] == tiny_tokenizer.eos_token_id  # completions intact
     full = Pairs.of([record], tiny_tokenizer, 10**6)
-    assert pairs.prompt_ids[0] == full.prompt_ids[0][-len(pairs.prompt_ids[0]):]  # the prompt's last tokens
+    assert pairs.prompt_ids[0] == full.prompt_ids[0][-len(pairs.prompt_ids[0]) :]  # the prompt's last tokens

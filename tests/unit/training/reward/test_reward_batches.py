@@ -19,9 +19,18 @@ COMPLETIONS = {
 
 def records() -> list[dict]:
     """Every pair of each prompt's completions, and one 3-way ranking."""
-    pairs = [{"kind": "comparison", "prompt": prompt, "chosen": a, "rejected": b, "labeler": "x"}
-             for prompt, completions in COMPLETIONS.items() for a, b in itertools.combinations(completions, 2)]
-    ranking = {"kind": "ranking", "prompt": "The food", "completions": [" was cold.", " was superb.", " arrived."], "order": [1, 2, 0], "labeler": "x"}
+    pairs = [
+        {"kind": "comparison", "prompt": prompt, "chosen": a, "rejected": b, "labeler": "x"}
+        for prompt, completions in COMPLETIONS.items()
+        for a, b in itertools.combinations(completions, 2)
+    ]
+    ranking = {
+        "kind": "ranking",
+        "prompt": "The food",
+        "completions": [" was cold.", " was superb.", " arrived."],
+        "order": [1, 2, 0],
+        "labeler": "x",
+    }
     return pairs + [ranking]
 
 

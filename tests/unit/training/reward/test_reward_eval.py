@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rlhf_lens.training.reward.feedback import comparisons_from
 from rlhf_lens.training.reward.evaluation import (
     calibration,
     disputed_records,
@@ -15,6 +14,7 @@ from rlhf_lens.training.reward.evaluation import (
     pairwise_accuracy,
     rank_correlation,
 )
+from rlhf_lens.training.reward.feedback import comparisons_from
 
 
 def test_pairwise_and_gold_accuracy_by_hand():
