@@ -15,7 +15,7 @@ import torch
 
 from rlhf_lens.training.distributed import World
 from rlhf_lens.training.losses import clipped_surrogate, group_advantages, kl_k3, sequence_token_mean
-from rlhf_lens.training.policy.rollout import Rollout, token_logprobs
+from rlhf_lens.training.policy.rollout import Rollout, minibatch_logprobs
 from rlhf_lens.training.policy.update import UpdateStats, apply_gradients, epoch_seed, minibatch_rows
 
 
@@ -41,14 +41,7 @@ def group_update(
         for rows in minibatch_rows(len(rollout) // cfg.group_size, cfg.group_size, cfg.minibatches, seed=draw, rank=world.rank):
             n_sequences = world.sum(torch.tensor(float(len(rows)), device=mask.device))
             m = mask[rows]
-            logprobs = token_logprobs(
-                policy,
-                [rollout.prompt_ids[i] for i in rows],
-                [rollout.completion_ids[i] for i in rows],
-                pad_id,
-                mask.shape[1],
-                temperature=cfg.temperature,
-            )
+            logprobs = minibatch_logprobs(policy, rollout, rows, pad_id, temperature=cfg.temperature)  # (mb, gen_len)
             per_token, was_clipped = clipped_surrogate(logprobs, rollout.logprobs[rows], advantages[rows], cfg.clip_range)
             if cfg.algorithm == "grpo" and kl_coef > 0:
                 per_token = per_token + kl_coef * kl_k3(logprobs, rollout.ref_logprobs[rows])

@@ -13,7 +13,7 @@ import torch
 from rlhf_lens.models import completion_values
 from rlhf_lens.training.distributed import World, whiten_global
 from rlhf_lens.training.losses import clipped_policy_loss, clipped_value_loss, gae, token_rewards
-from rlhf_lens.training.policy.rollout import Rollout, token_logprobs
+from rlhf_lens.training.policy.rollout import Rollout, minibatch_logprobs
 from rlhf_lens.training.policy.update import UpdateStats, apply_gradients, epoch_seed, minibatch_rows
 
 
@@ -41,14 +41,7 @@ def ppo_update(
         for rows in minibatch_rows(len(rollout) // cfg.group_size, cfg.group_size, cfg.minibatches, seed=draw, rank=world.rank):
             mb = lambda x, rows=rows: x[rows]  # noqa: E731 - this minibatch's rows of a (batch, ...) tensor
             count = world.sum(mask[rows].sum())  # completion tokens of this minibatch over every process
-            logprobs = token_logprobs(
-                policy,
-                [rollout.prompt_ids[i] for i in rows],
-                [rollout.completion_ids[i] for i in rows],
-                pad_id,
-                mask.shape[1],
-                temperature=cfg.temperature,
-            )
+            logprobs = minibatch_logprobs(policy, rollout, rows, pad_id, temperature=cfg.temperature)  # (mb, gen_len)
             values = completion_values(
                 value_model, [rollout.prompt_ids[i] for i in rows], [rollout.completion_ids[i] for i in rows], pad_id
             )

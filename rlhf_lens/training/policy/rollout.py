@@ -100,6 +100,12 @@ def oracle_rewards(gold_fn, prompts: Sequence[str], completions: Sequence[str]) 
         raise RewardError(f"the task's gold reward (oracle) raised {type(exc).__name__}: {exc}") from exc
 
 
+def minibatch_logprobs(policy, rollout: Rollout, rows: list[int], pad_id: int, *, temperature: float) -> torch.Tensor:
+    """Per-token logprobs of some rollout samples under `policy` (differentiable): -> (len(rows), gen_len)."""
+    prompt_ids, completion_ids = [rollout.prompt_ids[i] for i in rows], [rollout.completion_ids[i] for i in rows]
+    return token_logprobs(policy, prompt_ids, completion_ids, pad_id, rollout.completion_mask.shape[1], temperature=temperature)
+
+
 def padded_mask(completion_ids: Sequence[Sequence[int]], gen_len: int, device) -> torch.Tensor:
     lengths = torch.tensor([len(c) for c in completion_ids], device=device)
     return (torch.arange(gen_len, device=device)[None, :] < lengths[:, None]).float()  # (batch, gen_len)
