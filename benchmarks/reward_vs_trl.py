@@ -55,10 +55,10 @@ import torch
 from rlhf_lens.models import reward_input_ids, score_texts
 from rlhf_lens.runs import Run
 from rlhf_lens.tasks import get_task
+from rlhf_lens.tasks.agreement import gold_accuracy, pairwise_accuracy
 from rlhf_lens.training.config import load_recipe
 from rlhf_lens.training.data import is_heldout_prompt
 from rlhf_lens.training.pipeline import train
-from rlhf_lens.training.reward.evaluation import gold_accuracy, pairwise_accuracy
 
 RESULTS = ROOT / "benchmarks" / "results" / "reward_vs_trl.json"
 REWARD_SIZES = ("demo", "large")

@@ -9,6 +9,7 @@
     meta.json (written last: a folder without it is incomplete)
   logs/metrics.jsonl
   logs/rollouts/<stage>/step-000050.parquet
+  logs/rollouts/<stage>/eval/step-000050.parquet
   analyses/<key>.parquet + analyses/<key>.json, analyses/<key>/
   report.html
 ```
@@ -43,6 +44,7 @@ STATE_JSON = "state.json"
 LOGS_DIR = "logs"
 METRICS_JSONL = "metrics.jsonl"
 ROLLOUTS_DIR = "rollouts"
+EVAL_ROLLOUTS_DIR = "eval"
 ANALYSES_DIR = "analyses"
 REPORT_HTML = "report.html"
 
@@ -167,6 +169,16 @@ def rollouts_dir(run_dir: str | os.PathLike[str], stage: str) -> Path:
 def rollout_shard_path(run_dir: str | os.PathLike[str], stage: str, step: int) -> Path:
     """<run>/logs/rollouts/<stage>/step-000050.parquet"""
     return rollouts_dir(run_dir, stage) / f"{checkpoint_tag(step)}.parquet"
+
+
+def eval_rollouts_dir(run_dir: str | os.PathLike[str], stage: str) -> Path:
+    """<run>/logs/rollouts/<stage>/eval: the evaluation samples of a policy stage (same prompts and seeds each time)"""
+    return rollouts_dir(run_dir, stage) / EVAL_ROLLOUTS_DIR
+
+
+def eval_rollout_shard_path(run_dir: str | os.PathLike[str], stage: str, step: int) -> Path:
+    """<run>/logs/rollouts/<stage>/eval/step-000050.parquet (step 0: the starting policy)"""
+    return eval_rollouts_dir(run_dir, stage) / f"{checkpoint_tag(step)}.parquet"
 
 
 def analyses_dir(run_dir: str | os.PathLike[str]) -> Path:

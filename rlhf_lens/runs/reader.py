@@ -10,6 +10,7 @@ import io
 import json
 import os
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +28,7 @@ from .layout import (
     checkpoints_dir,
     data_file_name,
     data_path,
+    eval_rollouts_dir,
     meta_path,
     metrics_path,
     model_config_path,
@@ -239,29 +241,26 @@ class Run:
         return pd.DataFrame.from_records(rows) if rows else pd.DataFrame(columns=["event", "time"])
 
     def rollouts(self, stage: str | None = None) -> pd.DataFrame:
-        """All rollout shards (of one stage, or all) as one DataFrame, sorted by stage and step.
+        """All training rollout shards (of one stage, or all) as one DataFrame, sorted by stage and step.
 
         Per-token columns come back as numpy arrays, one per row.
         """
-        import pandas as pd
-        import pyarrow.parquet as pq
-
         if stage is not None:
             folders = [rollouts_dir(self._path, self.stage(stage).name)]
         else:
             root = rollouts_root(self._path)
             folders = sorted(d for d in root.iterdir() if d.is_dir()) if root.is_dir() else []
-        frames = []
-        for folder in folders:
-            for shard in sorted(folder.glob("step-*.parquet")) if folder.is_dir() else []:
-                try:
-                    frames.append(pq.read_table(shard).to_pandas())
-                except Exception as err:  # pyarrow raises several types for damaged files
-                    raise RunFormatError(f"{shard}: not a readable parquet file ({err})") from err
-        if not frames:
-            return pd.DataFrame(columns=["stage", "step"])
-        df = pd.concat(frames, ignore_index=True)
-        return df.sort_values(["stage", "step"], kind="stable").reset_index(drop=True)
+        return _read_shards(folders)
+
+    def eval_rollouts(self, stage: str) -> pd.DataFrame:
+        """The evaluation samples of a policy stage, one shard per evaluation (step 0: the starting policy).
+
+        Every evaluation samples the same eval prompts with the same seeds, so rows
+        with the same `prompt_id` compare the policy across steps. Empty (columns
+        stage, step) for a stage that logged none (best-of-n, or a run written before
+        evaluation samples were logged).
+        """
+        return _read_shards([eval_rollouts_dir(self._path, self.stage(stage).name)])
 
     # ------------------------------------------------------------------ data
 
@@ -322,11 +321,54 @@ class Run:
             ) from err
         return df, meta
 
+    def fingerprints(
+        self,
+        *,
+        checkpoints_of: Iterable[str] = (),
+        data: Iterable[str] = (),
+        metrics: bool = False,
+        rollouts_of: Iterable[str] = (),
+        eval_rollouts_of: Iterable[str] = (),
+        manifest: bool = False,
+    ) -> list[str]:
+        """Fingerprints of the inputs an analysis read (every checkpoint of some stages, data files, the metrics
+        log, rollout shards, run.json), for its cache key: any change to them changes the list."""
+        from .fingerprint import input_fingerprints
+
+        return input_fingerprints(
+            self,
+            checkpoints_of=checkpoints_of,
+            data=data,
+            metrics=metrics,
+            rollouts_of=rollouts_of,
+            eval_rollouts_of=eval_rollouts_of,
+            manifest=manifest,
+        )
+
     def analysis_dir(self, key: str) -> Path:
         """analyses/<key>/ for bulky intermediates (created if missing)."""
         folder = analysis_dir(self._path, key)
         folder.mkdir(parents=True, exist_ok=True)
         return folder
+
+
+def _read_shards(folders: list[Path]) -> pd.DataFrame:
+    """The step-*.parquet shards of `folders` as one DataFrame sorted by stage and step; a damaged shard is an
+    error naming it."""
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    frames = []
+    for folder in folders:
+        for shard in sorted(folder.glob("step-*.parquet")) if folder.is_dir() else []:
+            try:
+                frames.append(pq.read_table(shard).to_pandas())
+            except Exception as err:  # pyarrow raises several types for damaged files
+                raise RunFormatError(f"{shard}: not a readable parquet file ({err}); retrain the stage or restore the file") from err
+    if not frames:
+        return pd.DataFrame(columns=["stage", "step"])
+    df = pd.concat(frames, ignore_index=True)
+    return df.sort_values(["stage", "step"], kind="stable").reset_index(drop=True)
 
 
 def _has_tokenizer(folder: Path) -> bool:

@@ -31,6 +31,8 @@ from .layout import (
     checkpoints_dir,
     data_file_name,
     data_path,
+    eval_rollout_shard_path,
+    eval_rollouts_dir,
     logs_dir,
     meta_path,
     metrics_path,
@@ -325,6 +327,14 @@ class RunWriter:
         per-token columns hold lists. Columns "stage" and "step" are added when
         missing and must match the arguments when present.
         """
+        return self._write_rollout_file(rollout_shard_path(self._path, stage, step), stage, step, rows, "write_rollouts")
+
+    def write_eval_rollouts(self, stage: str, step: int, rows: list[dict[str, Any]] | pd.DataFrame) -> Path:
+        """Write the evaluation samples taken at `step` (0: the starting policy) to
+        logs/rollouts/<stage>/eval/step-NNNNNN.parquet, with the columns of `write_rollouts`."""
+        return self._write_rollout_file(eval_rollout_shard_path(self._path, stage, step), stage, step, rows, "write_eval_rollouts")
+
+    def _write_rollout_file(self, path: Path, stage: str, step: int, rows, caller: str) -> Path:
         import io
 
         import pandas as pd
@@ -334,23 +344,23 @@ class RunWriter:
         self._stage_entry(self._manifest, stage)
         df = rows.copy() if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows))
         if len(df) == 0:
-            raise ValueError(f"write_rollouts({stage!r}, {step}): no rows to write")
+            raise ValueError(f"{caller}({stage!r}, {step}): no rows to write")
         for column, value in (("step", step), ("stage", stage)):
             if column not in df.columns:
                 df.insert(0, column, value)
             elif not (df[column] == value).all():
-                raise ValueError(f"write_rollouts({stage!r}, {step}): column {column!r} has values other than {value!r}")
+                raise ValueError(f"{caller}({stage!r}, {step}): column {column!r} has values other than {value!r}")
         try:
             table = pa.Table.from_pandas(df, preserve_index=False)
         except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as err:
             bad = _first_unstorable_column(df)
             raise ValueError(
-                f"write_rollouts({stage!r}, {step}): column {bad!r} cannot be stored in parquet ({err}); "
+                f"{caller}({stage!r}, {step}): column {bad!r} cannot be stored in parquet ({err}); "
                 "use numbers, strings, lists or dicts (call .tolist() on tensors)"
             ) from err
         buffer = io.BytesIO()
         pq.write_table(table, buffer)
-        return atomic_write_bytes(rollout_shard_path(self._path, stage, step), buffer.getvalue())
+        return atomic_write_bytes(path, buffer.getvalue())
 
     def rewind_metrics(self, stage: str, step: int) -> int:
         """Cut the logs back to `stage`'s checkpoint at `step`, for an exact resume.
@@ -374,13 +384,13 @@ class RunWriter:
             kept = [r for r in records if not after(r)]
             dropped = len(records) - len(kept)
             rewrite_jsonl(path, kept)
-        shard_dir = rollouts_dir(self._path, stage)
-        if shard_dir.is_dir():
-            for shard in sorted(shard_dir.glob("step-*.parquet")):
-                shard_step = tag_step(shard.stem)
-                if shard_step is not None and shard_step > step:
-                    shard.unlink()
-            fsync_dir(shard_dir)
+        for shard_dir in (rollouts_dir(self._path, stage), eval_rollouts_dir(self._path, stage)):
+            if shard_dir.is_dir():
+                for shard in sorted(shard_dir.glob("step-*.parquet")):
+                    shard_step = tag_step(shard.stem)
+                    if shard_step is not None and shard_step > step:
+                        shard.unlink()
+                fsync_dir(shard_dir)
         self.log_event("resume", stage=stage, step=step, dropped_records=dropped, torn_lines=torn)
         return dropped
 

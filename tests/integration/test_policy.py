@@ -97,6 +97,14 @@ def test_ppo_trains_policy_and_value_model_and_writes_reward_logs(shared_run, tm
         assert row["seq_kl"] == pytest.approx(float(np.sum(row["kl_per_token"])), abs=1e-4)
         assert row["reward"] == pytest.approx(row["reward_components"]["score"] + row["reward_components"]["missing_eos_penalty"], abs=1e-5)
     assert rollouts["sample_id"].is_unique
+    # The evaluation samples: the starting policy (step 0) and the last step, on the same prompts and seeds.
+    evals = run.eval_rollouts("policy")
+    assert sorted(evals["step"].unique()) == [0, 4]
+    start, end = (evals.query(f"step == {s}") for s in (0, 4))
+    assert list(start["prompt_id"]) == list(end["prompt_id"]) and len(start) == run.config["stages"][-1]["eval_prompts"]
+    assert np.abs(np.concatenate(start["kl_per_token"].tolist())).max() < 1e-4  # the starting policy is its reference
+    assert logged[-1]["eval/gold_mean"] == pytest.approx(end["gold_reward"].mean(), abs=1e-5)
+    assert run.manifest["results"]["policy"]["start_eval/gold_mean"] == pytest.approx(start["gold_reward"].mean(), abs=1e-5)
 
 
 @pytest.mark.parametrize("algorithm", ["grpo", "rloo"])

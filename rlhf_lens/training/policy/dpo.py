@@ -16,6 +16,7 @@ import torch
 from rlhf_lens.models import context_length, encode_prompts
 from rlhf_lens.runs import checkpoint_tag
 from rlhf_lens.tasks import read_feedback
+from rlhf_lens.tasks.agreement import comparisons_from, gold_accuracy
 from rlhf_lens.training.data import batch_indices, is_heldout_prompt
 from rlhf_lens.training.losses import dpo_loss
 from rlhf_lens.training.optim import BadStepCounter, make_optimizer, restore_training_state, training_state
@@ -23,8 +24,6 @@ from rlhf_lens.training.policy.evaluation import evaluate_policy
 from rlhf_lens.training.policy.rollout import token_logprobs
 from rlhf_lens.training.policy.setup import PolicySetup
 from rlhf_lens.training.policy.update import apply_gradients
-from rlhf_lens.training.reward.evaluation import gold_accuracy
-from rlhf_lens.training.reward.feedback import comparisons_from
 from rlhf_lens.training.steps import Cadence, progress
 
 HELDOUT_FRACTION = 0.2
@@ -156,7 +155,7 @@ def run_dpo(stage, setup: PolicySetup, writer, feedback_records: list[dict], *, 
     train, heldout = tokenized_pairs(stage, setup, feedback_records, seed)
     optimizer, scheduler = make_optimizer(setup.policy, stage.lr, stage.weight_decay, stage.warmup_steps, stage.steps)
     model = torch.nn.parallel.DistributedDataParallel(setup.policy) if world.distributed else setup.policy
-    start, results = start_or_resume(stage, setup, heldout, optimizer, scheduler, seed, resume)
+    start, results = start_or_resume(stage, setup, heldout, optimizer, scheduler, writer, seed, resume)
     results = {"train_pairs": len(train), "heldout_pairs": len(heldout)} | results
     cadence, bad, metrics = Cadence.of(stage), BadStepCounter.of(stage), {}
     bar = progress(cadence, start, f"{stage.name} (dpo)", quiet=quiet or not world.is_main)
@@ -175,7 +174,7 @@ def run_dpo(stage, setup: PolicySetup, writer, feedback_records: list[dict], *, 
         metrics = {"loss": global_mean(loss.detach().expand(len(rows)), stage.batch_size, world)}
         metrics |= {key: global_mean(value, stage.batch_size, world) for key, value in stats.items()} | {"learning_rate": learning_rate}
         if cadence.is_eval_step(step) and world.is_main:
-            metrics |= heldout_metrics(setup, heldout, stage.dpo_beta) | evaluate_policy(setup, stage, seed)
+            metrics |= heldout_metrics(setup, heldout, stage.dpo_beta) | evaluate_policy(setup, stage, seed, writer, step)
         world.barrier()
         writer.log_metrics(stage.name, step, metrics)
         bar.set_postfix(loss=f"{metrics['loss']:.3f}")
@@ -200,7 +199,9 @@ def tokenized_pairs(stage, setup: PolicySetup, feedback_records: list[dict], see
     return Pairs.of(train_records, setup.tokenizer, context), Pairs.of(heldout_records, setup.tokenizer, context)
 
 
-def start_or_resume(stage, setup: PolicySetup, heldout: Pairs, optimizer, scheduler, seed: int, resume: dict | None) -> tuple[int, dict]:
+def start_or_resume(
+    stage, setup: PolicySetup, heldout: Pairs, optimizer, scheduler, writer, seed: int, resume: dict | None
+) -> tuple[int, dict]:
     """(the step to continue after, the start-of-stage evaluation): restored from a resume checkpoint, or measured
     on the starting policy by rank 0."""
     if resume is not None:
@@ -208,7 +209,7 @@ def start_or_resume(stage, setup: PolicySetup, heldout: Pairs, optimizer, schedu
         return start, dict(resume["state"]["extra"].get("start", {}))
     results = {}
     if setup.world.is_main:
-        start_metrics = heldout_metrics(setup, heldout, stage.dpo_beta) | evaluate_policy(setup, stage, seed)
+        start_metrics = heldout_metrics(setup, heldout, stage.dpo_beta) | evaluate_policy(setup, stage, seed, writer, 0)
         results = {f"start_{k}": v for k, v in start_metrics.items()}
     setup.world.barrier()
     return 0, results

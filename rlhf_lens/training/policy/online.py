@@ -130,7 +130,7 @@ class LoopState:
 def run_online(stage, setup: PolicySetup, writer, *, seed: int, quiet: bool, resume: dict | None) -> dict:
     """Train with PPO, GRPO or RLOO; save `final`; return the stage's results for run.json."""
     models = build_models(stage, setup)
-    start, state = start_or_resume(stage, setup, models, seed, resume)
+    start, state = start_or_resume(stage, setup, models, writer, seed, resume)
     cadence, world, metrics = Cadence.of(stage), setup.world, {}
     bar = progress(cadence, start, f"{stage.name} ({stage.algorithm})", quiet=quiet or not world.is_main)
     for step in bar:
@@ -163,7 +163,7 @@ def run_online(stage, setup: PolicySetup, writer, *, seed: int, quiet: bool, res
         if stage.adaptive_kl and applied and math.isfinite(seq_kl):
             state.kl_coef = adaptive_kl_coef(state.kl_coef, seq_kl, stage.batch_size * stage.group_size, stage.kl_target, stage.kl_horizon)
         if cadence.is_eval_step(step):
-            metrics |= evaluate_on_main(setup, stage, seed)
+            metrics |= evaluate_on_main(setup, stage, seed, writer, step)
         writer.log_metrics(stage.name, step, metrics)
         if not applied:
             state.bad.bad(step, "rewards" if what == "reward" else "losses or gradients")  # raises after max_bad_steps in a row
@@ -191,7 +191,7 @@ def build_models(stage, setup: PolicySetup) -> OnlineModels:
     return OnlineModels(value_model, train_policy, train_value, optimizer, scheduler)
 
 
-def start_or_resume(stage, setup: PolicySetup, models: OnlineModels, seed: int, resume: dict | None) -> tuple[int, LoopState]:
+def start_or_resume(stage, setup: PolicySetup, models: OnlineModels, writer, seed: int, resume: dict | None) -> tuple[int, LoopState]:
     """(the step to continue after, the loop state): restored from a resume checkpoint, or fresh: the stage's KL
     coefficient, the measured reward scale and the starting policy's evaluation."""
     bad = BadStepCounter.of(stage)
@@ -201,7 +201,7 @@ def start_or_resume(stage, setup: PolicySetup, models: OnlineModels, seed: int, 
         bad.consecutive = extra.get("bad_steps", 0)
         return start, LoopState(extra["kl_coef"], extra["reward_scale"], bad, dict(extra.get("start", {})), extra.get("negative_kl_run", 0))
     reward_scale = measure_reward_scale(setup, stage, seed) if stage.normalize_reward and setup.reward_folder is not None else 1.0
-    start_results = {f"start_{k}": v for k, v in evaluate_on_main(setup, stage, seed).items()}
+    start_results = {f"start_{k}": v for k, v in evaluate_on_main(setup, stage, seed, writer, 0).items()}
     return 0, LoopState(stage.kl_coef, reward_scale, bad, start_results)
 
 
@@ -258,9 +258,9 @@ def flag_kl(metrics: dict, state: LoopState, writer, stage_name: str, step: int)
     return seq_kl
 
 
-def evaluate_on_main(setup: PolicySetup, stage, seed: int) -> dict:
-    """The policy's evaluation, computed by rank 0 ({} on the other processes, which wait for it)."""
-    metrics = evaluate_policy(setup, stage, seed) if setup.world.is_main else {}
+def evaluate_on_main(setup: PolicySetup, stage, seed: int, writer, step: int) -> dict:
+    """The policy's evaluation at `step`, computed and logged by rank 0 ({} on the other processes, which wait for it)."""
+    metrics = evaluate_policy(setup, stage, seed, writer, step) if setup.world.is_main else {}
     setup.world.barrier()
     return metrics
 

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from rlhf_lens.models import encode_prompts, sample
 from rlhf_lens.tasks import read_feedback, simulate_feedback
+from rlhf_lens.tasks.agreement import comparisons_from
 from rlhf_lens.training.data import is_heldout_prompt
 
 TRAIN_KINDS = {"ranking": ("comparison", "ranking"), "scoring": ("rating",), "generative": ("critique",)}
@@ -96,32 +97,6 @@ def simulate(
     ]
     centring = [(item["prompt"], c) for item in train_items for c in item["completions"]]
     return Feedback(train, eval_pairs, centring, _tag(train, "train", stage.name) + _tag(eval_pairs, "eval", stage.name))
-
-
-def comparisons_from(records: Sequence[dict]) -> list[dict]:
-    """Pairwise comparisons implied by any feedback: rankings give all pairs, ratings and verdicts
-    give pairs of the same prompt judged differently by the same labeler."""
-    pairs: list[dict] = []
-    by_prompt: dict[tuple, list[tuple[float, str]]] = {}
-    for r in records:
-        if r["kind"] == "comparison":
-            pairs.append({"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"], "labeler": r.get("labeler")})
-        elif r["kind"] == "ranking":
-            ranked = [r["completions"][i] for i in r["order"]]
-            pairs += [
-                {"prompt": r["prompt"], "chosen": a, "rejected": b, "labeler": r.get("labeler")}
-                for a, b in itertools.combinations(ranked, 2)
-                if a != b
-            ]
-        else:
-            score = float(r["rating"]) if r["kind"] == "rating" else float(r["verdict"] == "good")
-            by_prompt.setdefault((r["prompt"], r.get("labeler")), []).append((score, r["completion"]))
-    for (prompt, labeler), judged in by_prompt.items():
-        for (sa, a), (sb, b) in itertools.combinations(judged, 2):
-            if sa != sb and a != b:
-                chosen, rejected = (a, b) if sa > sb else (b, a)
-                pairs.append({"prompt": prompt, "chosen": chosen, "rejected": rejected, "labeler": labeler})
-    return pairs
 
 
 def from_file(stage, path: str | Path, *, seed: int) -> Feedback:

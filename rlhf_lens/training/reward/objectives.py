@@ -26,11 +26,7 @@ from rlhf_lens.models import (
     write_critiques,
 )
 from rlhf_lens.packing import pack_texts, packed_rewards
-from rlhf_lens.training.data import PromptCompletions
-from rlhf_lens.training.lm import completion_nll
-from rlhf_lens.training.loop import Objective
-from rlhf_lens.training.losses import bradley_terry_loss, plackett_luce_loss, rating_regression_loss
-from rlhf_lens.training.reward.evaluation import (
+from rlhf_lens.tasks.agreement import (
     calibration,
     disputed_records,
     gold_accuracy,
@@ -41,6 +37,10 @@ from rlhf_lens.training.reward.evaluation import (
     rank_correlation,
     sigmoid,
 )
+from rlhf_lens.training.data import PromptCompletions
+from rlhf_lens.training.lm import completion_nll
+from rlhf_lens.training.loop import Objective
+from rlhf_lens.training.losses import bradley_terry_loss, plackett_luce_loss, rating_regression_loss
 from rlhf_lens.training.reward.feedback import Feedback
 
 RewardFn = Callable[[Sequence[str], Sequence[str]], np.ndarray]

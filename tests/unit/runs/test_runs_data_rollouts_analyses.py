@@ -79,6 +79,21 @@ def test_rollouts_round_trip_with_list_columns(new_run):
     assert run.rollouts("policy2").iloc[0]["reward"] == 5.0
 
 
+def test_eval_rollouts_live_apart_from_training_rollouts(new_run):
+    writer = new_run({"policy": "policy"})
+    writer.write_rollouts("policy", 10, _rows(10, n=2))
+    path = writer.write_eval_rollouts("policy", 0, _rows(0, n=3))
+    writer.write_eval_rollouts("policy", 10, _rows(10, n=3))
+    assert path == writer.path / "logs" / "rollouts" / "policy" / "eval" / "step-000000.parquet"
+    run = Run.open(writer.path)
+    assert list(run.rollouts()["step"]) == [10, 10]
+    assert list(run.eval_rollouts("policy")["step"]) == [0, 0, 0, 10, 10, 10]
+    assert run.eval_rollouts("policy")["sample_id"].tolist() == [0, 1, 2] * 2
+    (path.parent / "step-000020.parquet").write_bytes(b"PAR1 torn")
+    with pytest.raises(RunFormatError, match="step-000020.parquet: not a readable parquet file"):
+        run.eval_rollouts("policy")
+
+
 def test_rollouts_refuse_bad_rows(new_run):
     writer = new_run({"policy": "policy"})
     with pytest.raises(ValueError, match="column 'step' has values other than 3"):

@@ -89,6 +89,8 @@ def test_rewind_metrics_for_exact_resume(new_run):
         writer.log_metrics("policy", step, {"reward": float(step)})
     for step in (2, 4):
         writer.write_rollouts("policy", step, [{"sample_id": 0, "reward": 1.0}])
+    for step in (0, 2, 4):
+        writer.write_eval_rollouts("policy", step, [{"sample_id": 0, "reward": 1.0}])
     with open(writer.path / "logs" / "metrics.jsonl", "a") as f:
         f.write('{"stage": "policy", "st')  # killed mid-append
 
@@ -103,5 +105,6 @@ def test_rewind_metrics_for_exact_resume(new_run):
     resume = events.iloc[-1]
     assert (resume["stage"], resume["step"], resume["dropped_records"], resume["torn_lines"]) == ("policy", 2, 2, 1)
     assert sorted(run.rollouts("policy")["step"]) == [2]
+    assert sorted(run.eval_rollouts("policy")["step"]) == [0, 2]
     writer.log_metrics("policy", 3, {"reward": 30.0})  # the curve continues, never forks
     assert list(Run.open(writer.path).metrics("policy")["reward"]) == [1.0, 2.0, 30.0]

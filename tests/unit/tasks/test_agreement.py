@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rlhf_lens.training.reward.evaluation import (
+from rlhf_lens.tasks.agreement import (
     calibration,
+    comparisons_from,
     disputed_records,
     gold_accuracy,
     labeler_agreement,
@@ -14,7 +15,6 @@ from rlhf_lens.training.reward.evaluation import (
     pairwise_accuracy,
     rank_correlation,
 )
-from rlhf_lens.training.reward.feedback import comparisons_from
 
 
 def test_pairwise_and_gold_accuracy_by_hand():

@@ -1,4 +1,5 @@
-"""Evaluation of reward models and audit of their feedback: pure functions of arrays and records.
+"""Agreement of rewards with feedback and with the oracle, and the audit of feedback: pure functions of arrays
+and records, shared by the trainer (reward evaluation) and the analyses (the transparency record).
 
 Every reward kind is evaluated the same way, on held-out comparisons: agreement
 with the labels and with the oracle's ordering, rank correlation with the
@@ -119,3 +120,29 @@ def disputed_records(comparisons: Sequence[dict], chosen_rewards: np.ndarray, re
         for i in order
         if margin[i] > 0
     ]
+
+
+def comparisons_from(records: Sequence[dict]) -> list[dict]:
+    """Pairwise comparisons implied by any feedback: rankings give all pairs, ratings and verdicts
+    give pairs of the same prompt judged differently by the same labeler."""
+    pairs: list[dict] = []
+    by_prompt: dict[tuple, list[tuple[float, str]]] = {}
+    for r in records:
+        if r["kind"] == "comparison":
+            pairs.append({"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"], "labeler": r.get("labeler")})
+        elif r["kind"] == "ranking":
+            ranked = [r["completions"][i] for i in r["order"]]
+            pairs += [
+                {"prompt": r["prompt"], "chosen": a, "rejected": b, "labeler": r.get("labeler")}
+                for a, b in itertools.combinations(ranked, 2)
+                if a != b
+            ]
+        else:
+            score = float(r["rating"]) if r["kind"] == "rating" else float(r["verdict"] == "good")
+            by_prompt.setdefault((r["prompt"], r.get("labeler")), []).append((score, r["completion"]))
+    for (prompt, labeler), judged in by_prompt.items():
+        for (sa, a), (sb, b) in itertools.combinations(judged, 2):
+            if sa != sb and a != b:
+                chosen, rejected = (a, b) if sa > sb else (b, a)
+                pairs.append({"prompt": prompt, "chosen": chosen, "rejected": rejected, "labeler": labeler})
+    return pairs
