@@ -1,0 +1,1 @@
+"""The plumbing every analysis shares: Result, Verdict, the registry and the cache."""

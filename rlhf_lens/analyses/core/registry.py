@@ -1,0 +1,169 @@
+"""The registry of analyses: each module registers its analyses and its report section at import.
+
+Adding an analysis is adding a module under `rlhf_lens.analyses` that calls `register_section`
+and decorates its `analyze_*` functions with `@analysis(...)`; the CLI and the report find it
+here (`all_analyses`, `sections`), nothing else is edited.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from rlhf_lens.analyses.core.result import Result
+
+if TYPE_CHECKING:
+    from rlhf_lens.runs import Run
+
+
+@dataclass(frozen=True)
+class Section:
+    """A report section: one heading, several analyses' results."""
+
+    id: str
+    """Anchor and key, e.g. "feedback"."""
+    title: str
+    """Heading, e.g. "Feedback"."""
+    order: int
+    """Position in the report (lower first)."""
+    intro: str = ""
+    """One or two sentences on what the section answers."""
+
+
+@dataclass(frozen=True)
+class Needs:
+    """What an analysis reads from a run: it is skipped (with the reason) when the run lacks any of it, and its
+    cache key covers the fingerprints of all of it."""
+
+    stage_kind: str | None = None
+    """Run once per stage of this kind (base, sft, reward, policy), passing `stage=<name>`."""
+    checkpoints: bool = False
+    """Reads the complete checkpoints of that stage."""
+    data: tuple[str, ...] = ()
+    """Data files read (corpus, sft, prompts, feedback)."""
+    metrics: bool = False
+    """Reads logs/metrics.jsonl."""
+    rollouts: bool = False
+    """Reads the stage's training rollout shards."""
+    eval_rollouts: bool = False
+    """Reads the stage's evaluation samples (step 0: the starting policy)."""
+    manifest: bool = False
+    """Reads run.json (config, stages, data records, environment)."""
+    reward_stages: bool = False
+    """Reads the checkpoints of every reward stage (e.g. to score feedback with the reward model)."""
+
+    def targets(self, run: Run) -> list[str | None]:
+        """The stages to run on (None: once for the whole run)."""
+        if self.stage_kind is None:
+            return [None]
+        return [s.name for s in run.stages(self.stage_kind)]
+
+    def missing(self, run: Run, stage: str | None) -> str | None:
+        """Why the analysis cannot run on `stage` of `run`, or None when it can."""
+        if self.stage_kind is not None and not run.stages(self.stage_kind):
+            return f"the run has no {self.stage_kind} stage"
+        for kind in self.data:
+            if kind + ".jsonl" not in run.manifest["data"]:
+                return f"the run has no {kind} data (data/{kind}.jsonl)"
+        if stage is not None and self.checkpoints and not run.checkpoints(stage):
+            return f"stage {stage!r} has no complete checkpoint"
+        if self.metrics and run.metrics().empty:
+            return "the run logged no metrics"
+        if stage is not None and self.rollouts and run.rollouts(stage).empty:
+            return f"stage {stage!r} logged no rollouts"
+        if stage is not None and self.eval_rollouts and run.eval_rollouts(stage).empty:
+            return (
+                f"stage {stage!r} logged no evaluation samples (best-of-n stages, and runs trained before rlhf-lens logged them, have none)"
+            )
+        if self.reward_stages and not any(run.checkpoints(s.name) for s in run.stages("reward")):
+            return "the run has no reward stage with a complete checkpoint"
+        return None
+
+    def fingerprints(self, run: Run, stage: str | None) -> list[str]:
+        """Fingerprints of everything this analysis reads (see `Run.fingerprints`)."""
+        checkpoint_stages = [stage] if stage is not None and self.checkpoints else []
+        if self.reward_stages:
+            checkpoint_stages += [s.name for s in run.stages("reward") if s.name not in checkpoint_stages]
+        return run.fingerprints(
+            checkpoints_of=checkpoint_stages,
+            data=self.data,
+            metrics=self.metrics,
+            rollouts_of=[stage] if stage is not None and self.rollouts else [],
+            eval_rollouts_of=[stage] if stage is not None and self.eval_rollouts else [],
+            manifest=self.manifest,
+        )
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """A registered analysis: `function(run, stage=...) -> result_type`."""
+
+    name: str
+    """Unique name, e.g. "reward_model.checkpoints" (also the cache file prefix)."""
+    function: Callable[..., Result]
+    result_type: type[Result]
+    section: str
+    """Id of the report section it belongs to."""
+    needs: Needs = field(default_factory=Needs)
+    order: int = 0
+    """Position within the section."""
+    version: int = 1
+    """Bump when the computation changes, so cached results of the old code are not reused."""
+
+
+_ANALYSES: dict[str, Analysis] = {}
+_SECTIONS: dict[str, Section] = {}
+
+
+def register_section(id: str, title: str, order: int, intro: str = "") -> Section:
+    """Declare a report section (once per module that owns it)."""
+    section = Section(id, title, order, intro)
+    _SECTIONS[id] = section
+    return section
+
+
+def analysis(name: str, *, result: type[Result], section: str, needs: Needs | None = None, order: int = 0, version: int = 1):
+    """Register the decorated `analyze_*` function under `name`; the function itself is returned unchanged."""
+
+    def register(function: Callable[..., Result]) -> Callable[..., Result]:
+        if name in _ANALYSES and _ANALYSES[name].function.__qualname__ != function.__qualname__:
+            raise ValueError(f"analysis {name!r} is registered twice ({_ANALYSES[name].function.__module__} and {function.__module__})")
+        _ANALYSES[name] = Analysis(name, function, result, section, needs or Needs(), order, version)
+        return function
+
+    return register
+
+
+def load_all() -> None:
+    """Import every analysis module of `rlhf_lens.analyses`, so each registers itself."""
+    import rlhf_lens.analyses as package
+
+    for module in pkgutil.iter_modules(package.__path__):
+        if module.name != "core" and not module.name.startswith("_"):
+            importlib.import_module(f"{package.__name__}.{module.name}")
+
+
+def all_analyses() -> list[Analysis]:
+    """Every registered analysis, in report order (section, then order within it)."""
+    load_all()
+    missing = sorted({a.section for a in _ANALYSES.values()} - set(_SECTIONS))
+    if missing:
+        raise ValueError(f"analyses refer to unregistered report sections {missing}")
+    return sorted(_ANALYSES.values(), key=lambda a: (_SECTIONS[a.section].order, a.order, a.name))
+
+
+def get_analysis(name: str) -> Analysis:
+    """The analysis called `name`; ValueError listing the names there are."""
+    load_all()
+    if name not in _ANALYSES:
+        raise ValueError(f"no analysis called {name!r}; known: {', '.join(sorted(_ANALYSES))}")
+    return _ANALYSES[name]
+
+
+def sections() -> list[Section]:
+    """Every registered section, in report order."""
+    load_all()
+    return sorted(_SECTIONS.values(), key=lambda s: s.order)
