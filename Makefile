@@ -20,9 +20,8 @@ $(STAMP): pyproject.toml constraints/cpu.txt
 demo: setup
 	$(VENV)/bin/rlhf-lens train training/sentiment_default.toml --out runs/demo --overwrite
 	$(VENV)/bin/rlhf-lens inspect runs/demo
-	@echo "The demo trained base, sft, reward and PPO into runs/demo (results.policy in runs/demo/run.json:"
-	@echo "start_eval/gold_mean is the SFT policy's gold reward, eval/gold_mean the PPO policy's)."
-	@echo "runs/demo/report.html is not built yet; it arrives with the report issue."
+	$(VENV)/bin/rlhf-lens report runs/demo
+	@echo "Open runs/demo/report.html in a browser: what was trained, the headline numbers and every verdict come first."
 
 lint-imports: setup
 	$(VENV)/bin/lint-imports

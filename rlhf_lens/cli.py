@@ -32,8 +32,163 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_analyze(args: argparse.Namespace) -> int:
+    from rlhf_lens.analyses import analyze
+    from rlhf_lens.runs import Run
+
+    run = Run.open(args.run)
+    started = time.perf_counter()
+    outcomes = analyze(run, _names(args.only), force=args.force, quiet=args.quiet)
+    print(_outcome_table(run, outcomes, time.perf_counter() - started))
+    print(f"next: rlhf-lens report {args.run}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from rlhf_lens.runs import Run
+
+    started = time.perf_counter()
+    path, outcomes = write_run_report(Run.open(args.run), args.out, force=args.force, quiet=args.quiet)
+    size = path.stat().st_size / 1e6
+    print(f"wrote {path} ({size:.1f} MB) in {time.perf_counter() - started:.1f} s: {_status_counts(outcomes)}")
+    return 0
+
+
+def write_run_report(run, out: str | os.PathLike[str] | None = None, *, force: bool = False, quiet: bool = False) -> tuple[Path, list]:
+    """Analyse what the cache lacks, then write `run`'s report (default: <run>/report.html) atomically.
+
+    Returns (the report's path, the analysis outcomes). What `rlhf-lens report` does; notebooks call it too.
+    """
+    from rlhf_lens.analyses import analyze
+    from rlhf_lens.report import render_report, write_report
+    from rlhf_lens.runs import report_path
+
+    outcomes = analyze(run, force=force, quiet=quiet)
+    html = render_report(run, _report_sections(outcomes))  # everything is computed before anything is written
+    return write_report(out or report_path(run.path), html), outcomes
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from rlhf_lens.analyses import analyze
+    from rlhf_lens.analyses.compare import compare_configs, overlay_curves
+    from rlhf_lens.report import Entry, Section, render_comparison, write_report
+    from rlhf_lens.runs import Run
+
+    run_a, run_b = Run.open(args.run_a), Run.open(args.run_b)
+    outcomes_a, outcomes_b = (analyze(run, quiet=args.quiet) for run in (run_a, run_b))
+    whole = [
+        Section(
+            "config",
+            "Config differences",
+            "Every resolved config key whose value differs.",
+            (Entry.of_result(compare_configs(run_a, run_b), "config-diff"),),
+        )
+    ]
+    curves = [_only_result(outcomes, "curves.training") for outcomes in (outcomes_a, outcomes_b)]
+    if all(c is not None for c in curves):
+        overlay = overlay_curves(curves[0], curves[1], (run_a.name, run_b.name))
+        whole.append(
+            Section("curves", "Training curves", "Both runs' curves, stage by stage.", (Entry.of_result(overlay, "curves-overlay"),))
+        )
+    out = Path(args.out) if args.out else run_a.path.parent / f"compare-{run_a.path.name}-vs-{run_b.path.name}.html"
+    write_report(out, render_comparison(run_a, run_b, whole, _paired_sections(outcomes_a, outcomes_b)))
+    print(f"wrote {out}")
+    return 0
+
+
+# --------------------------------------------------------------------------- wiring analyses to the report
+
+
+def _names(only: str | None) -> list[str] | None:
+    return [name.strip() for name in only.split(",") if name.strip()] if only else None
+
+
+def _status_counts(outcomes) -> str:
+    counts = {status: sum(o.status == status for o in outcomes) for status in ("computed", "cached", "skipped")}
+    return f"{counts['computed']} computed, {counts['cached']} reused from the cache, {counts['skipped']} skipped"
+
+
+def _outcome_table(run, outcomes, seconds: float) -> str:
+    lines = [f"analysed {run.path} in {seconds:.1f} s: {_status_counts(outcomes)}"]
+    for o in outcomes:
+        detail = o.reason if o.status == "skipped" else f"{o.seconds:6.2f} s"
+        lines.append(f"  {o.status:<9} {o.label:<44} {detail}")
+    return "\n".join(lines)
+
+
+def _entry(outcome):
+    from rlhf_lens.report import Entry, anchor_for
+
+    anchor = anchor_for(outcome.analysis.name, outcome.stage)
+    if outcome.result is None:
+        title = outcome.analysis.result_type.heading + (f": {outcome.stage}" if outcome.stage else "")
+        return Entry.missing(title, anchor, outcome.reason)
+    return Entry.of_result(outcome.result, anchor)
+
+
+def _report_sections(outcomes) -> list:
+    """Outcomes grouped into the registry's sections, in report order."""
+    from rlhf_lens.analyses import sections
+    from rlhf_lens.report import Section
+
+    return [
+        Section(spec.id, spec.title, spec.intro, tuple(_entry(o) for o in outcomes if o.analysis.section == spec.id))
+        for spec in sections()
+        if any(o.analysis.section == spec.id for o in outcomes)
+    ]
+
+
+def _only_result(outcomes, name: str):
+    found = [o.result for o in outcomes if o.analysis.name == name and o.result is not None]
+    return found[0] if found else None
+
+
+PAIRED_LEAVE_OUT = ("provenance.config", "provenance.environment", "curves.training")
+"""Shown once for both runs on the comparison page (config differences, overlaid curves) instead of side by side."""
+
+
+def _paired_sections(outcomes_a, outcomes_b) -> list:
+    from rlhf_lens.analyses import sections
+    from rlhf_lens.report import PairedSection, anchor_for
+
+    by_key_b = {(o.analysis.name, o.stage): o for o in outcomes_b}
+    keys = [(o.analysis.name, o.stage) for o in outcomes_a] + [
+        k for k in by_key_b if k not in {(o.analysis.name, o.stage) for o in outcomes_a}
+    ]
+    by_key_a = {(o.analysis.name, o.stage): o for o in outcomes_a}
+    out = []
+    for spec in sections():
+        rows = []
+        for name, stage in keys:
+            a, b = by_key_a.get((name, stage)), by_key_b.get((name, stage))
+            outcome = a or b
+            if outcome.analysis.section != spec.id or name in PAIRED_LEAVE_OUT:
+                continue
+            title = outcome.analysis.result_type.heading + (f": {stage}" if stage else "")
+            rows.append((title, anchor_for("compare", name, stage), _entry(a) if a else None, _entry(b) if b else None))
+        if rows:
+            out.append(PairedSection(spec.id, spec.title, spec.intro, tuple(rows)))
+    return out
+
+
+EXAMPLES = """examples:
+  rlhf-lens train training/sentiment_quick.toml --out runs/quick
+  rlhf-lens inspect runs/quick
+  rlhf-lens analyze runs/quick                     compute every analysis that applies (cached in runs/quick/analyses/)
+  rlhf-lens analyze runs/quick --only curves.training,provenance.data --force
+  rlhf-lens report runs/quick                      writes runs/quick/report.html
+  rlhf-lens compare runs/quick runs/quick-seed1    writes runs/compare-quick-vs-quick-seed1.html
+
+exit status: 0 done, 1 a problem with the run or recipe (the message names the file or field), 2 bad usage."""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rlhf-lens", description="Train RLHF runs you can see inside, and inspect them.")
+    parser = argparse.ArgumentParser(
+        prog="rlhf-lens",
+        description="Train RLHF runs you can see inside, analyse them, and write offline HTML reports.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="train the stages of a TOML recipe into a run directory")
@@ -48,6 +203,42 @@ def build_parser() -> argparse.ArgumentParser:
     inspect = sub.add_parser("inspect", help="describe a run: manifest, stages, checkpoints, data, results")
     inspect.add_argument("run", help="run directory")
     inspect.set_defaults(func=_cmd_inspect)
+
+    analyze = sub.add_parser(
+        "analyze",
+        help="run every analysis that applies to a run, through its cache",
+        description="Compute every analysis that applies to RUN and cache it under RUN/analyses/; an unchanged run is "
+        "served from the cache. Lists what was computed, reused and skipped (with why).",
+    )
+    analyze.add_argument("run", help="run directory")
+    analyze.add_argument("--only", metavar="NAME,...", help="only these analyses, e.g. provenance.data,curves.training")
+    analyze.add_argument("--force", action="store_true", help="recompute even what the cache holds")
+    analyze.add_argument("--quiet", action="store_true", help="no progress bars")
+    analyze.set_defaults(func=_cmd_analyze)
+
+    report = sub.add_parser(
+        "report",
+        help="write a run's self-contained HTML report (analysing what is missing)",
+        description="Analyse what the cache lacks, then write one offline HTML file: a summary with every verdict, "
+        "then a section per analysis. Nothing in it loads from the network or runs a script.",
+    )
+    report.add_argument("run", help="run directory")
+    report.add_argument("--out", metavar="FILE", help="where to write it (default: RUN/report.html)")
+    report.add_argument("--force", action="store_true", help="recompute every analysis first")
+    report.add_argument("--quiet", action="store_true", help="no progress bars")
+    report.set_defaults(func=_cmd_report)
+
+    compare = sub.add_parser(
+        "compare",
+        help="write one HTML page comparing two runs side by side",
+        description="Config differences, reward-model figures, policy outcomes and verdicts of two runs side by side, "
+        "and their curves overlaid, in one offline HTML file.",
+    )
+    compare.add_argument("run_a", metavar="RUN_A", help="first run directory")
+    compare.add_argument("run_b", metavar="RUN_B", help="second run directory")
+    compare.add_argument("--out", metavar="FILE", help="where to write it (default: compare-A-vs-B.html beside RUN_A)")
+    compare.add_argument("--quiet", action="store_true", help="no progress bars")
+    compare.set_defaults(func=_cmd_compare)
     return parser
 
 
@@ -61,16 +252,19 @@ def quiet_transformers() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(argv)  # bad usage exits with status 2
+    if getattr(args, "quiet", False):
+        os.environ["TQDM_DISABLE"] = "1"  # the analyses' own progress bars too
     quiet_transformers()
+    from rlhf_lens.runs import RunLookupError
     from rlhf_lens.training.policy.reward_source import RewardError
 
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, FloatingPointError, RewardError) as exc:
-        # Errors a user can cause carry a message meant for them; no traceback needed.
+    except (ValueError, FileNotFoundError, NotADirectoryError, FloatingPointError, RunLookupError, RewardError) as exc:
+        # Errors a user can cause carry a message meant for them (file or field, and the fix); no traceback needed.
         print(f"rlhf-lens {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return 1
 
 
 if __name__ == "__main__":

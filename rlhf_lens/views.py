@@ -16,11 +16,21 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jinja2
-from markupsafe import Markup
+from markupsafe import Markup, escape
+
+
+def _finalize(value: Any) -> Any:
+    """Escape text before it is placed, and also write U+2028 / U+2029 as character references: they end a line
+    in JavaScript string literals, so no inline data can be broken by them."""
+    if isinstance(value, Markup) or not isinstance(value, str):
+        return value
+    return Markup(str(escape(value)).replace("\u2028", "&#x2028;").replace("\u2029", "&#x2029;"))
+
 
 ENVIRONMENT = jinja2.Environment(
     autoescape=True,
     undefined=jinja2.StrictUndefined,
+    finalize=_finalize,
     loader=jinja2.PackageLoader("rlhf_lens", "views_templates"),
 )
 """The only Jinja2 environment: every string that reaches HTML is escaped."""
@@ -100,6 +110,11 @@ def table(df, *, columns: Sequence[str] | None = None, max_rows: int | None = 50
     shown = df if max_rows is None else df.head(max_rows)
     rows = [[format_value(v) for v in record] for record in shown[columns].itertuples(index=False, name=None)]
     return render(TABLE, columns=columns, rows=rows, caption=caption, more=len(df) - len(shown))
+
+
+def details(summary: str, body: Markup) -> Markup:
+    """A collapsed block that opens on click, without JavaScript (<details>)."""
+    return render("<details><summary>{{ summary }}</summary>{{ body }}</details>", summary=summary, body=Markup(body))
 
 
 def key_values(pairs: Mapping[str, Any] | Sequence[tuple[str, Any]]) -> Markup:
@@ -190,6 +205,7 @@ ul.verdicts{list-style:none;padding:0;margin:.4rem 0}.verdict{margin:.2rem 0}
 .side{display:grid;grid-template-columns:1fr 1fr;gap:1rem}.side>div{min-width:0}
 .tokens{font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:.85rem;white-space:pre-wrap;line-height:1.7}
 .tok{border-radius:2px}
+details>summary{cursor:pointer;color:#0969da;margin:.3rem 0}
 .h-0{background:transparent}
 """
     + _heat_rules()

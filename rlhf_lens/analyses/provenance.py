@@ -33,9 +33,6 @@ class StagesResult(Result):
     columns = ("stage", "kind", "status", "checkpoints", "init_from", "init_from_sha256", "source_now")
     heading = "Stages"
 
-    def headlines(self) -> list[tuple[str, str]]:
-        return [("stages", " → ".join(f"{s} ({k})" for s, k in zip(self.df["stage"], self.df["kind"])))]
-
 
 class DataFilesResult(Result):
     """Every data file of the run. Columns: file, records, sha256 (recorded in run.json), verified (the file's
@@ -59,7 +56,7 @@ class ConfigResult(Result):
     heading = "Resolved config"
 
     def table_html(self) -> Markup:
-        return views.table(self.df, max_rows=None)
+        return views.details(f"Show all {len(self.df)} keys", views.table(self.df, max_rows=None))
 
 
 @analysis("provenance.stages", result=StagesResult, section="provenance", needs=Needs(manifest=True), order=1)
@@ -120,7 +117,7 @@ def _stage_verdicts(df: pd.DataFrame) -> tuple[Verdict, ...]:
     return tuple(verdicts)
 
 
-@analysis("provenance.data", result=DataFilesResult, section="provenance", needs=Needs(manifest=True), order=2)
+@analysis("provenance.data", result=DataFilesResult, section="provenance", needs=Needs(manifest=True, all_data=True), order=2)
 def analyze_data_files(run: Run) -> DataFilesResult:
     """Every data file recorded in run.json, with its digest checked against the file now."""
     rows = []

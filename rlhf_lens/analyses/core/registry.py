@@ -52,6 +52,8 @@ class Needs:
     """Reads the stage's evaluation samples (step 0: the starting policy)."""
     manifest: bool = False
     """Reads run.json (config, stages, data records, environment)."""
+    all_data: bool = False
+    """Reads every data file the run has (needing none of them)."""
     reward_stages: bool = False
     """Reads the checkpoints of every reward stage (e.g. to score feedback with the reward model)."""
 
@@ -87,9 +89,10 @@ class Needs:
         checkpoint_stages = [stage] if stage is not None and self.checkpoints else []
         if self.reward_stages:
             checkpoint_stages += [s.name for s in run.stages("reward") if s.name not in checkpoint_stages]
+        data = [name.removesuffix(".jsonl") for name in sorted(run.manifest["data"])] if self.all_data else self.data
         return run.fingerprints(
             checkpoints_of=checkpoint_stages,
-            data=self.data,
+            data=data,
             metrics=self.metrics,
             rollouts_of=[stage] if stage is not None and self.rollouts else [],
             eval_rollouts_of=[stage] if stage is not None and self.eval_rollouts else [],
