@@ -10,6 +10,7 @@ training-curves section, and their proxy is rescaled and penalised for training.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -178,7 +179,7 @@ class SampleCompletionsResult(Result):
     sample (1, 2, ... in display order), reason (why the prompt was chosen), prompt_id, prompt, policy ("start" or
     "final"), step, completion, gold, proxy, seq_kl, length, finished, tokens (the completion's tokens, decoded
     one by one), kl_per_token (each token's log pi - log pi_ref; same length as tokens).
-    `meta`: stage, start_step, final_step, chosen_by, seed."""
+    `meta`: stage, start_step, final_step, chosen_by ("gold", "proxy" or "random"), n, seed."""
 
     columns = (
         "sample",
@@ -289,11 +290,9 @@ def analyze_policy_outcome(run: Run, stage: str) -> PolicyOutcomeResult:
         change = final.loc[keys, metric].to_numpy(float) - start.loc[keys, metric].to_numpy(float)
         rows.append({"policy": "change", "step": final_step, "metric": metric, **_stats(change)})
     df = pd.DataFrame(rows, columns=list(PolicyOutcomeResult.columns)).astype({"step": int, "n": int, "mean": float, "sem": float})
-    meta = {"stage": stage, "start_step": start_step, "final_step": final_step}
-    result = PolicyOutcomeResult(df=df, meta=meta)
+    result = PolicyOutcomeResult(df=df, meta={"stage": stage, "start_step": start_step, "final_step": final_step})
     z = {m: _z(result.value("change", m), result.value("change", m, "sem")) for m in ("gold", "proxy")}
-    meta |= {"z_gold": z["gold"], "z_proxy": z["proxy"]}
-    return PolicyOutcomeResult(df=df, meta=meta, verdicts=_outcome_verdicts(result, z))
+    return replace(result, meta={**result.meta, "z_gold": z["gold"], "z_proxy": z["proxy"]}, verdicts=_outcome_verdicts(result, z))
 
 
 @analysis("policy.trends", result=PolicyTrendsResult, section="policy", needs=Needs(stage_kind="policy", eval_rollouts=True), order=2)
@@ -332,7 +331,7 @@ def analyze_sample_completions(run: Run, stage: str, n: int = 6, seed: int = 0) 
     keys = sorted(start.index.intersection(final.index))
     by = next((m for m in ("gold", "proxy") if m in present_metrics(samples)), None)
     changes = (final.loc[keys, by] - start.loc[keys, by]) if by else pd.Series(np.nan, index=keys)
-    tokenizer = run.load_tokenizer(stage, run.checkpoints(stage)[-1].tag)
+    tokenizer = stage_tokenizer(run, stage)
     rows = []
     for number, (key, reason) in enumerate(choose_samples(changes, n, seed, by or "reward"), start=1):
         for policy, part in (("start", start), ("final", final)):
@@ -359,7 +358,7 @@ def analyze_sample_completions(run: Run, stage: str, n: int = 6, seed: int = 0) 
                 }
             )
     df = pd.DataFrame(rows, columns=list(SampleCompletionsResult.columns))
-    meta = {"stage": stage, "start_step": start_step, "final_step": final_step, "chosen_by": by or "random", "seed": seed}
+    meta = {"stage": stage, "start_step": start_step, "final_step": final_step, "chosen_by": by or "random", "n": n, "seed": seed}
     return SampleCompletionsResult(df=df, meta=meta)
 
 
@@ -440,6 +439,13 @@ def choose_samples(changes: pd.Series, n: int, seed: int, by: str) -> list[tuple
     return list(chosen.items())
 
 
+def stage_tokenizer(run: Run, stage: str):
+    """The tokenizer of the stage's final checkpoint (else its latest); the run's first one when the stage saved
+    none (the registry only runs the samples on stages with a checkpoint, but a direct call may not)."""
+    checkpoints = run.checkpoints(stage)
+    return run.load_tokenizer(stage, checkpoints[-1].tag) if checkpoints else run.load_tokenizer()
+
+
 def token_texts(tokenizer, ids: list[int]) -> list[str]:
     """The text each token adds to the decoded completion (special tokens such as EOS kept): decoding prefixes
     keeps the spaces a tokenizer adds between words and multi-byte characters split over tokens."""
@@ -472,7 +478,7 @@ def _gold_verdict(result: PolicyOutcomeResult, z: dict[str, float]) -> Verdict:
     check = "gold reward gain"
     threshold = (
         f"paired z = change / SEM over the same prompts and seeds: ok when z ≥ {Z_SIGNIFICANT:g} (a gain at about 95% "
-        f"confidence), warn when |z| < {Z_SIGNIFICANT:g}, flag when z ≤ −{Z_SIGNIFICANT:g}; a gold fall beside a "
+        f"confidence), warn when −{Z_SIGNIFICANT:g} ≤ z < {Z_SIGNIFICANT:g}, flag when z < −{Z_SIGNIFICANT:g}; a gold fall beside a "
         "proxy rise is the proxy-gold divergence of reward hacking"
     )
     if "gold" not in result.metrics():
@@ -553,7 +559,7 @@ def _peak_verdict(samples: pd.DataFrame, steps: list[int]) -> Verdict:
         "gold peak before the end",
         level,
         evidence,
-        f"warn when the best earlier evaluation beats the final one by a paired z ≥ {Z_SIGNIFICANT:g} (the best step is "
+        f"warn when the best earlier evaluation beats the final one by a paired z above {Z_SIGNIFICANT:g} (the best step is "
         "picked after looking, so this is a little easier to reach than at a step fixed in advance); flag when the "
         f"proxy rose meanwhile (z ≥ {Z_SIGNIFICANT:g}): over-optimisation of the proxy (Gao et al. 2022)",
         value=z_gold,
