@@ -200,7 +200,7 @@ ul.verdicts{list-style:none;padding:0;margin:.4rem 0}.verdict{margin:.2rem 0}
 .badge{display:inline-block;min-width:3rem;text-align:center;border-radius:.8rem;padding:0 .5rem;margin-right:.4rem;color:#fff;font-size:.8rem;font-weight:600;text-transform:uppercase}
 .v-ok .badge{background:var(--ok)}.v-warn .badge{background:var(--warn)}.v-flag .badge{background:var(--flag)}
 .skipped{border-left:4px solid var(--line);padding:.2rem .8rem;color:var(--muted)}
-.summary{background:var(--bg-soft);border:1px solid var(--line);border-radius:.5rem;padding:.6rem 1.2rem}
+.summary{background:var(--bg-soft);border:1px solid var(--line);border-radius:.5rem;padding:.6rem 1.2rem}.summary h2{margin-top:.4rem}
 .headlines{display:flex;flex-wrap:wrap;gap:.6rem 2rem}.headline{min-width:10rem}.headline b{display:block;font-size:1.25rem}
 .side{display:grid;grid-template-columns:1fr 1fr;gap:1rem}.side>div{min-width:0}
 .tokens{font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:.85rem;white-space:pre-wrap;line-height:1.7}

@@ -11,6 +11,14 @@ from rlhf_lens.analyses.core.registry import Analysis, Needs, Section, all_analy
 from rlhf_lens.analyses.core.result import Result
 from rlhf_lens.analyses.core.verdict import Verdict, judge
 from rlhf_lens.analyses.curves import CurvesResult, analyze_training_curves
+from rlhf_lens.analyses.policy_outcome import (
+    PolicyOutcomeResult,
+    PolicyTrendsResult,
+    SampleCompletionsResult,
+    analyze_policy_outcome,
+    analyze_policy_trends,
+    analyze_sample_completions,
+)
 from rlhf_lens.analyses.provenance import (
     ConfigResult,
     DataFilesResult,
@@ -30,7 +38,10 @@ __all__ = [
     "EnvironmentResult",
     "Needs",
     "Outcome",
+    "PolicyOutcomeResult",
+    "PolicyTrendsResult",
     "Result",
+    "SampleCompletionsResult",
     "Section",
     "StagesResult",
     "Verdict",
@@ -39,6 +50,9 @@ __all__ = [
     "analyze_config",
     "analyze_data_files",
     "analyze_environment",
+    "analyze_policy_outcome",
+    "analyze_policy_trends",
+    "analyze_sample_completions",
     "analyze_stages",
     "analyze_training_curves",
     "cache_key",

@@ -201,10 +201,12 @@ vocab_size = 300
 kind = "base"
 steps = 4
 batch_size = 8
+warmup_steps = 1
 [[stages]]
 kind = "sft"
 steps = 2
 batch_size = 8
+warmup_steps = 1
 eval_samples = 4
 max_new_tokens = 8
 """
