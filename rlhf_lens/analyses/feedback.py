@@ -148,11 +148,8 @@ class LabelersResult(Result):
     heading = "Labelers"
 
     def headlines(self) -> list[tuple[str, str]]:
-        ceiling = self.meta.get("labeler_agreement")
-        return [
-            ("labelers", str(len(self.df))),
-            ("agreement between labelers", views.format_value(float("nan") if ceiling is None else float(ceiling))),
-        ]
+        ceiling = self.meta.get("labeler_agreement")  # None when no pair was judged twice (the cache stores NaN as null)
+        return [("labelers", str(len(self.df))), ("agreement between labelers", views.format_value(ceiling))]
 
     def plot(self, ax=None):
         """Per labeler: agreement with the oracle, with the other labelers, and preference for the longer answer."""

@@ -60,6 +60,12 @@ CURVE_METRICS = ("accuracy", "accuracy_gold", "label_accuracy_gold", "spearman_g
 """Figures on the agreement scale, drawn against the ceiling."""
 
 
+def _number(meta, key: str) -> float:
+    """A figure of `meta` as a float: NaN when missing, or None (the cache stores NaN as null)."""
+    value = meta.get(key)
+    return float("nan") if value is None else float(value)
+
+
 def _final_tag(run: Run, stage: str) -> str:
     tags = [c.tag for c in run.checkpoints(stage)]
     return FINAL_TAG if FINAL_TAG in tags else tags[-1]
@@ -192,7 +198,7 @@ class RewardCalibrationResult(Result):
     heading = "Reward model calibration"
 
     def headlines(self) -> list[tuple[str, str]]:
-        return [("calibration error (ECE)", views.format_value(float(self.meta.get("ece", float("nan")))))]
+        return [("calibration error (ECE)", views.format_value(_number(self.meta, "ece")))]
 
     def plot(self, ax=None):
         """Observed frequency against predicted probability, the diagonal dashed; marker area follows the count."""
@@ -206,7 +212,7 @@ class RewardCalibrationResult(Result):
         ax.set_ylim(0, 1)
         ax.set_xlabel("predicted P(chosen preferred)")
         ax.set_ylabel("observed frequency")
-        ax.set_title(f"ECE {float(self.meta.get('ece', float('nan'))):.3f}", fontsize=9)
+        ax.set_title(f"ECE {_number(self.meta, 'ece'):.3f}", fontsize=9)
         ax.legend(fontsize=7, loc="upper left")
         return ax
 
@@ -252,7 +258,7 @@ class RewardLengthResult(Result):
     heading = "Reward and length"
 
     def headlines(self) -> list[tuple[str, str]]:
-        return [("reward-length correlation", views.format_value(float(self.meta.get("length_corr", float("nan")))))]
+        return [("reward-length correlation", views.format_value(_number(self.meta, "length_corr")))]
 
     def plot(self, ax=None):
         """Reward against length in words, each text coloured by the oracle's score."""
@@ -271,7 +277,7 @@ class RewardLengthResult(Result):
         )
         if has_gold:
             ax.figure.colorbar(points, ax=ax, label="oracle score")
-        corr = float(self.meta.get("length_corr", float("nan")))
+        corr = _number(self.meta, "length_corr")
         ax.set_xlabel("completion length (words)")
         ax.set_ylabel("reward")
         ax.set_title(f"reward-length correlation {corr:.3f}", fontsize=9)
