@@ -123,7 +123,7 @@ def checkpoint_rewards(run: Run, stage: str, tag: str, data: HeldOut) -> np.ndar
     chunks = [data.texts[i : i + SCORE_CHUNK] for i in range(0, len(data.texts), SCORE_CHUNK)]
     parts = [
         np.asarray(reward_fn([p for p, _ in chunk], [c for _, c in chunk]), dtype=float).reshape(-1)
-        for chunk in tqdm(chunks, desc=f"scoring {stage}/{tag}", unit="chunk", leave=False, disable=len(chunks) < 4)
+        for chunk in tqdm(chunks, desc=f"scoring {stage}/{tag}", unit="chunk", leave=False, disable=True if len(chunks) < 4 else None)
     ]
     rewards = np.concatenate(parts) if parts else np.zeros(0)
     if rewards.shape != (len(data.texts),):

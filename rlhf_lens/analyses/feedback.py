@@ -171,7 +171,7 @@ class LabelersResult(Result):
         ax.set_xticks(x, [name or "(none)" for name in self.df["labeler"]], fontsize=8)
         ax.set_ylim(0, 1.05)
         ax.set_ylabel("share of pairs")
-        ax.legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
         return ax
 
     def figures_html(self) -> Markup:
