@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import inspect
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 __all__ = [
+    "CRITIQUE_MAX_TOKENS",
     "ModelLoadError",
     "Samples",
     "check_vocab_fits",
@@ -30,6 +32,7 @@ __all__ = [
     "fit_to_context",
     "kl_per_token",
     "load_causal_lm",
+    "load_reward_function",
     "load_tokenizer",
     "pad_left",
     "pad_right",
@@ -501,3 +504,57 @@ def judge_texts(
     """
     critiques = write_critiques(model, tokenizer, prompts, completions, max_new_tokens=critique_max_tokens) if critique_first else None
     return generative_rewards(model, tokenizer, prompts, completions, critiques)
+
+
+# --------------------------------------------------------------------------- reward checkpoints
+
+CRITIQUE_MAX_TOKENS = 40
+"""Default length limit of a generative reward model's critique (the reward stage's `critique_max_tokens`)."""
+
+RewardFunction = Callable[[Sequence[str], Sequence[str]], np.ndarray]
+"""reward_fn(prompts, completions) -> (n,) rewards."""
+
+
+def load_reward_function(folder: str | Path, device: str | torch.device = "cpu") -> RewardFunction:
+    """A reward checkpoint folder as reward_fn(prompts, completions) -> (n,) rewards, read as its reward stage
+    read it: a scalar score head, or (meta.json "reward_kind" = "generative") the verdict log-odds after the
+    model's own critique of the stage's length ("critique_first", "critique_max_tokens"); the centring offset
+    saved in the model's config is subtracted either way. The policy stage and the analyses both read reward
+    checkpoints through this."""
+    from rlhf_lens.runs import load_hf_folder, read_checkpoint_meta
+
+    folder = Path(folder)
+    meta = read_checkpoint_meta(folder)
+    tokenizer = load_tokenizer(folder)
+    if meta.get("reward_kind") == "generative":
+        model = load_causal_lm(folder).to(device)
+        critique_first, critique_max_tokens = bool(meta.get("critique_first", True)), critique_length(meta, folder)
+
+        def generative(prompts: Sequence[str], completions: Sequence[str]) -> np.ndarray:
+            return (
+                judge_texts(model, tokenizer, prompts, completions, critique_first=critique_first, critique_max_tokens=critique_max_tokens)
+                .cpu()
+                .numpy()
+            )
+
+        return generative
+    model = load_hf_folder(folder, "score", num_labels=1).to(device)
+    model.config.pad_token_id = tokenizer.pad_token_id
+
+    def scalar(prompts: Sequence[str], completions: Sequence[str]) -> np.ndarray:
+        return score_texts(model, tokenizer, prompts, completions).cpu().numpy()
+
+    return scalar
+
+
+def critique_length(meta: dict, folder: Path) -> int:
+    """The generative reward stage's critique length; checkpoints written before meta.json recorded it
+    were trained with the default, which is assumed with a warning."""
+    if "critique_max_tokens" in meta:
+        return int(meta["critique_max_tokens"])
+    warnings.warn(
+        f"{folder}: the checkpoint's metadata does not record critique_max_tokens (written by an older rlhf-lens); "
+        f"critiques are written with the default {CRITIQUE_MAX_TOKENS} tokens",
+        stacklevel=3,
+    )
+    return CRITIQUE_MAX_TOKENS

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rlhf_lens.models import CRITIQUE_MAX_TOKENS
+
 __all__ = [
     "ConfigError",
     "DataConfig",
@@ -192,7 +194,7 @@ class RewardStageConfig:
     """Shift rewards so their mean on the starting policy's samples is 0."""
     critique_first: bool = True
     """Generative kind: reward read after the model's own greedy critique (else directly after the completion)."""
-    critique_max_tokens: int = 40
+    critique_max_tokens: int = CRITIQUE_MAX_TOKENS
     """Generative kind: length limit of a generated critique."""
     eval_every: int = 0
     """Evaluate on held-out feedback every this many steps (0: only at the end)."""

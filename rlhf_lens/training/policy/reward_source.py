@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,9 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rlhf_lens.models import judge_texts, load_causal_lm, load_tokenizer, score_texts
-from rlhf_lens.runs import load_hf_folder, read_checkpoint_meta
-from rlhf_lens.training.config import RewardStageConfig
+from rlhf_lens.models import load_reward_function
 
 GOLD = "gold"
 
@@ -42,39 +39,8 @@ class RewardSource:
 
 def reward_model_source(folder: str | Path, device: torch.device) -> RewardSource:
     """A reward checkpoint folder as a reward function, read as its reward stage read it (kind and
-    critique length from its meta.json)."""
-    folder = Path(folder)
-    meta = read_checkpoint_meta(folder)
-    tokenizer = load_tokenizer(folder)
-    if meta.get("reward_kind") == "generative":
-        model = load_causal_lm(folder).to(device)
-        critique_first, critique_max_tokens = bool(meta.get("critique_first", True)), critique_length(meta, folder)
-
-        def generative(prompts, completions):
-            return (
-                judge_texts(model, tokenizer, prompts, completions, critique_first=critique_first, critique_max_tokens=critique_max_tokens)
-                .cpu()
-                .numpy()
-            )
-
-        return RewardSource(str(folder), generative)
-    model = load_hf_folder(folder, "score", num_labels=1).to(device)
-    model.config.pad_token_id = tokenizer.pad_token_id
-    return RewardSource(str(folder), lambda prompts, completions: score_texts(model, tokenizer, prompts, completions).cpu().numpy())
-
-
-def critique_length(meta: dict, folder: Path) -> int:
-    """The generative reward stage's critique length; checkpoints written before meta.json recorded it
-    were trained with the default, which is assumed with a warning."""
-    if "critique_max_tokens" in meta:
-        return int(meta["critique_max_tokens"])
-    default = RewardStageConfig.critique_max_tokens
-    warnings.warn(
-        f"{folder}: the checkpoint's metadata does not record critique_max_tokens (written by an older rlhf-lens); "
-        f"critiques are written with the default {default} tokens",
-        stacklevel=3,
-    )
-    return default
+    critique length from its meta.json; see `rlhf_lens.models.load_reward_function`)."""
+    return RewardSource(str(Path(folder)), load_reward_function(folder, device))
 
 
 def gold_source(task) -> RewardSource:
