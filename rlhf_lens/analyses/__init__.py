@@ -11,6 +11,14 @@ from rlhf_lens.analyses.core.registry import Analysis, Needs, Section, all_analy
 from rlhf_lens.analyses.core.result import Result
 from rlhf_lens.analyses.core.verdict import Verdict, judge
 from rlhf_lens.analyses.curves import CurvesResult, analyze_training_curves
+from rlhf_lens.analyses.feedback import (
+    DisputedFeedbackResult,
+    FeedbackCountsResult,
+    LabelersResult,
+    analyze_disputed_feedback,
+    analyze_feedback_counts,
+    analyze_labelers,
+)
 from rlhf_lens.analyses.policy_outcome import (
     PolicyOutcomeResult,
     PolicyTrendsResult,
@@ -29,18 +37,32 @@ from rlhf_lens.analyses.provenance import (
     analyze_environment,
     analyze_stages,
 )
+from rlhf_lens.analyses.reward_model import (
+    RewardCalibrationResult,
+    RewardCheckpointsResult,
+    RewardLengthResult,
+    analyze_reward_calibration,
+    analyze_reward_checkpoints,
+    analyze_reward_length,
+)
 
 __all__ = [
     "Analysis",
     "ConfigResult",
     "CurvesResult",
     "DataFilesResult",
+    "DisputedFeedbackResult",
     "EnvironmentResult",
+    "FeedbackCountsResult",
+    "LabelersResult",
     "Needs",
     "Outcome",
     "PolicyOutcomeResult",
     "PolicyTrendsResult",
     "Result",
+    "RewardCalibrationResult",
+    "RewardCheckpointsResult",
+    "RewardLengthResult",
     "SampleCompletionsResult",
     "Section",
     "StagesResult",
@@ -49,9 +71,15 @@ __all__ = [
     "analyze",
     "analyze_config",
     "analyze_data_files",
+    "analyze_disputed_feedback",
     "analyze_environment",
+    "analyze_feedback_counts",
+    "analyze_labelers",
     "analyze_policy_outcome",
     "analyze_policy_trends",
+    "analyze_reward_calibration",
+    "analyze_reward_checkpoints",
+    "analyze_reward_length",
     "analyze_sample_completions",
     "analyze_stages",
     "analyze_training_curves",
