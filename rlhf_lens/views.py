@@ -192,7 +192,7 @@ h3{font-size:1.05rem;margin:1.4rem 0 .4rem}a{color:#0969da}
 nav.toc ol{columns:2;font-size:.95rem}
 .table-wrap{overflow-x:auto;margin:.4rem 0 1rem}
 table{border-collapse:collapse;font-size:.88rem}caption{text-align:left;color:var(--muted);padding:.2rem 0}
-th,td{border-bottom:1px solid var(--line);padding:.25rem .6rem;text-align:left;vertical-align:top;max-width:38rem;overflow-wrap:anywhere}
+th,td{border-bottom:1px solid var(--line);padding:.25rem .6rem;text-align:left;vertical-align:top;max-width:38rem;overflow-wrap:break-word}
 th{background:var(--bg-soft);font-weight:600}
 dl.kv{display:grid;grid-template-columns:max-content 1fr;gap:.15rem 1rem;margin:.4rem 0}dl.kv dt{color:var(--muted)}dl.kv dd{margin:0}
 figure.plot{margin:.5rem 0}figure.plot img{max-width:100%;height:auto}

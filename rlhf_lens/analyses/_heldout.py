@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from rlhf_lens.models import load_reward_function
-from rlhf_lens.runs import Run, RunLookupError
+from rlhf_lens.runs import Run, RunLookupError, data_path
 from rlhf_lens.tasks import get_task
 from rlhf_lens.tasks.agreement import (
     calibration,
@@ -37,12 +37,29 @@ _REWARDS_KEPT = 16
 """Scored checkpoints kept in memory (a few KB each)."""
 
 
+_FEEDBACK: dict[tuple, list[dict]] = {}
+
+
 def feedback_records(run: Run) -> list[dict]:
-    """data/feedback.jsonl, with "labeler", "split" and "stage" always present as text ("" when a record has none)."""
-    return [
-        {**r, "labeler": _text(r.get("labeler")), "split": _text(r.get("split")), "stage": _text(r.get("stage"))}
-        for r in run.data("feedback")
-    ]
+    """data/feedback.jsonl, with "labeler", "split" and "stage" always present as text ("" when a record has none).
+
+    Read (and checked against run.json) once per process while the file is unchanged; callers must not modify it.
+    """
+    path = data_path(run.path, "feedback")
+    stat = path.stat() if path.is_file() else None
+    key = (
+        str(path),
+        stat.st_size if stat else None,
+        stat.st_mtime_ns if stat else None,
+        run.manifest["data"].get("feedback.jsonl", {}).get("sha256"),
+    )
+    if key not in _FEEDBACK:
+        _FEEDBACK.clear()  # one run's feedback at a time
+        _FEEDBACK[key] = [
+            {**r, "labeler": _text(r.get("labeler")), "split": _text(r.get("split")), "stage": _text(r.get("stage"))}
+            for r in run.data("feedback")
+        ]
+    return _FEEDBACK[key]
 
 
 def _text(value) -> str:
@@ -86,6 +103,17 @@ class HeldOut:
     def lengths(self) -> np.ndarray:
         """(texts,) completion length in words, as the trainer counts them."""
         return np.array([len(c.split()) for _, c in self.texts], dtype=float)
+
+
+def missing_heldout(run: Run, stage: str | None) -> str | None:
+    """Why reward stage `stage` cannot be evaluated from the files (no held-out comparisons tagged with it), or None."""
+    records = [r for r in feedback_records(run) if r["stage"] == stage and r["split"] == "eval"]
+    if comparisons_from(records):
+        return None
+    return (
+        f"data/feedback.jsonl has no held-out comparisons of reward stage {stage!r} (runs written before feedback records "
+        "were tagged with their split and stage cannot be evaluated from the files)"
+    )
 
 
 def heldout(run: Run, stage: str) -> HeldOut:

@@ -34,15 +34,16 @@ class CurvesResult(Result):
     columns = ("stage", "step", "metric", "value")
     heading = "Training curves"
 
-    def metrics_of(self, stage: str) -> list[str]:
-        """The metrics logged for `stage`, in DESIGN.md's order where it has one."""
-        return sorted(self.df.loc[self.df["stage"] == stage, "metric"].unique(), key=_metric_order)
+    def metrics_of(self, stage: str, *, min_points: int = 1) -> list[str]:
+        """The metrics logged for `stage` (at least `min_points` times), in DESIGN.md's order where it has one."""
+        counts = self.df.loc[self.df["stage"] == stage, "metric"].value_counts()
+        return sorted(counts.index[counts >= min_points], key=_metric_order)
 
     def plot(self, ax=None, *, stage: str | None = None, metrics: list[str] | None = None):
         """With `ax`: the chosen metrics (default: all) of one stage (default: the first) overlaid on it.
-        Without: a grid of small plots, one per metric of that stage; returns the axes."""
+        Without: a grid of small plots, one per metric of that stage logged more than once; returns the axes."""
         stage = stage or self.df["stage"].iloc[0]
-        metrics = metrics or self.metrics_of(stage)
+        metrics = metrics or self.metrics_of(stage, min_points=2) or self.metrics_of(stage)
         if ax is not None:
             for metric in metrics:
                 part = self.df[(self.df["stage"] == stage) & (self.df["metric"] == metric)]
@@ -64,7 +65,10 @@ class CurvesResult(Result):
     def table_html(self) -> Markup:
         events = pd.DataFrame(self.meta.get("events", []), columns=["event", "stage", "step", "what"])
         summary = self.df.groupby(["stage", "metric"], sort=False)["value"].agg(["count", "first", "last", "min", "max"]).reset_index()
-        table = views.table(summary, caption="Per metric: number of logged values, first, last, smallest and largest", max_rows=None)
+        table = views.details(
+            f"Every metric: number of logged values, first, last, smallest and largest ({len(summary)} rows)",
+            views.table(summary, max_rows=None),
+        )
         if len(events):
             table += views.table(events, caption="Trainer events")
         return table

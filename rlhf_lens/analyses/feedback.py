@@ -12,7 +12,7 @@ import pandas as pd
 from markupsafe import Markup
 
 from rlhf_lens import views
-from rlhf_lens.analyses._heldout import checkpoint_rewards, feedback_records, gold_of, heldout
+from rlhf_lens.analyses._heldout import checkpoint_rewards, feedback_records, gold_of, heldout, missing_heldout
 from rlhf_lens.analyses.core.registry import Needs, analysis, register_section
 from rlhf_lens.analyses.core.result import Result
 from rlhf_lens.analyses.core.verdict import Verdict, judge, worst
@@ -368,7 +368,7 @@ class DisputedFeedbackResult(Result):
     "feedback.disputed",
     result=DisputedFeedbackResult,
     section="feedback",
-    needs=Needs(stage_kind="reward", checkpoints=True, data=("feedback",)),
+    needs=Needs(stage_kind="reward", checkpoints=True, data=("feedback",), requires=missing_heldout),
     order=3,
 )
 def analyze_disputed_feedback(run: Run, stage: str) -> DisputedFeedbackResult:

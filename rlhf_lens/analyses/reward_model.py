@@ -12,7 +12,7 @@ import pandas as pd
 from markupsafe import Markup
 
 from rlhf_lens import views
-from rlhf_lens.analyses._heldout import METRIC_KEYS, checkpoint_rewards, heldout, reward_figures
+from rlhf_lens.analyses._heldout import METRIC_KEYS, checkpoint_rewards, heldout, missing_heldout, reward_figures
 from rlhf_lens.analyses.core.registry import Needs, analysis, register_section
 from rlhf_lens.analyses.core.result import Result
 from rlhf_lens.analyses.core.verdict import Verdict, judge
@@ -28,7 +28,7 @@ register_section(
     "much the reward follows completion length.",
 )
 
-NEEDS = Needs(stage_kind="reward", checkpoints=True, data=("feedback",))
+NEEDS = Needs(stage_kind="reward", checkpoints=True, data=("feedback",), requires=missing_heldout)
 
 REPRODUCED_WARN, REPRODUCED_FLAG = 1e-3, 0.02
 """Largest difference from the trainer's rm/ figures. Scoring the same texts in the same batches reproduces them

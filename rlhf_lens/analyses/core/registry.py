@@ -56,6 +56,8 @@ class Needs:
     """Reads every data file the run has (needing none of them)."""
     reward_stages: bool = False
     """Reads the checkpoints of every reward stage (e.g. to score feedback with the reward model)."""
+    requires: Callable[[Run, str | None], str | None] | None = None
+    """A further condition the fields above cannot state: (run, stage) -> why the analysis cannot run, or None."""
 
     def targets(self, run: Run) -> list[str | None]:
         """The stages to run on (None: once for the whole run)."""
@@ -82,7 +84,7 @@ class Needs:
             )
         if self.reward_stages and not any(run.checkpoints(s.name) for s in run.stages("reward")):
             return "the run has no reward stage with a complete checkpoint"
-        return None
+        return self.requires(run, stage) if self.requires is not None else None
 
     def fingerprints(self, run: Run, stage: str | None) -> list[str]:
         """Fingerprints of everything this analysis reads (see `Run.fingerprints`)."""
