@@ -54,6 +54,8 @@ BOUNDS = {
         Bound("reward/spearman_gold", ">=", 0.7, "ranking RM: Spearman with the oracle on held-out texts"),
         Bound("reward/accuracy", ">", 0.75, "ranking RM: held-out agreement with the noisy labels (labelers agree ~0.81)"),
         Bound("reward/centring", "<", 0.15, "|mean| / std of the RM's reward on the SFT samples it trained on"),
+        Bound("reward/ceiling_gap", "<", 0.1, "labeler agreement - the RM's held-out accuracy on the labels (report: warn at 0.1)"),
+        Bound("reward/length_bias_gap", "<", 0.15, "|reward-length corr - oracle-length corr| on held-out texts (report: warn at 0.15)"),
         Bound("scoring/accuracy_gold", ">", 0.65, "scoring RM (1-5 ratings): held-out agreement with the oracle"),
         Bound("scoring/spearman_gold", ">", 0.4, "scoring RM: Spearman with the oracle"),
         Bound("generative/accuracy_gold", ">", 0.6, "generative RM (critique, then verdict): held-out agreement with the oracle"),
@@ -122,6 +124,22 @@ def measure_shared_run(shared_run: Path, work: Path | None = None, seed: int = T
             "reward/spearman_gold": results["reward"]["rm/spearman_gold"],
             "reward/accuracy": results["reward"]["rm/accuracy"],
             "reward/centring": float(abs(rewards.mean()) / rewards.std()),
+        },
+        {"shared": run},
+    )
+
+
+def measure_reward_analyses(shared_run: Path, work: Path | None = None, seed: int = TEST_SEED) -> Measured:
+    """The shared run's reward model as the report's reward-model section measures it (no planted bias: both ok)."""
+    from rlhf_lens.analyses import analyze_reward_checkpoints, analyze_reward_length
+
+    run = Run.open(shared_run)
+    final = analyze_reward_checkpoints(run, stage="reward").df.set_index("tag").loc["final"]
+    length = analyze_reward_length(run, stage="reward").meta
+    return Measured(
+        {
+            "reward/ceiling_gap": float(final["labeler_agreement"] - final["accuracy"]),
+            "reward/length_bias_gap": abs(length["length_corr"] - length["gold_length_corr"]),
         },
         {"shared": run},
     )
@@ -308,6 +326,7 @@ def measure_best_of_n(shared_run: Path, work: Path, seed: int = TEST_SEED) -> Me
 
 MEASURES = {
     "shared_run": measure_shared_run,
+    "reward_analyses": measure_reward_analyses,
     "scoring": measure_scoring,
     "generative": measure_generative,
     "length_bias": measure_length_bias,

@@ -10,7 +10,6 @@ import io
 import json
 import os
 import warnings
-from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -321,29 +320,15 @@ class Run:
             ) from err
         return df, meta
 
-    def fingerprints(
-        self,
-        *,
-        checkpoints_of: Iterable[str] = (),
-        data: Iterable[str] = (),
-        metrics: bool = False,
-        rollouts_of: Iterable[str] = (),
-        eval_rollouts_of: Iterable[str] = (),
-        manifest: bool = False,
-    ) -> list[str]:
-        """Fingerprints of the inputs an analysis read (every checkpoint of some stages, data files, the metrics
-        log, rollout shards, run.json), for its cache key: any change to them changes the list."""
+    def fingerprints(self, **inputs: Any) -> list[str]:
+        """Fingerprints of the inputs an analysis read, for its cache key: any change to them changes the list.
+
+        `inputs` are those of `rlhf_lens.runs.fingerprint.input_fingerprints`: checkpoints_of (stages whose
+        checkpoints were read), data (data kinds), metrics, rollouts_of, eval_rollouts_of (stages), manifest.
+        """
         from .fingerprint import input_fingerprints
 
-        return input_fingerprints(
-            self,
-            checkpoints_of=checkpoints_of,
-            data=data,
-            metrics=metrics,
-            rollouts_of=rollouts_of,
-            eval_rollouts_of=eval_rollouts_of,
-            manifest=manifest,
-        )
+        return input_fingerprints(self, **inputs)
 
     def analysis_dir(self, key: str) -> Path:
         """analyses/<key>/ for bulky intermediates (created if missing)."""

@@ -10,6 +10,7 @@ import pytest
 from rlhf_lens.analyses.feedback import analyze_disputed_feedback, analyze_feedback_counts, analyze_labelers
 from rlhf_lens.analyses.reward_model import analyze_reward_calibration, analyze_reward_checkpoints, analyze_reward_length
 from rlhf_lens.runs import Run
+from tests import learning
 
 pytestmark = pytest.mark.slow
 
@@ -50,6 +51,10 @@ def test_the_reliability_diagram_and_length_figures_are_the_trainers(run, stage)
     assert len(length.df) == audit["heldout_texts"]
     assert length.meta["length_corr"] == pytest.approx(run.checkpoint(stage).meta["metrics"]["rm/length_corr"], abs=1e-6)
     assert length.verdicts[0].level == "ok"  # the quick recipe plants no length bias
+
+
+def test_the_reward_models_verdicts_hold_their_bounds(shared_run):
+    learning.check(learning.measure_reward_analyses(shared_run).figures)  # swept over seeds and threads (tests/robustness.md)
 
 
 def test_the_disputed_labels_are_the_trainers_and_the_counts_add_up(run, stage):
