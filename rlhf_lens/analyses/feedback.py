@@ -67,7 +67,8 @@ class FeedbackCountsResult(Result):
 
     def headlines(self) -> list[tuple[str, str]]:
         by_kind = self.df.groupby("kind", sort=False)["records"].sum()
-        return [("feedback records", f"{int(self.df['records'].sum()):,}")] + [(f"{k} records", f"{int(n):,}") for k, n in by_kind.items()]
+        kinds = [(f"{k} records", f"{int(n):,}") for k, n in by_kind.items()] if len(by_kind) > 1 else []
+        return [("feedback records", f"{int(self.df['records'].sum()):,}")] + kinds
 
     def plot(self, ax=None):
         """Records per (stage, split), stacked by kind."""
@@ -149,7 +150,7 @@ class LabelersResult(Result):
 
     def headlines(self) -> list[tuple[str, str]]:
         ceiling = self.meta.get("labeler_agreement")  # None when no pair was judged twice (the cache stores NaN as null)
-        return [("labelers", str(len(self.df))), ("agreement between labelers", views.format_value(ceiling))]
+        return [(f"agreement between {len(self.df)} labelers", views.format_value(ceiling))]
 
     def plot(self, ax=None):
         """Per labeler: agreement with the oracle, with the other labelers, and preference for the longer answer."""
@@ -340,10 +341,6 @@ class DisputedFeedbackResult(Result):
         "oracle_sides_with",
     )
     heading = "Disputed held-out labels"
-
-    def headlines(self) -> list[tuple[str, str]]:
-        disputed, pairs = self.meta.get("disputed_pairs", 0), self.meta.get("heldout_pairs", 0)
-        return [("held-out labels the reward model disputes", f"{disputed:,} of {pairs:,}")]
 
     def plot(self, ax=None):
         """The margins of the listed pairs, coloured by which side the oracle takes."""

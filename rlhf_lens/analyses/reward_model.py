@@ -104,9 +104,8 @@ class RewardCheckpointsResult(Result):
     def headlines(self) -> list[tuple[str, str]]:
         last = self.df.iloc[-1]
         return [
-            ("held-out accuracy", views.format_value(float(last["accuracy"]))),
-            ("accuracy vs oracle", views.format_value(float(last["accuracy_gold"]))),
-            ("agreement between labelers", views.format_value(float(last["labeler_agreement"]))),
+            ("reward model: held-out accuracy", views.format_value(float(last["accuracy"]))),
+            ("reward model: accuracy vs oracle", views.format_value(float(last["accuracy_gold"]))),
         ]
 
     def plot(self, ax=None):

@@ -117,7 +117,7 @@ def test_labelers_who_follow_the_oracle_pass_and_a_labeler_with_few_pairs_is_not
     assert df.loc["few", "prefers_longer"] == 1.0 and df.loc["few", "pairs"] == len(PROMPTS)
     assert result.meta["labeler_agreement"] == 1.0
     assert [v.level for v in result.verdicts] == ["ok", "ok", "ok"]
-    assert result.headlines() == [("labelers", "3"), ("agreement between labelers", "1")]
+    assert result.headlines() == [("agreement between 3 labelers", "1")]
 
 
 def test_disputed_feedback_lists_exactly_the_planted_mislabels(tmp_path):
