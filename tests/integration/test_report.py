@@ -263,7 +263,7 @@ def chromium() -> str:
         return found
     if os.geteuid() == 0 and shutil.which("apt-get"):
         env = os.environ | {"DEBIAN_FRONTEND": "noninteractive"}
-        install = ["apt-get", "install", "-y", "--no-install-recommends", "chromium"]
+        install = ["apt-get", "install", "-y", "--no-install-recommends", "chromium", "fonts-dejavu-core"]  # text needs a font
         if subprocess.run(install, capture_output=True, env=env).returncode != 0:
             subprocess.run(["apt-get", "update"], capture_output=True, env=env)
             subprocess.run(install, capture_output=True, env=env)
