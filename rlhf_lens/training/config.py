@@ -198,6 +198,10 @@ class RewardStageConfig:
     """Generative kind: length limit of a generated critique."""
     eval_every: int = 0
     """Evaluate on held-out feedback every this many steps (0: only at the end)."""
+    save_every: int = 0
+    """Save a step-N checkpoint every this many steps (0: only final), so analyses can follow the reward model over
+    training. Step checkpoints are not centred (reward_offset 0) and hold no training state: a resumed run trains
+    the stage again."""
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -215,7 +219,10 @@ class RewardStageConfig:
         _require(0 < self.lr < 1, f"{where}.lr must be in (0, 1), got {self.lr}")
         _require(0 < self.heldout_fraction < 1, f"{where}.heldout_fraction must be in (0, 1), got {self.heldout_fraction}")
         _require(self.margin >= 0, f"{where}.margin must be >= 0, got {self.margin}")
-        _require(self.warmup_steps >= 0 and self.eval_every >= 0, f"{where}.warmup_steps and eval_every must be >= 0")
+        _require(
+            self.warmup_steps >= 0 and self.eval_every >= 0 and self.save_every >= 0,
+            f"{where}.warmup_steps, eval_every and save_every must be >= 0",
+        )
 
 
 ALGORITHMS = ("ppo", "grpo", "rloo", "dpo", "best_of_n")

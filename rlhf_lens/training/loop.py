@@ -81,8 +81,10 @@ def fit(
     seed: int,
     quiet: bool = False,
     resume_state: dict | None = None,
+    step_meta: dict | None = None,
 ) -> FitResult:
-    """Train `model` in place; log every step; save `step-N` checkpoints (the caller saves `final`)."""
+    """Train `model` in place; log every step; save `step-N` checkpoints (the caller saves `final`); with `step_meta`
+    they carry it in meta.json instead of a training state (stages that cannot resume from them: reward)."""
     optimizer, scheduler = make_optimizer(model, schedule.lr, schedule.weight_decay, schedule.warmup_steps, schedule.steps)
     start = restore_training_state(resume_state, optimizer, scheduler) if resume_state else 0
     cadence, bad = schedule.cadence, BadStepCounter(stage_name, SUPERVISED_MAX_BAD_STEPS)
@@ -113,12 +115,17 @@ def fit(
         writer.log_metrics(stage_name, step, metrics)
         bar.set_postfix(loss=f"{metrics['loss']:.3f}")
         if cadence.is_save_step(step):
-            state = training_state(optimizer, scheduler, step)
-            writer.save_checkpoint(
-                stage_name, checkpoint_tag(step), model=model, tokenizer=tokenizer, step=step, metrics=metrics, state=state
-            )
+            save_step(writer, stage_name, step, model, tokenizer, metrics, optimizer, scheduler, step_meta)
     model.eval()
     return FitResult(metrics=metrics, state=training_state(optimizer, scheduler, schedule.steps))
+
+
+def save_step(writer: RunWriter, stage_name: str, step: int, model, tokenizer, metrics: dict, optimizer, scheduler, step_meta) -> None:
+    """The `step-N` checkpoint: with the training state for exact resume, or, with `step_meta`, that meta instead."""
+    state = training_state(optimizer, scheduler, step) if step_meta is None else None
+    writer.save_checkpoint(
+        stage_name, checkpoint_tag(step), model=model, tokenizer=tokenizer, step=step, metrics=metrics, state=state, extra_meta=step_meta
+    )
 
 
 @torch.no_grad()

@@ -158,7 +158,8 @@ def resumed(model, tokenizer, resume: dict | None):
 
 
 def run_reward_stage(stage: RewardStageConfig, ctx: RunContext, resume: dict | None = None) -> dict:
-    """A reward stage; it has no step checkpoints, so a resumed run trains it again (`resume` is always None).
+    """A reward stage; its step checkpoints (`save_every`) hold no training state, so a resumed run trains it again
+    (`resume` is always None).
 
     Its fresh score head is drawn from the process's torch RNG as the earlier stages left it, so a reward
     stage retrained after a resume can differ from the straight run's (a fixed seed here changed the test
@@ -180,7 +181,10 @@ def run_reward_stage(stage: RewardStageConfig, ctx: RunContext, resume: dict | N
 
     objective = reward_objective(stage, model, tokenizer, feedback, evaluate)
     steps = stage.epochs * math.ceil(objective.n_items / (objective.batch_size or stage.batch_size))
-    result = fit(stage.name, Schedule.of(stage, steps), model, tokenizer, objective, ctx.writer, seed=seed, quiet=ctx.quiet)
+    step_meta = reward_read_meta(stage) | {"reward_offset": 0.0, "centred": False}
+    result = fit(
+        stage.name, Schedule.of(stage, steps), model, tokenizer, objective, ctx.writer, seed=seed, quiet=ctx.quiet, step_meta=step_meta
+    )
     offset = centre(stage, model, reward_fn, feedback)
     extra = reward_meta(stage, model, tokenizer, feedback, offset, audits[-1])
     ctx.latest_reward_folder = ctx.writer.save_checkpoint(
@@ -233,11 +237,18 @@ def centre(stage: RewardStageConfig, model, reward_fn, feedback: Feedback) -> fl
 def reward_meta(stage: RewardStageConfig, model, tokenizer, feedback: Feedback, offset: float, audit: dict) -> dict:
     """What the reward checkpoint's meta.json holds besides step and metrics: kind, offset, the feedback audit and,
     for the generative kind, how to read it (critique first, critique length) with example critiques."""
-    extra = {"reward_kind": stage.reward_kind, "reward_offset": offset, "audit": audit, "train_records": len(feedback.train)}
+    extra = reward_read_meta(stage) | {"reward_offset": offset, "audit": audit, "train_records": len(feedback.train)}
     if stage.reward_kind == "generative":
-        extra["critique_first"] = stage.critique_first
-        extra["critique_max_tokens"] = stage.critique_max_tokens  # the policy stage writes critiques of this length too
         extra["critiques"] = example_critiques(stage, model, tokenizer, feedback.eval_texts()[:EXAMPLE_CRITIQUES])
+    return extra
+
+
+def reward_read_meta(stage: RewardStageConfig) -> dict:
+    """What every checkpoint of a reward stage records about how to read it: its kind and, for the generative kind,
+    whether a critique comes first and how long it may be (the policy stage writes critiques of this length too)."""
+    extra = {"reward_kind": stage.reward_kind}
+    if stage.reward_kind == "generative":
+        extra |= {"critique_first": stage.critique_first, "critique_max_tokens": stage.critique_max_tokens}
     return extra
 
 

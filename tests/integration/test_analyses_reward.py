@@ -9,7 +9,7 @@ import pytest
 
 from rlhf_lens.analyses.feedback import analyze_disputed_feedback, analyze_feedback_counts, analyze_labelers
 from rlhf_lens.analyses.reward_model import analyze_reward_calibration, analyze_reward_checkpoints, analyze_reward_length
-from rlhf_lens.runs import Run
+from rlhf_lens.runs import Run, has_training_state
 from tests import learning
 
 pytestmark = pytest.mark.slow
@@ -38,6 +38,16 @@ def test_the_final_checkpoints_figures_equal_the_trainers(run, stage):
     assert final["accuracy"] > 0.7 and final["accuracy_gold"] > 0.75  # the quick recipe's reward model learned
     assert [v.level for v in result.verdicts] == ["ok", "ok"]
     assert seconds < 60, f"scoring the held-out feedback took {seconds:.0f} s"
+
+
+def test_reward_stages_save_step_checkpoints_the_analyses_follow(run, stage):
+    # the quick recipe saves every 128 of its 384 steps: step checkpoints are readable reward models, not resumable
+    tags = [c.tag for c in run.checkpoints(stage)]
+    assert tags == ["step-000128", "step-000256", "final"]
+    step = run.checkpoint(stage, "step-000128")
+    assert step.meta["reward_kind"] == "ranking" and step.meta["centred"] is False and not has_training_state(step.path)
+    over_training = analyze_reward_checkpoints(run, stage=stage).df
+    assert list(over_training["tag"]) == tags and over_training["accuracy"].between(0.5, 1).all()
 
 
 def test_the_reliability_diagram_and_length_figures_are_the_trainers(run, stage):

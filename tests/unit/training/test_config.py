@@ -43,6 +43,7 @@ def test_overrides_reach_stage_and_model_fields():
         ("stages.policy.grad_clip=0", r"stages.policy.grad_clip must be > 0"),
         ("stages.policy.minibatches=3", r"stages.policy.batch_size \(16\) must be divisible by minibatches \(3\)"),
         ("stages.policy.warmup_steps=20", r"stages.policy.warmup_steps must be in \[0, steps\)"),
+        ("stages.reward.save_every=-1", r"stages.reward.warmup_steps, eval_every and save_every must be >= 0"),
     ],
 )
 def test_bad_values_name_the_field(override, message):
