@@ -31,7 +31,7 @@ from markupsafe import Markup
 from rlhf_lens import models, views
 from rlhf_lens.analyses.core.result import Result
 
-__all__ = ["RewardAttributionResult", "reward_integrated_gradients", "word_starts"]
+__all__ = ["RewardAttributionResult", "reward_feature_ablation", "reward_integrated_gradients", "word_starts"]
 
 FIRST_STEPS = 16
 """Gauss-Legendre steps of the first adaptive pass."""
@@ -71,8 +71,8 @@ class RewardAttributionResult(Result):
 
     def headlines(self) -> list[tuple[str, str]]:
         texts = self.texts
-        if texts.empty:
-            return []
+        if texts.empty or self.meta.get("tolerance") is None:
+            return [("texts attributed", str(len(texts)))]
         gap = (texts["reward"] - texts["baseline_reward"]).abs()
         within = (texts["delta"].abs() <= self.meta["tolerance"] * gap + ABS_TOLERANCE).mean()
         return [
@@ -155,22 +155,11 @@ def _attribute_chunk(
     """IG of several texts in one Captum call -> (per-text attributions (len,), reward, baseline reward, delta)."""
     from captum.attr import IntegratedGradients
 
-    device = next(forward.parameters()).device
-    ids, mask = models.pad_right(seqs, pad_id)
-    ids, mask = ids.to(device), mask.to(device)
-    positions = models.position_ids(mask)
+    embeds, base, mask, positions = _embed_pair(forward, embedding, seqs, base_seqs, pad_id)
     with torch.no_grad():
-        embeds = embedding(ids)  # (batch, seq, d_model)
-        if base_seqs is None:  # zero embedding at real tokens
-            base = torch.zeros_like(embeds)
-        else:
-            base = embedding(models.pad_right(base_seqs, pad_id)[0].to(device))
-        # Padding positions keep the input's embedding: x - baseline = 0 there, so they get no attribution.
-        real = mask.bool()[:, :, None]
-        base = torch.where(real, base, embeds)
         reward = forward(embeds, mask, positions)
         base_reward = forward(base, mask, positions)
-    rows = max(1, max_batch_tokens // ids.shape[1])  # rows of (text, step) per forward pass
+    rows = max(1, max_batch_tokens // embeds.shape[1])  # rows of (text, step) per forward pass
     internal = max(len(seqs), (rows // len(seqs)) * len(seqs))
     attributions, delta = IntegratedGradients(forward).attribute(
         embeds,
@@ -294,17 +283,7 @@ def reward_integrated_gradients(
         raise ValueError(f"n_steps must be a positive int or None (adaptive), got {n_steps}")
     if max_steps < 1 or max_batch_tokens < 1:
         raise ValueError(f"max_steps and max_batch_tokens must be positive, got {max_steps} and {max_batch_tokens}")
-    models.require_score_head(reward_model)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    parts = models.reward_input_parts(tokenizer, prompts, completions, models.context_length(reward_model))
-    seqs = [p + c for p, c in parts]
-    if any(not s for s in seqs):
-        raise ValueError("a text has no tokens (and the tokenizer no BOS); nothing to attribute")
-    if baseline == "zero":
-        base_seqs = None
-    else:
-        reference = None if baseline == "pad" else models.encode_prompts(tokenizer, [baseline])[0]
-        base_seqs = [_baseline_ids(s, baseline, pad_id, reference) for s in seqs]
+    parts, seqs, base_seqs, pad_id = _prepare(reward_model, tokenizer, prompts, completions, baseline)
 
     forward = _RewardOfEmbeddings(reward_model)
     embedding = reward_model.get_input_embeddings()
@@ -349,7 +328,26 @@ def reward_integrated_gradients(
             stacklevel=2,
         )
 
-    frames = [_token_rows(tokenizer, i, parts[i][0], parts[i][1], attrs[i]) for i in range(len(seqs))]
+    meta = {"method": "integrated_gradients", "baseline": baseline, "n_steps": n_steps, "tolerance": tolerance, "max_steps": max_steps}
+    return _result(tokenizer, prompts, completions, parts, attrs, reward, base_reward, delta, steps, meta)
+
+
+def _prepare(reward_model, tokenizer, prompts, completions, baseline: str):
+    """-> (prompt/completion ids per text, input ids per text, baseline ids per text or None for "zero", pad id)."""
+    models.require_score_head(reward_model)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    parts = models.reward_input_parts(tokenizer, prompts, completions, models.context_length(reward_model))
+    seqs = [p + c for p, c in parts]
+    if any(not s for s in seqs):
+        raise ValueError("a text has no tokens (and the tokenizer no BOS); nothing to attribute")
+    if baseline == "zero":
+        return parts, seqs, None, pad_id
+    reference = None if baseline == "pad" else models.encode_prompts(tokenizer, [baseline])[0]
+    return parts, seqs, [_baseline_ids(s, baseline, pad_id, reference) for s in seqs], pad_id
+
+
+def _result(tokenizer, prompts, completions, parts, attrs, reward, base_reward, delta, steps, meta) -> RewardAttributionResult:
+    frames = [_token_rows(tokenizer, i, parts[i][0], parts[i][1], attrs[i]) for i in range(len(parts))]
     df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame({c: [] for c in RewardAttributionResult.columns})
     texts = [
         {
@@ -361,14 +359,83 @@ def reward_integrated_gradients(
             "delta": float(delta[i]),
             "steps": int(steps[i]),
         }
-        for i in range(len(seqs))
+        for i in range(len(parts))
     ]
-    meta = {
-        "method": "integrated_gradients",
-        "baseline": baseline,
-        "n_steps": n_steps,
-        "tolerance": tolerance,
-        "max_steps": max_steps,
-        "texts": texts,
-    }
-    return RewardAttributionResult(df=df, meta=meta)
+    return RewardAttributionResult(df=df, meta={**meta, "texts": texts})
+
+
+def _embed_pair(forward, embedding, seqs, base_seqs, pad_id):
+    """Right-padded inputs and baselines in embedding space -> embeds, base (batch, seq, d_model), mask, positions.
+    Padding positions keep the input's embedding in the baseline, so they get no attribution."""
+    device = next(forward.parameters()).device
+    ids, mask = models.pad_right(seqs, pad_id)
+    ids, mask = ids.to(device), mask.to(device)
+    with torch.no_grad():
+        embeds = embedding(ids)  # (batch, seq, d_model)
+        base = torch.zeros_like(embeds) if base_seqs is None else embedding(models.pad_right(base_seqs, pad_id)[0].to(device))
+        base = torch.where(mask.bool()[:, :, None], base, embeds)
+    return embeds, base, mask, models.position_ids(mask)
+
+
+def reward_feature_ablation(
+    reward_model: torch.nn.Module,
+    tokenizer,
+    prompts: Sequence[str],
+    completions: Sequence[str],
+    *,
+    baseline: str = "pad",
+    max_batch_tokens: int = 16384,
+) -> RewardAttributionResult:
+    """Occlusion of each token: attribution = reward(x) - reward(x with that one token replaced by the baseline).
+
+    Same target, inputs and baselines as `reward_integrated_gradients` (Captum's FeatureAblation on the same
+    forward over embeddings; "zero" replaces the token's embedding by zeros). Attributions need not add up:
+    `delta` = sum of attributions - (reward(x) - reward(all tokens replaced)) measures the interaction, and
+    `steps` is the number of ablations (the text's length). Returns a `RewardAttributionResult`.
+    """
+    from captum.attr import FeatureAblation
+
+    if len(prompts) != len(completions):
+        raise ValueError(f"got {len(prompts)} prompts but {len(completions)} completions; pass one completion per prompt")
+    parts, seqs, base_seqs, pad_id = _prepare(reward_model, tokenizer, prompts, completions, baseline)
+    forward = _RewardOfEmbeddings(reward_model)
+    embedding = reward_model.get_input_embeddings()
+    n = len(seqs)
+    attrs: list[np.ndarray] = [np.zeros(0)] * n
+    reward, base_reward, delta = np.zeros(n), np.zeros(n), np.zeros(n)
+    was_training = reward_model.training
+    reward_model.eval()
+    try:
+        order = sorted(range(n), key=lambda i: len(seqs[i]))
+        start = 0
+        while start < n:
+            end = start + 1
+            while end < n and (end + 1 - start) * len(seqs[order[end]]) <= max_batch_tokens:
+                end += 1
+            chunk = order[start:end]
+            embeds, base, mask, positions = _embed_pair(
+                forward, embedding, [seqs[i] for i in chunk], None if base_seqs is None else [base_seqs[i] for i in chunk], pad_id
+            )
+            width = embeds.shape[1]
+            feature_mask = torch.arange(width, device=embeds.device)[None, :, None].expand(1, width, embeds.shape[2])
+            with torch.no_grad():
+                attributions = FeatureAblation(forward).attribute(
+                    embeds,
+                    baselines=base,
+                    additional_forward_args=(mask, positions),
+                    feature_mask=feature_mask,
+                    perturbations_per_eval=max(1, max_batch_tokens // (len(chunk) * width)),
+                )
+                full = forward(embeds, mask, positions).double().cpu().numpy()
+                empty = forward(base, mask, positions).double().cpu().numpy()
+            per_token = (attributions[:, :, 0] * mask).double().cpu().numpy()  # (batch, seq)
+            for j, i in enumerate(chunk):
+                attrs[i] = per_token[j, : len(seqs[i])]
+                reward[i], base_reward[i] = full[j], empty[j]
+                delta[i] = attrs[i].sum() - (full[j] - empty[j])
+            start = end
+    finally:
+        reward_model.train(was_training)
+    steps = np.asarray([len(s) for s in seqs], dtype=np.int64)
+    meta = {"method": "feature_ablation", "baseline": baseline, "n_steps": None, "tolerance": None, "max_steps": None}
+    return _result(tokenizer, prompts, completions, parts, attrs, reward, base_reward, delta, steps, meta)

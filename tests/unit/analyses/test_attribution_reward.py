@@ -14,6 +14,7 @@ from rlhf_lens import models
 from rlhf_lens.analyses.attribution import (
     RewardAttributionResult,
     mean_word_attributions,
+    reward_feature_ablation,
     reward_integrated_gradients,
     word_attributions,
 )
@@ -252,3 +253,32 @@ def test_result_round_trips_parquet_and_renders(tiny_tokenizer, tmp_path):
     matplotlib.use("Agg")
     ax = result.plot()
     assert len(ax.patches) == (result.df["text"] == 0).sum()
+
+
+@pytest.mark.parametrize("baseline", ["pad", "zero"])
+def test_feature_ablation_on_the_linear_toy_equals_the_closed_form(tiny_tokenizer, baseline):
+    model = LinearToy(len(tiny_tokenizer))
+    prompts, completions = texts(4)
+    result = reward_feature_ablation(model, tiny_tokenizer, prompts, completions, baseline=baseline, max_batch_tokens=64)
+    assert result.meta["method"] == "feature_ablation"
+    table = model.get_input_embeddings().weight.detach().double()
+    w = model.score.weight.detach().double()[0]
+    for i, seq in enumerate(models.reward_input_ids(tiny_tokenizer, prompts, completions, 32)):
+        x = table[seq]
+        b = torch.zeros_like(x) if baseline == "zero" else table[[tiny_tokenizer.pad_token_id] * len(seq)]
+        got = result.df[result.df["text"] == i]["attribution"].to_numpy()
+        np.testing.assert_allclose(got, ((x - b) @ w).numpy(), atol=1e-5)
+        assert abs(result.meta["texts"][i]["delta"]) < 1e-5  # a linear reward has no interactions
+
+
+def test_feature_ablation_on_gpt2_is_a_one_token_occlusion(tiny_tokenizer):
+    model = gpt2_reward(tiny_tokenizer)
+    prompts, completions = texts(3)
+    result = reward_feature_ablation(model, tiny_tokenizer, prompts, completions)
+    expected = models.score_texts(model, tiny_tokenizer, prompts, completions).numpy()
+    np.testing.assert_allclose(result.texts["reward"].to_numpy(), expected, atol=1e-5)
+    ids = models.reward_input_ids(tiny_tokenizer, prompts, completions, 64)[1]
+    occluded = list(ids)
+    occluded[3] = tiny_tokenizer.pad_token_id
+    drop = expected[1] - float(models.score_rewards(model, [occluded], tiny_tokenizer.pad_token_id).detach()[0])
+    assert result.df[(result.df["text"] == 1) & (result.df["position"] == 3)]["attribution"].item() == pytest.approx(drop, abs=1e-5)
