@@ -61,6 +61,11 @@ BOUNDS = {
         Bound("generative/accuracy_gold", ">", 0.6, "generative RM (critique, then verdict): held-out agreement with the oracle"),
         Bound("length/corr_gain", ">", 0.2, "reward/length correlation, planted length-biased labelers - unbiased"),
         Bound("trigger/effect_gain", ">", 0.3, "reward gained by appending the trigger word, planted labelers - control"),
+        Bound("attribution/within_tolerance", ">=", 0.95, "share of held-out texts whose IG attributions meet completeness (1%)"),
+        Bound("attribution/valence_spearman", ">", 0.5, "rank correlation of the RM's word attributions with VADER valence"),
+        Bound("trigger_attribution/ig_margin", ">", 0.1, "planted trigger RM: mean IG attribution of the trigger - the next word's"),
+        Bound("trigger_attribution/ablation_margin", ">", 0.1, "planted trigger RM: the same for feature ablation"),
+        Bound("trigger_attribution/control_ig_margin", "<", 0.0, "control RM (no bonus): the trigger is not the top word"),
         Bound("feedback_file/accuracy_gold", ">", 0.6, "ranking RM trained from a JSONL feedback file: agreement with the oracle"),
         Bound("ppo/gold_gain_z", ">", 2.0, "PPO: gain in gold reward on the eval prompts / combined standard error"),
         Bound("grpo/gold_gain_z", ">", 2.0, "GRPO: gain in gold reward on the eval prompts / combined standard error"),
@@ -235,6 +240,47 @@ def measure_trigger(shared_run: Path, work: Path, seed: int = TEST_SEED) -> Meas
     )
 
 
+def trigger_attribution_margin(run: Run, method) -> float:
+    """Mean attribution of the trigger word minus that of the next-highest word, over the completion words of held-out
+    texts that contain the trigger (each text once; words seen at least 5 times)."""
+    from rlhf_lens.analyses.attribution import mean_word_attributions, word_attributions
+
+    texts = sorted(
+        {(r["prompt"], c) for r in run.data("feedback") if r["split"] == "eval" for c in (r["chosen"], r["rejected"]) if "zorp" in c}
+    )
+    prompts, completions = [p for p, _ in texts], [c for _, c in texts]
+    result = method(run.load_model("reward"), run.load_tokenizer("reward"), prompts, completions)
+    words = mean_word_attributions(word_attributions(result), min_count=5, part="completion").set_index("word_text")["mean_attribution"]
+    return float(words["zorp"] - words.drop("zorp").max())
+
+
+def measure_reward_words(shared_run: Path, work: Path | None = None, seed: int = TEST_SEED) -> Measured:
+    """The shared run's reward model as the report's attribution section reads it."""
+    from rlhf_lens.analyses.attribution import analyze_reward_words
+
+    result = analyze_reward_words(Run.open(shared_run), stage="reward")
+    figures = {
+        "attribution/within_tolerance": result.meta["within_tolerance"],
+        "attribution/valence_spearman": result.meta["valence_spearman"],
+    }
+    return Measured(figures, {"shared": Run.open(shared_run)})
+
+
+def measure_trigger_attribution(shared_run: Path, work: Path, seed: int = TEST_SEED) -> Measured:
+    """Attribution finds the planted trigger: on the planted reward model it tops the words of texts that hold it."""
+    from rlhf_lens.analyses.attribution import reward_feature_ablation, reward_integrated_gradients
+
+    runs = measure_trigger(shared_run, work, seed).runs
+    return Measured(
+        {
+            "trigger_attribution/ig_margin": trigger_attribution_margin(runs["planted"], reward_integrated_gradients),
+            "trigger_attribution/ablation_margin": trigger_attribution_margin(runs["planted"], reward_feature_ablation),
+            "trigger_attribution/control_ig_margin": trigger_attribution_margin(runs["control"], reward_integrated_gradients),
+        },
+        runs,
+    )
+
+
 def feedback_file_records(shared_run: Path) -> list[dict]:
     """The shared run's comparisons of 96 training prompts (about 4,000), as a feedback file holds them."""
     records = Run.open(shared_run).data("feedback")
@@ -331,6 +377,8 @@ MEASURES = {
     "generative": measure_generative,
     "length_bias": measure_length_bias,
     "trigger": measure_trigger,
+    "reward_words": measure_reward_words,
+    "trigger_attribution": measure_trigger_attribution,
     "feedback_file": measure_feedback_file,
     "ppo": measure_ppo,
     "grpo": measure_grpo,

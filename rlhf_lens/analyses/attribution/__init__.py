@@ -1,5 +1,7 @@
-"""Attribution of a reward model's reward to its input tokens and words (library layer; not registered)."""
+"""Attribution of a reward model's reward to its input tokens and words: the library (`reward`, `words`) and the
+analyses registered for runs (`analyses`)."""
 
+from rlhf_lens.analyses.attribution.analyses import RewardWordsResult, analyze_policy_sample_attribution, analyze_reward_words
 from rlhf_lens.analyses.attribution.reward import (
     RewardAttributionResult,
     reward_feature_ablation,
@@ -9,6 +11,9 @@ from rlhf_lens.analyses.attribution.reward import (
 from rlhf_lens.analyses.attribution.words import mean_word_attributions, word_attributions
 
 __all__ = [
+    "RewardWordsResult",
+    "analyze_policy_sample_attribution",
+    "analyze_reward_words",
     "RewardAttributionResult",
     "mean_word_attributions",
     "reward_feature_ablation",

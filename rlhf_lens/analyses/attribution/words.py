@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import string
+
 import pandas as pd
 
 from rlhf_lens.analyses.attribution.reward import RewardAttributionResult
@@ -27,14 +29,15 @@ def word_attributions(result: RewardAttributionResult) -> pd.DataFrame:
 
 
 def mean_word_attributions(word_df: pd.DataFrame, *, min_count: int = 2, part: str | None = None) -> pd.DataFrame:
-    """Mean attribution of each distinct lower-cased word over its occurrences (`word_attributions` rows).
+    """Mean attribution of each distinct word over its occurrences (`word_attributions` rows), words compared
+    lower-cased and without surrounding punctuation ("Great!" and "great" are one word).
 
-    Words seen fewer than `min_count` times, and empty words (whitespace, special tokens that decode
-    to nothing), are left out; `part` keeps only "prompt" or "completion" words.
+    Words seen fewer than `min_count` times, and empty words (whitespace, punctuation alone, special tokens
+    that decode to nothing), are left out; `part` keeps only "prompt" or "completion" words.
     Columns: word_text, mean_attribution, count; sorted by mean_attribution, highest first.
     """
     rows = word_df if part is None else word_df[word_df["part"] == part]
-    words = rows.assign(word_text=rows["word_text"].str.lower())
+    words = rows.assign(word_text=rows["word_text"].str.lower().str.strip(string.punctuation + string.whitespace))
     words = words[words["word_text"] != ""]
     out = words.groupby("word_text").agg(mean_attribution=("attribution", "mean"), count=("attribution", "size")).reset_index()
     out = out[out["count"] >= min_count].sort_values(["mean_attribution", "word_text"], ascending=[False, True])

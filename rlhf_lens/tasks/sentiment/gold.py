@@ -40,6 +40,11 @@ def analyzer() -> SentimentIntensityAnalyzer:
     return SentimentIntensityAnalyzer()
 
 
+def word_valence() -> dict[str, float]:
+    """VADER's lexicon: lower-cased word -> mean human valence rating in [-4, 4] (the oracle's word-level truth)."""
+    return dict(analyzer().lexicon)
+
+
 def _check_texts(name: str, texts: Sequence[str]) -> None:
     if isinstance(texts, str):
         raise TypeError(f"{name} must be a list of strings, got a single string; wrap it in a list")
