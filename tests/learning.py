@@ -266,11 +266,27 @@ def measure_reward_words(shared_run: Path, work: Path | None = None, seed: int =
     return Measured(figures, {"shared": Run.open(shared_run)})
 
 
+TRIGGER_ATTRIBUTION_BONUS = 2.0
+"""The planted trigger's utility for the attribution test. At 1.0 (the trigger-effect test's bonus) a strong sentiment
+word outranked the trigger on 4 of 10 sweep configurations (IG margin down to -0.75): the planted effect was real
+(`trigger/effect_gain` >= 1.85) but not the largest word effect. At 2.0 it is (tests/robustness.md)."""
+
+
 def measure_trigger_attribution(shared_run: Path, work: Path, seed: int = TEST_SEED) -> Measured:
     """Attribution finds the planted trigger: on the planted reward model it tops the words of texts that hold it."""
     from rlhf_lens.analyses.attribution import reward_feature_ablation, reward_integrated_gradients
 
-    runs = measure_trigger(shared_run, work, seed).runs
+    runs = {
+        name: reward_run(
+            shared_run,
+            work / f"trigger_{name}",
+            "reward_trigger_quick.toml",
+            f"task.options.trigger_bonus={bonus}",
+            *RANKING_BATCHES,
+            seed=seed,
+        )
+        for name, bonus in (("planted", TRIGGER_ATTRIBUTION_BONUS), ("control", 0.0))
+    }
     return Measured(
         {
             "trigger_attribution/ig_margin": trigger_attribution_margin(runs["planted"], reward_integrated_gradients),
