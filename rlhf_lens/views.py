@@ -113,8 +113,9 @@ def table(df, *, columns: Sequence[str] | None = None, max_rows: int | None = 50
 
 
 def details(summary: str, body: Markup) -> Markup:
-    """A collapsed block that opens on click, without JavaScript (<details>)."""
-    return render("<details><summary>{{ summary }}</summary>{{ body }}</details>", summary=summary, body=Markup(body))
+    """A collapsed block that opens on click, without JavaScript (<details>); `body` is Markup from `render` (a plain
+    str is escaped)."""
+    return render("<details><summary>{{ summary }}</summary>{{ body }}</details>", summary=summary, body=body)
 
 
 def key_values(pairs: Mapping[str, Any] | Sequence[tuple[str, Any]]) -> Markup:
@@ -216,6 +217,9 @@ a{color:inherit;text-decoration:none}.tok{print-color-adjust:exact;-webkit-print
 )
 """The stylesheet of reports and of Results shown in Jupyter."""
 
+STYLESHEET_MARKUP = Markup(STYLESHEET)
+"""The stylesheet as trusted markup: our own constant, the one piece of HTML not produced by a template."""
+
 
 def stylesheet_hash() -> str:
     """The CSP source that allows exactly `STYLESHEET` as an inline <style> element."""
@@ -228,6 +232,6 @@ def content_security_policy() -> str:
     return f"default-src 'none'; style-src {stylesheet_hash()}; img-src data:; base-uri 'none'; form-action 'none'"
 
 
-def with_stylesheet(html: str) -> Markup:
-    """`html` preceded by the stylesheet, for display outside a report (Jupyter's `_repr_html_`)."""
-    return render("<style>{{ css }}</style>{{ html }}", css=Markup(STYLESHEET), html=Markup(html))
+def with_stylesheet(html: Markup) -> Markup:
+    """`html` (Markup from `render`; a plain str is escaped) preceded by the stylesheet, for display outside a report (Jupyter's `_repr_html_`)."""
+    return render("<style>{{ css }}</style>{{ html }}", css=STYLESHEET_MARKUP, html=html)

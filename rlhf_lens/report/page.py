@@ -72,7 +72,7 @@ def render_page(title: str, subtitle: str, body: Markup, toc: Sequence[tuple[str
         body=body,
         toc=list(toc),
         csp=views.content_security_policy(),
-        css=Markup(views.STYLESHEET),
+        css=views.STYLESHEET_MARKUP,
         version=package_version("rlhf-lens"),
         generated=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
     )

@@ -24,3 +24,12 @@ def test_figures_are_embedded_as_png_data_uris():
     plt.close(figure)
     assert uri.startswith("data:image/png;base64,")
     assert base64.b64decode(uri.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_helpers_that_embed_html_escape_a_plain_string():
+    from rlhf_lens.views import details, render, with_stylesheet
+
+    hostile = "<img src=x onerror=alert(1)>"
+    for html in (details(hostile, hostile), with_stylesheet(hostile)):
+        assert hostile not in html and "&lt;img src=x onerror=alert(1)&gt;" in html
+    assert "<b>ok</b>" in details("s", render("<b>{{ t }}</b>", t="ok"))  # markup from a template stays markup

@@ -110,7 +110,7 @@ class RewardAttributionResult(Result):
             views.token_heatmap(list(rows["token"]), [float(v) for v in rows["attribution"]], label="attribution", scale=scale)
             for _, rows in shown.groupby("text", sort=True)
         ]
-        return Markup("<br>").join(parts)
+        return views.render("{% for part in parts %}<p>{{ part }}</p>{% endfor %}", parts=parts)
 
     def table_html(self) -> Markup:
         return views.table(self.texts, caption="Per text: reward, baseline reward, completeness delta, steps")
