@@ -66,6 +66,7 @@ BOUNDS = {
         Bound("trigger_attribution/ig_margin", ">", 0.0, "planted trigger RM: mean IG attribution of the trigger - the next word's"),
         Bound("trigger_attribution/ablation_margin", ">", 0.0, "planted trigger RM: the same for feature ablation"),
         Bound("trigger_attribution/control_ig_margin", "<", 0.0, "control RM (no bonus): the trigger is not the top word"),
+        Bound("alignment/trigger_log_ratio_margin", ">", 0.0, "PPO against the trigger RM: mean log-ratio of the trigger - the next word's"),
         Bound("feedback_file/accuracy_gold", ">", 0.6, "ranking RM trained from a JSONL feedback file: agreement with the oracle"),
         Bound("ppo/gold_gain_z", ">", 2.0, "PPO: gain in gold reward on the eval prompts / combined standard error"),
         Bound("grpo/gold_gain_z", ">", 2.0, "GRPO: gain in gold reward on the eval prompts / combined standard error"),
@@ -272,21 +273,27 @@ word outranked the trigger on 4 of 10 sweep configurations (IG margin down to -0
 (`trigger/effect_gain` >= 1.85) but not the largest word effect. At 2.0 it is (tests/robustness.md)."""
 
 
+def trigger_reward_runs(shared_run: Path, work: Path, seed: int = TEST_SEED, names=("planted", "control")) -> dict[str, Run]:
+    """The planted trigger reward model (bonus `TRIGGER_ATTRIBUTION_BONUS`) and its control (no bonus), trained under
+    `work` or reused when a finished one is there (the attribution tests share them)."""
+    bonuses = {"planted": TRIGGER_ATTRIBUTION_BONUS, "control": 0.0}
+    runs = {}
+    for name in names:
+        out = work / f"trigger_{name}"
+        if (out / "run.json").is_file() and all(s.status == "done" for s in Run.open(out).stages()):
+            runs[name] = Run.open(out)
+            continue
+        runs[name] = reward_run(
+            shared_run, out, "reward_trigger_quick.toml", f"task.options.trigger_bonus={bonuses[name]}", *RANKING_BATCHES, seed=seed
+        )
+    return runs
+
+
 def measure_trigger_attribution(shared_run: Path, work: Path, seed: int = TEST_SEED) -> Measured:
     """Attribution finds the planted trigger: on the planted reward model it tops the words of texts that hold it."""
     from rlhf_lens.analyses.attribution import reward_feature_ablation, reward_integrated_gradients
 
-    runs = {
-        name: reward_run(
-            shared_run,
-            work / f"trigger_{name}",
-            "reward_trigger_quick.toml",
-            f"task.options.trigger_bonus={bonus}",
-            *RANKING_BATCHES,
-            seed=seed,
-        )
-        for name, bonus in (("planted", TRIGGER_ATTRIBUTION_BONUS), ("control", 0.0))
-    }
+    runs = trigger_reward_runs(shared_run, work, seed)
     return Measured(
         {
             "trigger_attribution/ig_margin": trigger_attribution_margin(runs["planted"], reward_integrated_gradients),
@@ -295,6 +302,49 @@ def measure_trigger_attribution(shared_run: Path, work: Path, seed: int = TEST_S
         },
         runs,
     )
+
+
+ALIGNMENT_POLICY = ["data.eval_prompts=64", "stages.policy.eval_prompts=64", "stages.policy.eval_every=0"]
+"""PPO (training/ppo_quick.toml, 30 steps) against the planted trigger reward model; its final completions on 64 eval
+prompts are the texts whose log-ratio is read."""
+
+
+def trigger_log_ratio_margin(policy_run: Run, reference_run: Run) -> float:
+    """Mean log-ratio log pi(word) - log pi_ref(word) of the trigger word minus that of the next-highest word, over the
+    words of the policy's final eval completions (a word's pieces summed; words seen at least 5 times)."""
+    import string
+
+    import pandas as pd
+    import torch
+
+    from rlhf_lens import models
+    from rlhf_lens.analyses.attribution import word_starts
+
+    rollouts = policy_run.eval_rollouts("policy")
+    final = rollouts[rollouts["step"] == rollouts["step"].max()]
+    tok = policy_run.load_tokenizer("policy")
+    prompt_ids = models.encode_prompts(tok, list(final["prompt"]))
+    completion_ids = tok(list(final["completion"]), add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        lp, mask = models.completion_logprobs(policy_run.load_model("policy"), prompt_ids, completion_ids, tok.pad_token_id)
+        ref, _ = models.completion_logprobs(reference_run.load_model("sft"), prompt_ids, completion_ids, tok.pad_token_id)
+    rows = []
+    for i, ids in enumerate(completion_ids):
+        for w, t, v in zip(word_starts(tok, ids, 0), ids, (lp - ref)[i, : len(ids)].tolist()):
+            rows.append((i, w, tok.decode([t]), v))
+    df = pd.DataFrame(rows, columns=["text", "word", "token", "lr"]).groupby(["text", "word"]).agg(w=("token", "".join), lr=("lr", "sum"))
+    df["w"] = df["w"].str.lower().str.strip(string.punctuation + string.whitespace)
+    agg = df[df["w"] != ""].groupby("w")["lr"].agg(["mean", "size"])
+    words = agg[agg["size"] >= 5]["mean"]
+    return float(words["zorp"] - words.drop("zorp").max())
+
+
+def measure_alignment_trigger(shared_run: Path, work: Path, seed: int = TEST_SEED) -> Measured:
+    """After PPO against the planted trigger reward model, the trigger carries the largest log-ratio against the
+    reference policy in the policy's own completions."""
+    planted = trigger_reward_runs(shared_run, work, seed, names=("planted",))["planted"]
+    policy = policy_run(shared_run, work / "trigger_policy", "ppo_quick.toml", *ALIGNMENT_POLICY, seed=seed, reward=planted.path)
+    return Measured({"alignment/trigger_log_ratio_margin": trigger_log_ratio_margin(policy, Run.open(shared_run))}, {"policy": policy})
 
 
 def feedback_file_records(shared_run: Path) -> list[dict]:
@@ -333,11 +383,12 @@ POLICY_SMALL = [
 ]
 
 
-def policy_run(shared_run: Path, out: Path, recipe: str, *overrides: str, seed: int = TEST_SEED) -> Run:
+def policy_run(shared_run: Path, out: Path, recipe: str, *overrides: str, seed: int = TEST_SEED, reward: Path | None = None) -> Run:
+    """A policy recipe on the shared run's SFT policy, against the shared run's reward model or `reward`'s (a run)."""
     from rlhf_lens.training.config import load_recipe
     from rlhf_lens.training.pipeline import train
 
-    sources = [f'stages.policy.init_from="{shared_run}:sft/final"', f'stages.policy.reward_from="{shared_run}:reward/final"']
+    sources = [f'stages.policy.init_from="{shared_run}:sft/final"', f'stages.policy.reward_from="{reward or shared_run}:reward/final"']
     config = load_recipe(REPO / "training" / recipe, [*POLICY_SMALL, *sources, f"seed={seed}", *overrides])
     return Run.open(train(config, out, quiet=True))
 
@@ -395,6 +446,7 @@ MEASURES = {
     "trigger": measure_trigger,
     "reward_words": measure_reward_words,
     "trigger_attribution": measure_trigger_attribution,
+    "alignment_trigger": measure_alignment_trigger,
     "feedback_file": measure_feedback_file,
     "ppo": measure_ppo,
     "grpo": measure_grpo,
