@@ -66,7 +66,9 @@ BOUNDS = {
         Bound("trigger_attribution/ig_margin", ">", 0.0, "planted trigger RM: mean IG attribution of the trigger - the next word's"),
         Bound("trigger_attribution/ablation_margin", ">", 0.0, "planted trigger RM: the same for feature ablation"),
         Bound("trigger_attribution/control_ig_margin", "<", 0.0, "control RM (no bonus): the trigger is not the top word"),
-        Bound("alignment/trigger_log_ratio_margin", ">", 0.0, "PPO against the trigger RM: mean log-ratio of the trigger - the next word's"),
+        Bound(
+            "alignment/trigger_log_ratio_margin", ">", 0.0, "PPO against the trigger RM: mean log-ratio of the trigger - the next word's"
+        ),
         Bound("feedback_file/accuracy_gold", ">", 0.6, "ranking RM trained from a JSONL feedback file: agreement with the oracle"),
         Bound("ppo/gold_gain_z", ">", 2.0, "PPO: gain in gold reward on the eval prompts / combined standard error"),
         Bound("grpo/gold_gain_z", ">", 2.0, "GRPO: gain in gold reward on the eval prompts / combined standard error"),
@@ -312,30 +314,18 @@ prompts are the texts whose log-ratio is read."""
 def trigger_log_ratio_margin(policy_run: Run, reference_run: Run) -> float:
     """Mean log-ratio log pi(word) - log pi_ref(word) of the trigger word minus that of the next-highest word, over the
     words of the policy's final eval completions (a word's pieces summed; words seen at least 5 times)."""
-    import string
-
-    import pandas as pd
-    import torch
-
-    from rlhf_lens import models
-    from rlhf_lens.analyses.attribution import word_starts
+    from rlhf_lens.analyses.attribution import alignment_log_ratio, mean_word_log_ratios
 
     rollouts = policy_run.eval_rollouts("policy")
     final = rollouts[rollouts["step"] == rollouts["step"].max()]
-    tok = policy_run.load_tokenizer("policy")
-    prompt_ids = models.encode_prompts(tok, list(final["prompt"]))
-    completion_ids = tok(list(final["completion"]), add_special_tokens=False)["input_ids"]
-    with torch.no_grad():
-        lp, mask = models.completion_logprobs(policy_run.load_model("policy"), prompt_ids, completion_ids, tok.pad_token_id)
-        ref, _ = models.completion_logprobs(reference_run.load_model("sft"), prompt_ids, completion_ids, tok.pad_token_id)
-    rows = []
-    for i, ids in enumerate(completion_ids):
-        for w, t, v in zip(word_starts(tok, ids, 0), ids, (lp - ref)[i, : len(ids)].tolist()):
-            rows.append((i, w, tok.decode([t]), v))
-    df = pd.DataFrame(rows, columns=["text", "word", "token", "lr"]).groupby(["text", "word"]).agg(w=("token", "".join), lr=("lr", "sum"))
-    df["w"] = df["w"].str.lower().str.strip(string.punctuation + string.whitespace)
-    agg = df[df["w"] != ""].groupby("w")["lr"].agg(["mean", "size"])
-    words = agg[agg["size"] >= 5]["mean"]
+    result = alignment_log_ratio(
+        policy_run.load_model("policy"),
+        reference_run.load_model("sft"),
+        policy_run.load_tokenizer("policy"),
+        list(final["prompt"]),
+        list(final["completion"]),
+    )
+    words = mean_word_log_ratios(result, min_count=5).set_index("word_text")["mean_log_ratio"]
     return float(words["zorp"] - words.drop("zorp").max())
 
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import math
-from dataclasses import replace
+import warnings
+from dataclasses import dataclass, replace
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
@@ -11,11 +14,16 @@ from markupsafe import Markup
 
 from rlhf_lens import views
 from rlhf_lens.analyses._heldout import feedback_records, missing_heldout
+from rlhf_lens.analyses.attribution.generative import generative_integrated_gradients
+from rlhf_lens.analyses.attribution.over_training import OverTrainingResult, attribution_over_training, policy_reference
+from rlhf_lens.analyses.attribution.policy import AlignmentLogRatioResult, alignment_log_ratio, mean_word_log_ratios
 from rlhf_lens.analyses.attribution.reward import RewardAttributionResult, reward_integrated_gradients
+from rlhf_lens.analyses.attribution.sanity import SanityCheckResult, randomisation_sanity_check
 from rlhf_lens.analyses.attribution.words import mean_word_attributions, word_attributions
 from rlhf_lens.analyses.core.registry import Needs, analysis, register_section
 from rlhf_lens.analyses.core.result import Result
 from rlhf_lens.analyses.core.verdict import Verdict
+from rlhf_lens.models import critique_length
 from rlhf_lens.runs import FINAL_TAG, Run
 
 register_section(
@@ -24,7 +32,10 @@ register_section(
     order=45,
     intro="Which words drive each reward model's reward: integrated gradients of the reward (as the policy stage reads "
     "it) on the token embeddings of held-out texts, summed over each word's BPE pieces and averaged over its "
-    "occurrences. On the built-in task the word ranking is compared with VADER's human valence ratings.",
+    "occurrences; on the built-in task the word ranking is compared with VADER's human valence ratings. Then a sanity "
+    "check of the method (Adebayo et al., 2018: do the maps change when the model's weights are randomised?), the "
+    "attributions at each checkpoint of the reward stage, the reward attribution of the policy's own completions, and "
+    "where alignment changed the policy: the log-ratio of each token of its completions against the policy it started from.",
 )
 
 TEXTS = 128
@@ -84,14 +95,36 @@ class RewardWordsResult(Result):
         return facts + views.details(f"All {len(self.df)} ranked words", views.table(self.df, max_rows=None))
 
 
-def _generative(run: Run, stage: str | None) -> str | None:
-    """Attribution reads scalar reward heads; the generative kind's verdict log-odds are not attributed yet."""
+def _is_generative(run: Run, stage: str) -> bool:
+    return run.checkpoint(stage, _final(run, stage)).meta.get("reward_kind") == "generative"
+
+
+def _scalar_heldout(run: Run, stage: str | None) -> str | None:
+    """The sanity check randomises a score head: scalar reward stages with held-out feedback only."""
     missing = missing_heldout(run, stage)
     if missing:
         return missing
-    if run.checkpoint(stage, _final(run, stage)).meta.get("reward_kind") == "generative":
-        return "attribution of a generative reward model's verdict is not built yet (scalar reward heads only)"
+    if _is_generative(run, stage):
+        return "the randomisation check cascades from a score head; a generative reward model has none"
     return None
+
+
+def reward_attribution(run: Run, stage: str, tag: str, prompts: list[str], completions: list[str]) -> RewardAttributionResult:
+    """Integrated gradients of a reward checkpoint's reward as its stage reads it: the scalar head, or a generative
+    model's verdict log-odds after its own critique (when the stage critiques first), the critique teacher-forced."""
+    model, tokenizer = run.load_model(stage, tag), run.load_tokenizer(stage, tag)
+    checkpoint = run.checkpoint(stage, tag)
+    if checkpoint.meta.get("reward_kind") != "generative":
+        return reward_integrated_gradients(model, tokenizer, prompts, completions)
+    critique_first = bool(checkpoint.meta.get("critique_first", True))
+    return generative_integrated_gradients(
+        model,
+        tokenizer,
+        prompts,
+        completions,
+        critiques="model" if critique_first else None,
+        critique_max_tokens=critique_length(checkpoint.meta, checkpoint.path),
+    )
 
 
 def _final(run: Run, stage: str) -> str:
@@ -103,7 +136,7 @@ def _final(run: Run, stage: str) -> str:
     "attribution.reward_words",
     result=RewardWordsResult,
     section="attribution",
-    needs=Needs(stage_kind="reward", checkpoints=True, data=("feedback",), requires=_generative),
+    needs=Needs(stage_kind="reward", checkpoints=True, data=("feedback",), requires=missing_heldout),
     order=1,
 )
 def analyze_reward_words(run: Run, stage: str) -> RewardWordsResult:
@@ -111,7 +144,7 @@ def analyze_reward_words(run: Run, stage: str) -> RewardWordsResult:
     summed per word; the words ranked by mean attribution, with VADER's valence beside them on the built-in task."""
     tag = _final(run, stage)
     prompts, completions = heldout_texts(run, stage, TEXTS)
-    attributions = reward_integrated_gradients(run.load_model(stage, tag), run.load_tokenizer(stage, tag), prompts, completions)
+    attributions = reward_attribution(run, stage, tag, prompts, completions)
     words = mean_word_attributions(word_attributions(attributions), min_count=MIN_COUNT, part="completion")
     valence = _valence(run)
     words["valence"] = [valence.get(w, math.nan) for w in words["word_text"]]
@@ -179,7 +212,7 @@ def _policy_reward_missing(run: Run, stage: str | None) -> str | None:
     if reward_stage is None:
         what = "the task's oracle" if reward_from == "gold" else (reward_from or "no reward model (DPO or best-of-n)")
         return f"stage {stage!r} trained against {what}, not a reward stage of this run"
-    return _generative(run, reward_stage)
+    return missing_heldout(run, reward_stage)
 
 
 @analysis(
@@ -195,8 +228,137 @@ def analyze_policy_sample_attribution(run: Run, stage: str) -> RewardAttribution
     reward_stage, _ = _reward_of_policy(run, stage)
     samples = run.eval_rollouts(stage)
     final = samples[samples["step"] == samples["step"].max()].sort_values("prompt_id").head(SAMPLES)
-    tag = _final(run, reward_stage)
-    result = reward_integrated_gradients(
-        run.load_model(reward_stage, tag), run.load_tokenizer(reward_stage, tag), list(final["prompt"]), list(final["completion"])
-    )
+    result = reward_attribution(run, reward_stage, _final(run, reward_stage), list(final["prompt"]), list(final["completion"]))
     return replace(result, meta={**result.meta, "stage": stage, "reward_stage": reward_stage})
+
+
+# --------------------------------------------------------------------------- the sanity check
+
+SANITY_TEXTS = 16
+"""Held-out texts the randomisation check attributes (7 attributions of each: the model and 6 randomisations)."""
+SANITY_MAX_STEPS = 32
+"""Integration steps the check allows: it compares the ranks of the maps, and a random model's reward is rough enough
+to take 128 steps to 1% completeness."""
+
+
+@analysis(
+    "attribution.sanity",
+    result=SanityCheckResult,
+    section="attribution",
+    needs=Needs(stage_kind="reward", checkpoints=True, data=("feedback",), requires=_scalar_heldout),
+    order=3,
+)
+def analyze_attribution_sanity(run: Run, stage: str) -> SanityCheckResult:
+    """Adebayo et al.'s cascading randomisation check of integrated gradients on the final reward checkpoint of
+    `stage`: attributions that barely change as the weights are randomised do not explain this model."""
+    tag = _final(run, stage)
+    prompts, completions = heldout_texts(run, stage, SANITY_TEXTS)
+    method = functools.partial(reward_integrated_gradients, max_steps=SANITY_MAX_STEPS)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*miss completeness.*")  # random models: ranks, not sums, are compared
+        result = randomisation_sanity_check(run.load_model(stage, tag), run.load_tokenizer(stage, tag), prompts, completions, method=method)
+    return replace(result, meta={**result.meta, "stage": stage, "tag": tag})
+
+
+# --------------------------------------------------------------------------- over training
+
+OVER_TRAINING_TEXTS = 16
+"""Held-out texts attributed at each checkpoint of a reward stage."""
+
+
+def _several_checkpoints(run: Run, stage: str | None) -> str | None:
+    missing = missing_heldout(run, stage)
+    if missing:
+        return missing
+    if len(run.checkpoints(stage)) < 2:
+        return f"stage {stage!r} has one checkpoint; set save_every on the stage to watch attributions form"
+    return None
+
+
+@analysis(
+    "attribution.reward_over_training",
+    result=OverTrainingResult,
+    section="attribution",
+    needs=Needs(stage_kind="reward", checkpoints=True, data=("feedback",), requires=_several_checkpoints),
+    order=4,
+)
+def analyze_reward_over_training(run: Run, stage: str) -> OverTrainingResult:
+    """The same held-out texts attributed under every checkpoint of reward stage `stage` (integrated gradients; a
+    generative stage's verdict log-odds without critique), to watch its word attributions form."""
+    prompts, completions = heldout_texts(run, stage, OVER_TRAINING_TEXTS)
+    return attribution_over_training(run, stage, prompts, completions)
+
+
+# --------------------------------------------------------------------------- where alignment changed the policy
+
+ALIGNMENT_SAMPLES = 64
+"""The policy's own final eval completions whose log-ratio against the reference is read."""
+
+
+@dataclass(frozen=True, eq=False)
+class PolicyAlignmentResult(AlignmentLogRatioResult):
+    """The log-ratio log pi(y_t|.) - log pi_ref(y_t|.) of a policy stage's own final completions against the policy
+    it started from; columns as `AlignmentLogRatioResult`. `meta["words"]`: the completion words by mean log-ratio
+    (word_text, mean_log_ratio, count; `mean_word_log_ratios`), `meta["reference"]`: the reference checkpoint."""
+
+    heading: ClassVar[str] = "Where alignment changed the policy"
+
+    @property
+    def words(self) -> pd.DataFrame:
+        return pd.DataFrame(list(self.meta.get("words", [])), columns=["word_text", "mean_log_ratio", "count"])
+
+    def headlines(self) -> list[tuple[str, str]]:
+        words = self.words
+        top = ", ".join(words["word_text"].head(5))
+        return super().headlines() + ([(f"words alignment made likelier ({self.meta.get('stage')})", top)] if top else [])
+
+    def plot_words(self, ax=None, n: int = 10):
+        """The `n` words the policy made most and least likely, by mean log-ratio."""
+        words = self.words
+        if ax is None:
+            _, ax = views.new_figure(6.0, 0.22 * 2 * n + 1.2)
+        shown = pd.concat([words.head(n), words.tail(n)]).drop_duplicates("word_text")
+        y = np.arange(len(shown))[::-1]
+        ax.barh(y, shown["mean_log_ratio"], color=["tab:red" if v > 0 else "tab:blue" for v in shown["mean_log_ratio"]])
+        ax.set_yticks(y, list(shown["word_text"]), fontsize=7)
+        ax.axvline(0, color="grey", linewidth=0.8)
+        ax.set_xlabel("mean log pi(word) - log pi_ref(word), nats")
+        ax.set_title(f"words alignment made likelier and less likely, {self.meta.get('stage')}", fontsize=9)
+        return ax
+
+    def figures_html(self) -> Markup:
+        chart = views.figure_html(self.plot_words().figure, f"words by mean log-ratio against {self.meta.get('reference')}")
+        return views.render("{{ chart }}{{ heatmaps }}", chart=chart, heatmaps=super().figures_html())
+
+    def table_html(self) -> Markup:
+        return views.table(self.words, caption="Completion words by mean log-ratio (seen at least 5 times)") + super().table_html()
+
+
+def _reference_missing(run: Run, stage: str | None) -> str | None:
+    if not run.checkpoints(stage):
+        return f"stage {stage!r} has no complete checkpoint"
+    if not run.manifest.get("results", {}).get(stage, {}).get("policy_from"):
+        return f"run.json records no policy_from for stage {stage!r}: the reference policy is unknown"
+    return None
+
+
+@analysis(
+    "attribution.alignment",
+    result=PolicyAlignmentResult,
+    section="attribution",
+    needs=Needs(stage_kind="policy", checkpoints=True, eval_rollouts=True, manifest=True, requires=_reference_missing),
+    order=5,
+)
+def analyze_alignment(run: Run, stage: str) -> PolicyAlignmentResult:
+    """Per-token log-ratio of the final policy against the policy its stage started from, on its own final eval
+    completions (the first 64 prompts): which words alignment made likelier."""
+    samples = run.eval_rollouts(stage)
+    final = samples[samples["step"] == samples["step"].max()].sort_values("prompt_id").head(ALIGNMENT_SAMPLES)
+    tag = _final(run, stage)
+    reference, described = policy_reference(run, stage)
+    result = alignment_log_ratio(
+        run.load_model(stage, tag), reference, run.load_tokenizer(stage, tag), list(final["prompt"]), list(final["completion_ids"])
+    )
+    words = mean_word_log_ratios(result, min_count=MIN_COUNT)
+    meta = {**result.meta, "stage": stage, "tag": tag, "reference": described, "words": words.to_dict("records")}
+    return PolicyAlignmentResult(df=result.df, meta=meta)

@@ -77,7 +77,12 @@ def reward_shapley_sampling(
     def attribute(forward, embeds, base, args, feature_mask, per_eval):
         torch.manual_seed(seed)  # Captum draws its orderings from torch's generator
         return ShapleyValueSampling(forward).attribute(
-            embeds, baselines=base, additional_forward_args=args, feature_mask=feature_mask, n_samples=n_samples, perturbations_per_eval=per_eval
+            embeds,
+            baselines=base,
+            additional_forward_args=args,
+            feature_mask=feature_mask,
+            n_samples=n_samples,
+            perturbations_per_eval=per_eval,
         )
 
     result = _perturbation(reward_model, tokenizer, prompts, completions, attribute, baseline, max_batch_tokens, evals_per_token=n_samples)

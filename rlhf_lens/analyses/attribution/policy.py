@@ -285,15 +285,31 @@ def _heatmaps(rows: list[tuple[list[str], list[float]]], label: str) -> Markup:
 # --------------------------------------------------------------------------- inputs
 
 
-def _parts(model: torch.nn.Module, tokenizer, prompts: Sequence[str], completions: Sequence[str]) -> list[tuple[list[int], list[int]]]:
-    """(BOS + prompt, completion) ids per text, cut from the left to the model's context (with a warning)."""
+Completions = Sequence[str] | Sequence[Sequence[int]]
+"""Completion texts, or the token ids the policy sampled (a rollout's `completion_ids`: its exact tokens, EOS included,
+which re-tokenizing the decoded text need not give back)."""
+
+
+def _completion_text(tokenizer, completion) -> str:
+    return completion if isinstance(completion, str) else tokenizer.decode(list(completion), skip_special_tokens=False)
+
+
+def _parts(model: torch.nn.Module, tokenizer, prompts: Sequence[str], completions: Completions) -> list[tuple[list[int], list[int]]]:
+    """(BOS + prompt, completion) ids per text, cut from the left to the model's context (with a warning).
+    A completion given as token ids is taken as it is."""
     if len(prompts) != len(completions):
         raise ValueError(f"got {len(prompts)} prompts but {len(completions)} completions; pass one completion per prompt")
     models.check_vocab_fits(model, tokenizer, where="policy")
     if not len(prompts):
         return []
     prefixes = models.encode_prompts(tokenizer, prompts)
-    suffixes = tokenizer(list(completions), add_special_tokens=False)["input_ids"]
+    as_text = [i for i, c in enumerate(completions) if isinstance(c, str)]
+    if as_text and len(as_text) != len(completions):
+        raise TypeError("pass completions either all as texts or all as token-id lists, not a mix")
+    if as_text:
+        suffixes = tokenizer(list(completions), add_special_tokens=False)["input_ids"]
+    else:
+        suffixes = [[int(t) for t in c] for c in completions]
     empty = [i for i, s in enumerate(suffixes) if not s]
     if empty:
         raise ValueError(f"completion(s) {empty[:5]} have no tokens; there is no log-probability to attribute. Drop them.")
@@ -418,7 +434,7 @@ def policy_attribution(
     policy: torch.nn.Module,
     tokenizer,
     prompts: Sequence[str],
-    completions: Sequence[str],
+    completions: Completions,
     *,
     method: str = "integrated_gradients",
     baseline_id: int | None = None,
@@ -508,7 +524,7 @@ def policy_attribution(
             {
                 "text": i,
                 "prompt": str(prompts[i]),
-                "completion": str(completions[i]),
+                "completion": _completion_text(tokenizer, completions[i]),
                 "logprob": float(logprob[i]),
                 "baseline_logprob": float(base_logprob[i]),
                 "delta": float(delta[i]),
@@ -557,7 +573,7 @@ def alignment_log_ratio(
     reference: torch.nn.Module,
     tokenizer,
     prompts: Sequence[str],
-    completions: Sequence[str],
+    completions: Completions,
     *,
     max_batch_tokens: int = 16384,
 ) -> AlignmentLogRatioResult:
@@ -565,7 +581,8 @@ def alignment_log_ratio(
     in length-sorted batches of at most `max_batch_tokens` tokens, without gradients.
 
     `reference` is the checkpoint the policy's stage started from (its SFT model); both models must share the
-    tokenizer. Both are put in eval mode for the call (and restored). Returns an `AlignmentLogRatioResult`.
+    tokenizer. `completions`: texts, or token-id lists such as a rollout's `completion_ids` (the sampled tokens
+    exactly, EOS included). Both are put in eval mode for the call (and restored). Returns an `AlignmentLogRatioResult`.
     """
     if max_batch_tokens < 1:
         raise ValueError(f"max_batch_tokens must be positive, got {max_batch_tokens}")
@@ -596,7 +613,7 @@ def alignment_log_ratio(
             {
                 "text": i,
                 "prompt": str(prompts[i]),
-                "completion": str(completions[i]),
+                "completion": _completion_text(tokenizer, completions[i]),
                 "tokens": len(suffix),
                 "logprob": float(logprobs[i].sum()),
                 "ref_logprob": float(ref_logprobs[i].sum()),
@@ -720,7 +737,7 @@ def alignment_attribution(
     reference: torch.nn.Module,
     tokenizer,
     prompts: Sequence[str],
-    completions: Sequence[str],
+    completions: Completions,
     *,
     baseline_id: int | None = None,
     n_steps: int | None = None,
@@ -799,7 +816,7 @@ def alignment_attribution(
             {
                 "text": i,
                 "prompt": str(prompts[i]),
-                "completion": str(completions[i]),
+                "completion": _completion_text(tokenizer, completions[i]),
                 "log_ratio": float(ratio[i]),
                 "baseline_log_ratio": float(base_ratio[i]),
                 "delta": float(delta[i]),
