@@ -159,6 +159,16 @@ def token_heatmap(tokens: Sequence[str], values: Sequence[float], *, label: str,
     return render(HEATMAP, tokens=shown)
 
 
+HEATMAP_LEGEND = """<p class="legend"><span class="tok h-n{{ top }}">&minus;{{ scale }}</span><span class="tok h-n{{ mid }}">&minus;</span>\
+<span class="tok h-0">0</span><span class="tok h-p{{ mid }}">+</span><span class="tok h-p{{ top }}">+{{ scale }}</span> {{ label }}: \
+{{ meaning }}; one colour scale for every text shown, the strongest colour at |value| &ge; {{ scale }}. Hover a token for its value.</p>"""
+
+
+def heatmap_legend(*, label: str, scale: float, meaning: str) -> Markup:
+    """The key of token heatmaps drawn on one symmetric `scale`: the colour steps, what the sign means."""
+    return render(HEATMAP_LEGEND, top=HEAT_LEVELS, mid=HEAT_LEVELS // 2, scale=format_value(float(scale)), label=label, meaning=meaning)
+
+
 # --------------------------------------------------------------------------- verdicts
 
 
@@ -206,6 +216,7 @@ ul.verdicts{list-style:none;padding:0;margin:.4rem 0}.verdict{margin:.2rem 0}
 .side{display:grid;grid-template-columns:1fr 1fr;gap:1rem}.side>div{min-width:0}
 .tokens{font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:.85rem;white-space:pre-wrap;line-height:1.7}
 .tok{border-radius:2px}
+.legend{font-size:.85rem;color:var(--muted)}.legend .tok{padding:0 .35rem;margin-right:1px;color:var(--fg)}
 details>summary{cursor:pointer;color:#0969da;margin:.3rem 0}
 .h-0{background:transparent}
 """

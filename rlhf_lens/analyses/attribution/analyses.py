@@ -32,10 +32,10 @@ register_section(
     order=45,
     intro="Which words drive each reward model's reward: integrated gradients of the reward (as the policy stage reads "
     "it) on the token embeddings of held-out texts, summed over each word's BPE pieces and averaged over its "
-    "occurrences; on the built-in task the word ranking is compared with VADER's human valence ratings. Then a sanity "
-    "check of the method (Adebayo et al., 2018: do the maps change when the model's weights are randomised?), the "
-    "attributions at each checkpoint of the reward stage, the reward attribution of the policy's own completions, and "
-    "where alignment changed the policy: the log-ratio of each token of its completions against the policy it started from.",
+    "occurrences; on the built-in task the word ranking is compared with VADER's human valence ratings. Then the reward "
+    "attribution of the policy's own completions; a sanity check of the method (Adebayo et al., 2018: do the maps change "
+    "when the model's weights are randomised?); the word attributions at each checkpoint of the reward stage; and where "
+    "alignment changed the policy: the log-ratio of each token of its completions against the policy it started from.",
 )
 
 TEXTS = 128
@@ -80,19 +80,29 @@ class RewardWordsResult(Result):
         return ax
 
     def figures_html(self) -> Markup:
-        return views.figure_html(self.plot().figure, f"words with the highest and lowest attribution, {self.meta.get('stage')}")
+        return views.figure_html(
+            self.plot().figure,
+            f"the 12 words with the highest and the 12 with the lowest mean attribution (words seen at least {MIN_COUNT} times "
+            f"in {self.meta.get('texts')} held-out completions), stage {self.meta.get('stage')}",
+        )
 
     def table_html(self) -> Markup:
         facts = views.key_values(
             [
                 ("texts attributed", self.meta.get("texts")),
-                ("within completeness tolerance", self.meta.get("within_tolerance")),
+                ("within completeness tolerance", _percent(self.meta.get("within_tolerance"))),
                 ("mean interpolation steps", self.meta.get("mean_steps")),
                 ("Spearman with VADER valence", self.meta.get("valence_spearman")),
                 ("words VADER rates", self.meta.get("rated_words")),
             ]
         )
-        return facts + views.details(f"All {len(self.df)} ranked words", views.table(self.df, max_rows=None))
+        return facts + views.details(
+            f"All {len(self.df)} ranked words (seen at least {MIN_COUNT} times)", views.table(self.df, max_rows=None)
+        )
+
+
+def _percent(share: float | None) -> str | None:
+    return None if share is None else f"{share:.0%}"
 
 
 def _is_generative(run: Run, stage: str) -> bool:
@@ -192,8 +202,8 @@ def _valence(run: Run) -> dict[str, float]:
 
 # --------------------------------------------------------------------------- the policy's own completions
 
-SAMPLES = 6
-"""Completions of the final evaluation attributed per policy stage."""
+SAMPLES = 5
+"""Completions of the final evaluation attributed per policy stage (all shown as heatmaps)."""
 
 
 def _reward_of_policy(run: Run, stage: str) -> tuple[str | None, str]:
@@ -262,7 +272,7 @@ def analyze_attribution_sanity(run: Run, stage: str) -> SanityCheckResult:
 
 # --------------------------------------------------------------------------- over training
 
-OVER_TRAINING_TEXTS = 16
+OVER_TRAINING_TEXTS = 24
 """Held-out texts attributed at each checkpoint of a reward stage."""
 
 
@@ -293,6 +303,8 @@ def analyze_reward_over_training(run: Run, stage: str) -> OverTrainingResult:
 
 ALIGNMENT_SAMPLES = 64
 """The policy's own final eval completions whose log-ratio against the reference is read."""
+WORDS_SHOWN = 12
+"""Words shown at each end of the alignment word table (all of them in a folded table)."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -331,7 +343,13 @@ class PolicyAlignmentResult(AlignmentLogRatioResult):
         return views.render("{{ chart }}{{ heatmaps }}", chart=chart, heatmaps=super().figures_html())
 
     def table_html(self) -> Markup:
-        return views.table(self.words, caption="Completion words by mean log-ratio (seen at least 5 times)") + super().table_html()
+        words = self.words
+        shown = pd.concat([words.head(WORDS_SHOWN), words.tail(WORDS_SHOWN)]).drop_duplicates("word_text")
+        caption = f"Completion words seen at least {MIN_COUNT} times: the {WORDS_SHOWN} alignment made likeliest and the {WORDS_SHOWN} least likely"
+        per_text = views.details(
+            f"Per text ({len(self.texts)}): summed log-probabilities under the policy and its reference", super().table_html()
+        )
+        return views.table(shown, caption=caption) + views.details(f"All {len(words)} words", views.table(words, max_rows=None)) + per_text
 
 
 def _reference_missing(run: Run, stage: str | None) -> str | None:

@@ -25,6 +25,8 @@ __all__ = ["OverTrainingResult", "attribution_over_training", "policy_reference"
 
 TRACKED_WORDS = 8
 """Words `plot` follows across checkpoints: those with the largest |mean attribution| at the last one."""
+TRACKED_MIN_COUNT = 3
+"""Occurrences a word needs among the texts to be followed (fewer: a mean of one or two texts)."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -64,7 +66,7 @@ class OverTrainingResult(Result):
         with the largest |mean attribution| at the last checkpoint)."""
         if ax is None:
             _, ax = views.new_figure(7.0, 3.6)
-        table = self.word_table()
+        table = self.word_table(min_count=TRACKED_MIN_COUNT)
         if table.empty:
             ax.axis("off")
             return ax
@@ -73,19 +75,33 @@ class OverTrainingResult(Result):
             words = list(last.reindex(last["mean_attribution"].abs().sort_values(ascending=False).index)["word_text"].head(TRACKED_WORDS))
         for word in words:
             rows = table[table["word_text"] == word].sort_values("step")
-            ax.plot(rows["step"], rows["mean_attribution"], marker="o", label=word)
+            count = int(rows["count"].max()) if len(rows) else 0
+            ax.plot(rows["step"], rows["mean_attribution"], marker="o", label=f"{word} (n={count})")
         ax.axhline(0.0, color="grey", linewidth=0.6)
-        ax.set_xlabel(f"{self.meta.get('stage')} step")
+        ax.set_xlabel(f"{self.meta.get('stage')} step (checkpoint)")
         ax.set_ylabel("mean attribution")
-        ax.set_title(f"word attributions over training, stage {self.meta.get('stage')} ({self.meta.get('method')})", fontsize=9)
-        ax.legend(fontsize=7, ncol=2)
+        ax.set_title(f"word attributions over training, stage {self.meta.get('stage')}", fontsize=9)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+        ax.figure.tight_layout()
         return ax
 
     def figures_html(self) -> Markup:
-        return views.figure_html(self.plot().figure, f"mean word attributions at each checkpoint of stage {self.meta.get('stage')}")
+        texts = self.df["text"].nunique()
+        return views.figure_html(
+            self.plot().figure,
+            f"mean attribution of the {TRACKED_WORDS} completion words (seen at least {TRACKED_MIN_COUNT} times in the same "
+            f"{texts} texts) with the largest |attribution| at the last checkpoint, at each checkpoint of stage "
+            f"{self.meta.get('stage')} ({self.meta.get('method')})",
+        )
 
     def table_html(self) -> Markup:
-        return views.table(pd.DataFrame(self.meta.get("checkpoints", [])), caption="Per checkpoint: mean target and completeness")
+        table = pd.DataFrame(self.meta.get("checkpoints", []))
+        if "within tolerance" in table:
+            table["within tolerance"] = [f"{v:.0%}" for v in table["within tolerance"]]
+        target = "reward" if self.meta.get("kind") == "reward" else "log-ratio"
+        return views.table(
+            table, caption=f"Per checkpoint: the texts' mean {target} and the share whose attributions add up (1% tolerance)"
+        )
 
 
 @dataclass(frozen=True, eq=False)

@@ -139,7 +139,7 @@ class PolicyAttributionResult(Result):
                     list(prompt["attribution"]) + [float("nan")] * len(entry["completion_tokens"]),
                 )
             )
-        return _heatmaps(rows, "attribution")
+        return _heatmaps(rows, "attribution", "red prompt tokens raise the log-probability of the completion, blue lower it")
 
     def table_html(self) -> Markup:
         return views.table(self.texts, caption="Per text: log pi(completion), baseline, completeness delta, steps")
@@ -189,9 +189,12 @@ class AlignmentLogRatioResult(Result):
         return _bars(self.df, "log_ratio", ax, text, ylabel="log pi - log pi_ref", what="log-ratio along the completion")
 
     def figures_html(self) -> Markup:
-        """Heatmaps of the first completions coloured by log-ratio, one symmetric scale."""
-        shown = [(list(rows["token"]), list(rows["log_ratio"])) for _, rows in list(self.df.groupby("text", sort=True))[:HEATMAP_TEXTS]]
-        return _heatmaps(shown, "log ratio")
+        """Heatmaps of the first completions coloured by log-ratio, one symmetric scale, each after its prompt."""
+        groups = list(self.df.groupby("text", sort=True))[:HEATMAP_TEXTS]
+        shown = [(list(rows["token"]), list(rows["log_ratio"])) for _, rows in groups]
+        prompts = {t["text"]: t["prompt"] for t in self.meta.get("texts", [])}
+        meaning = "red: the aligned policy makes the token likelier than its reference did, blue: less likely (nats); the prompt in grey"
+        return _heatmaps(shown, "log ratio", meaning, prefixes=[prompts.get(text, "") for text, _ in groups])
 
     def table_html(self) -> Markup:
         return views.table(self.texts, caption="Per text: summed log-probabilities under the policy and its reference")
@@ -244,7 +247,7 @@ class AlignmentAttributionResult(Result):
     def figures_html(self) -> Markup:
         """Token heatmaps of the first texts, one symmetric scale."""
         shown = [(list(rows["token"]), list(rows["attribution"])) for _, rows in list(self.df.groupby("text", sort=True))[:HEATMAP_TEXTS]]
-        return _heatmaps(shown, "attribution")
+        return _heatmaps(shown, "attribution", "red context tokens raise the policy/reference log-ratio of what follows, blue lower it")
 
     def table_html(self) -> Markup:
         return views.table(self.texts, caption="Per text: log-ratio, baseline log-ratio, completeness delta, steps")
@@ -272,14 +275,21 @@ def _bars(df: pd.DataFrame, column: str, ax, text: int | None, *, ylabel: str, w
     return ax
 
 
-def _heatmaps(rows: list[tuple[list[str], list[float]]], label: str) -> Markup:
-    """One token heatmap per (tokens, values), all on the largest finite |value| shown."""
+def _heatmaps(rows: list[tuple[list[str], list[float]]], label: str, meaning: str, prefixes: Sequence[str] | None = None) -> Markup:
+    """One token heatmap per (tokens, values), all on the largest finite |value| shown, under their key; each after
+    its plain `prefixes` text (the prompt) when given."""
     finite = [abs(float(v)) for _, values in rows for v in values if np.isfinite(v)]
     if not finite:
         return Markup("")
     scale = max(finite)
     parts = [views.token_heatmap(tokens, [float(v) for v in values], label=label, scale=scale) for tokens, values in rows]
-    return views.render("{% for part in parts %}<p>{{ part }}</p>{% endfor %}", parts=parts)
+    legend = views.heatmap_legend(label=label, scale=scale, meaning=meaning)
+    shown = list(zip(prefixes or [""] * len(parts), parts))
+    return views.render(
+        '{{ legend }}{% for prefix, part in shown %}<p><span class="tokens muted">{{ prefix }}</span>{{ part }}</p>{% endfor %}',
+        legend=legend,
+        shown=shown,
+    )
 
 
 # --------------------------------------------------------------------------- inputs
@@ -646,7 +656,9 @@ def mean_word_log_ratios(result: AlignmentLogRatioResult, *, min_count: int = 5)
     Columns: word_text, mean_log_ratio, count; sorted by mean_log_ratio, highest first.
     """
     rows = word_log_ratios(result)
-    words = rows.assign(word_text=rows["word_text"].str.lower().str.strip(string.punctuation + string.whitespace))
+    special = rows["word_text"].str.match(r"^<\|?[^<>\s]*\|?>$")  # "<|endoftext|>" stays itself: where the policy stops
+    stripped = rows["word_text"].str.lower().str.strip(string.punctuation + string.whitespace)
+    words = rows.assign(word_text=rows["word_text"].where(special, stripped))
     words = words[words["word_text"] != ""]
     out = words.groupby("word_text").agg(mean_log_ratio=("log_ratio", "mean"), count=("log_ratio", "size")).reset_index()
     out = out[out["count"] >= min_count].sort_values(["mean_log_ratio", "word_text"], ascending=[False, True])

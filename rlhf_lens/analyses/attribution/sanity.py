@@ -100,7 +100,7 @@ class SanityCheckResult(Result):
         for column, colour, name in (("spearman", "tab:blue", "Spearman"), ("spearman_abs", "tab:orange", "Spearman of |attribution|")):
             y = np.concatenate([[1.0], self.df[column].to_numpy(dtype=float)])
             sd = np.concatenate([[0.0], self.df[f"{column}_sd"].to_numpy(dtype=float)])
-            ax.plot(x, y, marker="o", color=colour, label=name)
+            ax.plot(x, y, marker="o", color=colour, label=f"{name} (band: ±1 sd over texts)")
             ax.fill_between(x, y - sd, y + sd, color=colour, alpha=0.15, linewidth=0)
         threshold = float(self.meta.get("threshold", THRESHOLD))
         for level in (threshold, -threshold):
@@ -124,11 +124,19 @@ class SanityCheckResult(Result):
             return curves
         example = examples[0]
         rows = [
-            (label, views.token_heatmap(example["tokens"], values, label="attribution"))
+            (
+                label,
+                views.format_value(max((abs(v) for v in values), default=0.0)),
+                views.token_heatmap(example["tokens"], values, label="attribution"),
+            )
             for label, values in [("trained model", example["original"]), *zip(self.df["randomised"], example["randomised"])]
         ]
         maps = views.render(
-            "<table><tbody>{% for label, heat in rows %}<tr><th>{{ label }}</th><td>{{ heat }}</td></tr>{% endfor %}</tbody></table>",
+            '<p class="legend">Each row on its own colour scale (its largest |attribution| gets the strongest colour): the '
+            "check compares ranks, and a random model's rewards are on another scale. Red raises the reward, blue lowers it.</p>"
+            "<table><thead><tr><th>weights randomised</th><th>largest |attribution|</th><th>map</th></tr></thead><tbody>"
+            "{% for label, largest, heat in rows %}<tr><th>{{ label }}</th><td>{{ largest }}</td><td>{{ heat }}</td></tr>{% endfor %}"
+            "</tbody></table>",
             rows=rows,
         )
         return curves + views.details(f"Maps of text {example['text']} along the cascade", maps)
@@ -357,8 +365,9 @@ def _verdict(df: pd.DataFrame, meta: dict) -> Verdict:
     rho, rho_abs = meta["final_spearman"], meta["final_spearman_abs"]
     value = max(abs(rho), abs(rho_abs))
     rule = (
-        f"ok when both |Spearman| and |Spearman of |attribution|| at full randomisation are below {threshold:g} "
-        "(independent maps give ~0, a method blind to the model 1); flag otherwise"
+        f"ok when, with every layer random, the rank correlation of the maps with the trained model's maps is within "
+        f"±{threshold:g}, for the signed attributions and for their magnitudes; flag otherwise. Unrelated maps correlate "
+        "near 0; a method that ignores the model keeps a correlation of 1"
     )
     check = "attribution sanity check: model randomisation (Adebayo et al., 2018)"
     full = str(df["randomised"].iloc[-1]).removeprefix("+ ")
@@ -366,7 +375,7 @@ def _verdict(df: pd.DataFrame, meta: dict) -> Verdict:
         return Verdict(check, "warn", "no text had a defined rank correlation (maps constant or under 3 tokens)", rule, value=value)
     evidence = (
         f"{meta['method']} over {meta['texts']} texts: once every layer down to the {full} is random, the maps' rank "
-        f"correlation with the trained model's is {rho:.2f} ({rho_abs:.2f} on |attribution|)"
+        f"correlation with the trained model's is {rho:.2f} (of their magnitudes: {rho_abs:.2f})"
     )
     if value < threshold:
         evidence += f"; both stay below {threshold:g} from step '{meta['first_changed']}' on"
