@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from rlhf_lens import models
-from rlhf_lens.analyses.attribution import RewardAttributionResult, word_attributions
+from rlhf_lens.analyses.attribution import word_attributions
 from rlhf_lens.analyses.attribution.generative import generative_integrated_gradients, generative_token_parts
+from tests.unit.analyses.test_attribution_reward import texts, within_tolerance
 
 D_MODEL = 8
 CRITIQUES = ["It is fine.", "Weak.", "  It says great things.  ", "Poor value.", "Good!"]
@@ -69,23 +70,6 @@ def gpt2_lm(tokenizer, *, context: int = 64, offset: float = 0.0):
     model = transformers.GPT2LMHeadModel(config).eval()
     model.config.reward_offset = offset
     return model
-
-
-def texts(n: int, seed: int = 0) -> tuple[list[str], list[str]]:
-    """Short reviews split into (first sentence, second sentence)."""
-    from rlhf_lens.tasks import get_task
-
-    prompts, completions = [], []
-    for row in get_task("sentiment").corpus(n, seed=seed):
-        sentences = row["text"].split(". ")
-        prompts.append(sentences[0].rstrip(".") + ".")
-        completions.append(" " + sentences[1].rstrip(".") + "." if len(sentences) > 1 else " Fine.")
-    return prompts, completions
-
-
-def within_tolerance(result: RewardAttributionResult, tolerance: float = 0.01) -> np.ndarray:
-    t = result.texts
-    return (t["delta"].abs() <= tolerance * (t["reward"] - t["baseline_reward"]).abs() + 1e-3).to_numpy()
 
 
 def log_odds(model, tokenizer, ids: list[list[int]]) -> np.ndarray:
