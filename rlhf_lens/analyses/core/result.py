@@ -47,9 +47,9 @@ class Result:
 
     @property
     def title(self) -> str:
-        """The heading, with the stage it is about when there is one."""
+        """The heading, with the stage it is about when there is one: "Reward model over checkpoints (stage reward)"."""
         stage = self.meta.get("stage")
-        return f"{self.heading}: {stage}" if stage else self.heading
+        return f"{self.heading} (stage {stage})" if stage else self.heading
 
     def headlines(self) -> list[tuple[str, str]]:
         """(label, formatted value) pairs for a report's summary; none by default."""
