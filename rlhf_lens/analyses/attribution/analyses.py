@@ -309,8 +309,10 @@ WORDS_SHOWN = 12
 
 @dataclass(frozen=True, eq=False)
 class PolicyAlignmentResult(AlignmentLogRatioResult):
-    """The log-ratio log pi(y_t|.) - log pi_ref(y_t|.) of a policy stage's own final completions against the policy
-    it started from; columns as `AlignmentLogRatioResult`. `meta["words"]`: the completion words by mean log-ratio
+    """The log-ratio log pi(y_t|.) - log pi_ref(y_t|.) of a policy stage's own final completions (its sampled tokens)
+    against the policy it started from.
+
+    Columns: as `AlignmentLogRatioResult` (text, position, token_id, token, word, logprob, ref_logprob, log_ratio). `meta["words"]`: the completion words by mean log-ratio
     (word_text, mean_log_ratio, count; `mean_word_log_ratios`), `meta["reference"]`: the reference checkpoint."""
 
     heading: ClassVar[str] = "Where alignment changed the policy"

@@ -52,9 +52,9 @@ import torch
 from rlhf_lens import models
 from rlhf_lens.analyses.attribution.reward import (
     ABS_TOLERANCE,
-    FIRST_STEPS,
     RewardAttributionResult,
-    _attribute,
+    _batch_tokens,
+    adaptive_integrated_gradients,
     word_starts,
 )
 
@@ -84,7 +84,7 @@ class _VerdictLogOddsOfEmbeddings(torch.nn.Module):
         self.offset = float(getattr(model.config, "reward_offset", 0.0))
 
     def forward(self, embeds: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        # `positions` (passed by reward._attribute) covers the prefix only; positions are recomputed with the verdict tokens.
+        # `positions` (passed by reward.adaptive_integrated_gradients) covers the prefix only; positions are recomputed with the verdict tokens.
         lengths = attention_mask.sum(1)  # (batch,)
         read: dict[tuple[int, ...], torch.Tensor] = {}  # verdict tokens fed in -> log-probs after them
         total = []
@@ -237,9 +237,10 @@ def generative_integrated_gradients(
         seqs, parts, base_seqs, pad_id = _prepare(model, tokenizer, prompts, completions, critique_list, baseline)
         good, bad = (tokenizer(v, add_special_tokens=False)["input_ids"] for v in models.VERDICTS)
         forward = _VerdictLogOddsOfEmbeddings(model, good, bad)
-        attrs, reward, base_reward, delta, steps = _adaptive(
-            forward, model.get_input_embeddings(), seqs, base_seqs, pad_id, n_steps, tolerance, max_steps, max_batch_tokens
-        )
+        attrs, reward, base_reward, delta, steps = adaptive_integrated_gradients(
+            forward, model.get_input_embeddings(), seqs, base_seqs, pad_id, n_steps=n_steps, tolerance=tolerance,
+            max_steps=max_steps, batch_tokens=_batch_tokens(model, max_batch_tokens),
+        )  # fmt: skip
     finally:
         model.train(was_training)
     _warn_missed(reward, base_reward, delta, steps, tolerance, n_steps)
@@ -298,26 +299,6 @@ def _prepare(model, tokenizer, prompts, completions, critiques, baseline: str):
             stacklevel=3,
         )
     return seqs, parts, base_seqs, pad_id
-
-
-def _adaptive(forward, embedding, seqs, base_seqs, pad_id, n_steps, tolerance, max_steps, max_batch_tokens):
-    """IG of every text, at `n_steps` or (None) from 16 steps, doubling for the texts that miss completeness."""
-    n = len(seqs)
-    steps = np.full(n, FIRST_STEPS if n_steps is None else n_steps, dtype=np.int64)
-    if not n:
-        return [], np.zeros(0), np.zeros(0), np.zeros(0), steps
-    attrs, reward, base_reward, delta = _attribute(forward, embedding, seqs, base_seqs, pad_id, int(steps[0]), max_batch_tokens)
-    while n_steps is None:
-        missing = np.abs(delta) > tolerance * np.abs(reward - base_reward) + ABS_TOLERANCE
-        redo = [i for i in range(n) if missing[i] and steps[i] * 2 <= max_steps]
-        if not redo:
-            break
-        next_steps = int(steps[redo[0]] * 2)  # all texts still missing share one step count
-        out = _attribute(forward, embedding, [seqs[i] for i in redo], [base_seqs[i] for i in redo], pad_id, next_steps, max_batch_tokens)
-        for j, i in enumerate(redo):
-            attrs[i], reward[i], base_reward[i], delta[i] = out[0][j], out[1][j], out[2][j], out[3][j]
-            steps[i] = next_steps
-    return attrs, reward, base_reward, delta, steps
 
 
 def _warn_missed(reward, base_reward, delta, steps, tolerance, n_steps) -> None:

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from rlhf_lens.analyses.attribution.reward import RewardAttributionResult, _embed_pair, _prepare, _result, _RewardOfEmbeddings
+from rlhf_lens.analyses.attribution.reward import RewardAttributionResult, _batches, _embed_pair, _prepare, _result, _RewardOfEmbeddings
 
 __all__ = ["reward_feature_ablation", "reward_shapley_sampling"]
 
@@ -85,12 +85,27 @@ def reward_shapley_sampling(
             perturbations_per_eval=per_eval,
         )
 
-    result = _perturbation(reward_model, tokenizer, prompts, completions, attribute, baseline, max_batch_tokens, evals_per_token=n_samples)
+    result = _perturbation(
+        reward_model, tokenizer, prompts, completions, attribute, baseline, max_batch_tokens, evals_per_token=n_samples, same_length=True
+    )
     return _with_meta(result, method="shapley_value_sampling", baseline=baseline, samples=n_samples)
 
 
-def _perturbation(reward_model, tokenizer, prompts, completions, attribute, baseline: str, max_batch_tokens: int, *, evals_per_token: int):
-    """Run a Captum perturbation method over texts batched by length -> RewardAttributionResult (meta filled in later)."""
+def _perturbation(
+    reward_model,
+    tokenizer,
+    prompts,
+    completions,
+    attribute,
+    baseline: str,
+    max_batch_tokens: int,
+    *,
+    evals_per_token: int,
+    same_length: bool = False,
+):
+    """Run a Captum perturbation method over texts batched by length -> RewardAttributionResult (meta filled in later).
+    `same_length` batches only texts of one length: a sampling method then draws the same orderings for a text
+    whichever texts share its batch (Captum draws one ordering of the batch's positions per sample)."""
     if len(prompts) != len(completions):
         raise ValueError(f"got {len(prompts)} prompts but {len(completions)} completions; pass one completion per prompt")
     if max_batch_tokens < 1:
@@ -104,7 +119,7 @@ def _perturbation(reward_model, tokenizer, prompts, completions, attribute, base
     was_training = reward_model.training
     reward_model.eval()
     try:
-        for chunk in _length_sorted_chunks(seqs, max_batch_tokens):
+        for chunk in _batches(seqs, 1, max_batch_tokens, same_length=same_length):
             embeds, base, mask, positions = _embed_pair(
                 forward, embedding, [seqs[i] for i in chunk], None if base_seqs is None else [base_seqs[i] for i in chunk], pad_id
             )
@@ -124,20 +139,6 @@ def _perturbation(reward_model, tokenizer, prompts, completions, attribute, base
         reward_model.train(was_training)
     steps = np.asarray([evals_per_token * len(s) for s in seqs], dtype=np.int64)
     return _result(tokenizer, prompts, completions, parts, attrs, reward, base_reward, delta, steps, {})
-
-
-def _length_sorted_chunks(seqs: Sequence[list[int]], max_batch_tokens: int) -> list[list[int]]:
-    """Indices of `seqs`, sorted by length and cut into chunks of at most `max_batch_tokens` padded tokens
-    (a text longer than that is a chunk of its own)."""
-    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
-    chunks, start = [], 0
-    while start < len(order):
-        end = start + 1
-        while end < len(order) and (end + 1 - start) * len(seqs[order[end]]) <= max_batch_tokens:
-            end += 1
-        chunks.append(order[start:end])
-        start = end
-    return chunks
 
 
 def _with_meta(result: RewardAttributionResult, *, method: str, baseline: str, samples: int | None) -> RewardAttributionResult:

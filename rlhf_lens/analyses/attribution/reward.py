@@ -34,7 +34,7 @@ from markupsafe import Markup
 from rlhf_lens import models, views
 from rlhf_lens.analyses.core.result import Result
 
-__all__ = ["RewardAttributionResult", "reward_feature_ablation", "reward_integrated_gradients", "word_starts"]
+__all__ = ["RewardAttributionResult", "adaptive_integrated_gradients", "reward_integrated_gradients", "word_starts"]
 
 FIRST_STEPS = 16
 """Gauss-Legendre steps of the first adaptive pass."""
@@ -186,15 +186,20 @@ def _integrate(
     return (grads * diff).sum(-1) * mask
 
 
-def _batches(seqs: Sequence[list[int]], tokens_per_text: int, batch_tokens: int) -> list[list[int]]:
+def _batches(seqs: Sequence[list[int]], tokens_per_text: int, batch_tokens: int, *, same_length: bool = False) -> list[list[int]]:
     """Indices of the texts grouped for one batch each: sorted by length (little padding), grown while
-    texts x width x `tokens_per_text` stays within `batch_tokens` (a single text may exceed it)."""
+    texts x width x `tokens_per_text` stays within `batch_tokens` (a single text may exceed it); with
+    `same_length`, a batch holds texts of one length."""
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
     batches, start = [], 0
     while start < len(order):
         # Sorted by length, so the batch's width is that of its last text.
         end = start + 1
-        while end < len(order) and (end + 1 - start) * tokens_per_text * len(seqs[order[end]]) <= batch_tokens:
+        while (
+            end < len(order)
+            and (end + 1 - start) * tokens_per_text * len(seqs[order[end]]) <= batch_tokens
+            and not (same_length and len(seqs[order[end]]) != len(seqs[order[start]]))
+        ):
             end += 1
         batches.append(order[start:end])
         start = end
@@ -232,6 +237,44 @@ def _batch_tokens(reward_model: torch.nn.Module, max_batch_tokens: int) -> int:
     """Tokens per forward pass: `max_batch_tokens`, but at most `CPU_BATCH_TOKENS` on a CPU."""
     device = next(reward_model.parameters()).device
     return min(max_batch_tokens, CPU_BATCH_TOKENS) if device.type == "cpu" else max_batch_tokens
+
+
+def adaptive_integrated_gradients(
+    forward: torch.nn.Module,
+    embedding: torch.nn.Module,
+    seqs: Sequence[list[int]],
+    base_seqs: Sequence[list[int]] | None,
+    pad_id: int,
+    *,
+    n_steps: int | None,
+    tolerance: float,
+    max_steps: int,
+    batch_tokens: int,
+) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Integrated gradients of `forward(embeds, mask, positions) -> (batch,)` over the embeddings of every text, at
+    `n_steps`, or (None) from `FIRST_STEPS` steps, doubled for the texts whose |delta| > tolerance * |f(x) - f(baseline)|
+    + `ABS_TOLERANCE`, up to `max_steps`. The end points are scored once.
+
+    -> per-text attributions (len,), f(x) (n,), f(baseline) (n,), delta (n,), steps used (n,).
+    """
+    n = len(seqs)
+    steps = np.full(n, FIRST_STEPS if n_steps is None else n_steps, dtype=np.int64)
+    if not n:
+        return [], np.zeros(0), np.zeros(0), np.zeros(0), steps
+    reward, base_reward = _rewards(forward, embedding, seqs, base_seqs, pad_id, batch_tokens)
+    attrs = _attribute(forward, embedding, seqs, base_seqs, pad_id, int(steps[0]), batch_tokens)
+    delta = np.asarray([a.sum() for a in attrs]) - (reward - base_reward)
+    while n_steps is None:
+        missing = np.abs(delta) > tolerance * np.abs(reward - base_reward) + ABS_TOLERANCE
+        redo = [i for i in range(n) if missing[i] and steps[i] * 2 <= max_steps]
+        if not redo:
+            break
+        next_steps = int(steps[redo[0]] * 2)  # all texts still missing share one step count
+        again = _attribute(forward, embedding, _pick(seqs, redo), _pick(base_seqs, redo), pad_id, next_steps, batch_tokens)
+        for i, attributions in zip(redo, again):
+            attrs[i], steps[i] = attributions, next_steps
+            delta[i] = attributions.sum() - (reward[i] - base_reward[i])
+    return attrs, reward, base_reward, delta, steps
 
 
 # --------------------------------------------------------------------------- tokens and words
@@ -315,22 +358,10 @@ def reward_integrated_gradients(
     was_training = reward_model.training
     reward_model.eval()
     try:
-        n = len(seqs)
-        batch_tokens = _batch_tokens(reward_model, max_batch_tokens)
-        reward, base_reward = _rewards(forward, embedding, seqs, base_seqs, pad_id, batch_tokens)  # once, for every pass
-        steps = np.full(n, FIRST_STEPS if n_steps is None else n_steps, dtype=np.int64)
-        attrs = _attribute(forward, embedding, seqs, base_seqs, pad_id, int(steps[0]), batch_tokens) if n else []
-        delta = np.asarray([a.sum() for a in attrs]) - (reward - base_reward)
-        while n_steps is None:
-            missing = np.abs(delta) > tolerance * np.abs(reward - base_reward) + ABS_TOLERANCE
-            redo = [i for i in range(n) if missing[i] and steps[i] * 2 <= max_steps]
-            if not redo:
-                break
-            next_steps = int(steps[redo[0]] * 2)  # all texts still missing share one step count
-            again = _attribute(forward, embedding, _pick(seqs, redo), _pick(base_seqs, redo), pad_id, next_steps, batch_tokens)
-            for i, attributions in zip(redo, again):
-                attrs[i], steps[i] = attributions, next_steps
-                delta[i] = attributions.sum() - (reward[i] - base_reward[i])
+        attrs, reward, base_reward, delta, steps = adaptive_integrated_gradients(
+            forward, embedding, seqs, base_seqs, pad_id, n_steps=n_steps, tolerance=tolerance, max_steps=max_steps,
+            batch_tokens=_batch_tokens(reward_model, max_batch_tokens),
+        )  # fmt: skip
     finally:
         reward_model.train(was_training)
     missed = int((np.abs(delta) > tolerance * np.abs(reward - base_reward) + ABS_TOLERANCE).sum())
@@ -401,67 +432,3 @@ def _embed_pair(forward, embedding, seqs, base_seqs, pad_id):
         base = torch.zeros_like(embeds) if base_seqs is None else embedding(models.pad_right(base_seqs, pad_id)[0].to(device))
         base = torch.where(mask.bool()[:, :, None], base, embeds)
     return embeds, base, mask, models.position_ids(mask)
-
-
-def reward_feature_ablation(
-    reward_model: torch.nn.Module,
-    tokenizer,
-    prompts: Sequence[str],
-    completions: Sequence[str],
-    *,
-    baseline: str = "pad",
-    max_batch_tokens: int = 16384,
-) -> RewardAttributionResult:
-    """Occlusion of each token: attribution = reward(x) - reward(x with that one token replaced by the baseline).
-
-    Same target, inputs and baselines as `reward_integrated_gradients` (Captum's FeatureAblation on the same
-    forward over embeddings; "zero" replaces the token's embedding by zeros). Attributions need not add up:
-    `delta` = sum of attributions - (reward(x) - reward(all tokens replaced)) measures the interaction, and
-    `steps` is the number of ablations (the text's length). Returns a `RewardAttributionResult`.
-    """
-    from captum.attr import FeatureAblation
-
-    if len(prompts) != len(completions):
-        raise ValueError(f"got {len(prompts)} prompts but {len(completions)} completions; pass one completion per prompt")
-    parts, seqs, base_seqs, pad_id = _prepare(reward_model, tokenizer, prompts, completions, baseline)
-    forward = _RewardOfEmbeddings(reward_model)
-    embedding = reward_model.get_input_embeddings()
-    n = len(seqs)
-    attrs: list[np.ndarray] = [np.zeros(0)] * n
-    reward, base_reward, delta = np.zeros(n), np.zeros(n), np.zeros(n)
-    was_training = reward_model.training
-    reward_model.eval()
-    try:
-        order = sorted(range(n), key=lambda i: len(seqs[i]))
-        start = 0
-        while start < n:
-            end = start + 1
-            while end < n and (end + 1 - start) * len(seqs[order[end]]) <= max_batch_tokens:
-                end += 1
-            chunk = order[start:end]
-            embeds, base, mask, positions = _embed_pair(
-                forward, embedding, [seqs[i] for i in chunk], None if base_seqs is None else [base_seqs[i] for i in chunk], pad_id
-            )
-            width = embeds.shape[1]
-            feature_mask = torch.arange(width, device=embeds.device)[None, :, None].expand(1, width, embeds.shape[2])
-            with torch.no_grad():
-                attributions = FeatureAblation(forward).attribute(
-                    embeds,
-                    baselines=base,
-                    additional_forward_args=(mask, positions),
-                    feature_mask=feature_mask,
-                    perturbations_per_eval=max(1, max_batch_tokens // (len(chunk) * width)),
-                )
-                full = forward(embeds, mask, positions).double().cpu().numpy()
-                empty = forward(base, mask, positions).double().cpu().numpy()
-            per_token = (attributions[:, :, 0] * mask).double().cpu().numpy()  # (batch, seq)
-            for j, i in enumerate(chunk):
-                attrs[i] = per_token[j, : len(seqs[i])]
-                reward[i], base_reward[i] = full[j], empty[j]
-                delta[i] = attrs[i].sum() - (full[j] - empty[j])
-            start = end
-    finally:
-        reward_model.train(was_training)
-    steps = np.asarray([len(s) for s in seqs], dtype=np.int64)
-    meta = {"method": "feature_ablation", "baseline": baseline, "n_steps": None, "tolerance": None, "max_steps": None}
-    return _result(tokenizer, prompts, completions, parts, attrs, reward, base_reward, delta, steps, meta)
