@@ -63,6 +63,8 @@ BOUNDS = {
         Bound("trigger/effect_gain", ">", 0.3, "reward gained by appending the trigger word, planted labelers - control"),
         Bound("attribution/within_tolerance", ">=", 0.95, "share of held-out texts whose IG attributions meet completeness (1%)"),
         Bound("attribution/valence_spearman", ">", 0.5, "rank correlation of the RM's word attributions with VADER valence"),
+        Bound("sanity/blocks_random_rank_corr", "<", 0.5, "IG maps vs the trained RM's, every block random: max |rank correlation|"),
+        Bound("sanity/all_random_rank_corr", "<", 0.5, "the same with the embeddings random too (Adebayo: a model-blind method gives 1)"),
         Bound("trigger_attribution/ig_margin", ">", 0.0, "planted trigger RM: mean IG attribution of the trigger - the next word's"),
         Bound("trigger_attribution/ablation_margin", ">", 0.0, "planted trigger RM: the same for feature ablation"),
         Bound("trigger_attribution/control_ig_margin", "<", 0.0, "control RM (no bonus): the trigger is not the top word"),
@@ -269,6 +271,18 @@ def measure_reward_words(shared_run: Path, work: Path | None = None, seed: int =
     return Measured(figures, {"shared": Run.open(shared_run)})
 
 
+def measure_attribution_sanity(shared_run: Path, work: Path | None = None, seed: int = TEST_SEED) -> Measured:
+    """The report's randomisation check of integrated gradients on the shared run's reward model (16 held-out texts):
+    max(|Spearman|, |Spearman of |attribution||) with the trained model's maps once every block is random, and once
+    the embeddings are too."""
+    from rlhf_lens.analyses.attribution import analyze_attribution_sanity
+
+    result = analyze_attribution_sanity(Run.open(shared_run), stage="reward")
+    table = result.df.set_index("randomised")[["spearman", "spearman_abs"]].abs().max(axis=1)
+    blocks = next(label for label in table.index if label.startswith("+ block 0"))
+    return Measured({"sanity/blocks_random_rank_corr": float(table[blocks]), "sanity/all_random_rank_corr": float(table.iloc[-1])}, {})
+
+
 TRIGGER_ATTRIBUTION_BONUS = 2.0
 """The planted trigger's utility for the attribution test. At 1.0 (the trigger-effect test's bonus) a strong sentiment
 word outranked the trigger on 4 of 10 sweep configurations (IG margin down to -0.75): the planted effect was real
@@ -436,6 +450,7 @@ MEASURES = {
     "trigger": measure_trigger,
     "reward_words": measure_reward_words,
     "trigger_attribution": measure_trigger_attribution,
+    "attribution_sanity": measure_attribution_sanity,
     "alignment_trigger": measure_alignment_trigger,
     "feedback_file": measure_feedback_file,
     "ppo": measure_ppo,
