@@ -116,7 +116,9 @@ class RewardAttributionResult(Result):
             views.token_heatmap(list(rows["token"]), [float(v) for v in rows["attribution"]], label="attribution", scale=scale)
             for _, rows in shown.groupby("text", sort=True)
         ]
-        meaning = "red tokens raise the reward, blue lower it; the first token (BOS) is its own baseline and gets 0"
+        meaning = "red tokens raise the reward, blue lower it"
+        if self.meta.get("baseline") != "zero":
+            meaning += "; the first token (BOS) is its own baseline and gets 0"
         legend = views.heatmap_legend(label="attribution", scale=scale, meaning=meaning)
         return views.render("{{ legend }}{% for part in parts %}<p>{{ part }}</p>{% endfor %}", legend=legend, parts=parts)
 
