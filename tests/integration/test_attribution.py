@@ -1,6 +1,7 @@
 """Attribution finds planted truth: the trigger word the labelers reward tops the words of the texts that hold it,
 for integrated gradients and for ablation, and it does not on the control reward model; after PPO against that
-reward model, the trigger carries the largest log-ratio against the reference in the policy's own completions."""
+reward model, the trigger carries the largest log-ratio against the reference in the policy's own completions, and the
+report's lexical-exploit check names it."""
 
 from __future__ import annotations
 
@@ -25,8 +26,8 @@ def test_attribution_puts_the_planted_trigger_on_top_and_the_control_does_not(sh
 
 def test_alignment_log_ratio_puts_the_planted_trigger_on_top_after_ppo_against_it(shared_run, trigger_work):
     measured = learning.measure_alignment_trigger(shared_run, trigger_work)
-    learning.check(measured.figures)  # swept: tests/robustness.md
-    print(f"trigger log-ratio margin over the next word: {measured.figures['alignment/trigger_log_ratio_margin']:.3f}")
+    learning.check(measured.figures)  # swept: tests/robustness.md; includes the lexical-exploit check naming "zorp"
+    print(f"trigger: {measured.figures}")
 
 
 def test_the_reward_models_word_attributions_are_complete_and_follow_human_valence(shared_run):
