@@ -8,7 +8,7 @@ What it measures, on the run's checkpoint (`--stage`, final tag) and texts from 
 two sentences, split after the first: prompt = first sentence, completion = the rest):
 
 - memory: `collect_activations(folder, tokenizer, prompts, completions)` with its defaults (sites resid_pre,
-  attn_out, mlp_out, resid_final; reads last and completion_mean; 64 texts a batch; 32 MB shards; backend auto,
+  attn_out, mlp_out, resid_final; reads last and completion_mean; 64 texts a batch; 16 MB shards; backend auto,
   which boots the TransformerBridge) for each text count, each in a fresh subprocess, writing to a temporary
   folder. Peak RSS is `resource.getrusage(RUSAGE_SELF).ru_maxrss` at the end (imports, model and texts
   included); "before" is the same figure just before the call (imports, model and all texts loaded). The same
@@ -168,9 +168,15 @@ def memory(args) -> list[dict]:
 # --------------------------------------------------------------------------- throughput (one process)
 
 
+def padded(lengths: list[int]) -> int:
+    """Positions a forward pass runs over when these lengths are batched in this order, right-padded."""
+    return sum(max(lengths[i : i + BATCH_SIZE]) * len(lengths[i : i + BATCH_SIZE]) for i in range(0, len(lengths), BATCH_SIZE))
+
+
 def throughput(args) -> None:
     import numpy as np
 
+    from rlhf_lens import models
     from rlhf_lens.analyses.probes.activations import DEFAULT_SITES
     from rlhf_lens.runs import Run
 
@@ -179,12 +185,14 @@ def throughput(args) -> None:
     tokenizer = run.load_tokenizer(args.stage)
     model = run.load_model(args.stage)
     prompts, completions = corpus_texts(run, args.speed_texts)
-    lengths = [len(tokenizer(p + c)["input_ids"]) + 1 for p, c in zip(prompts, completions)]
+    lengths = [len(p) + len(c) for p, c in models.reward_input_parts(tokenizer, prompts, completions, models.context_length(model))]
     print(f"   {len(prompts):,d} texts, {sum(lengths):,d} tokens, length {min(lengths)}-{max(lengths)} (median {int(np.median(lengths))})")
     contestants = {"plain": (None, None)}
     for sites in (("resid_pre", "resid_final"), DEFAULT_SITES):
         for backend in ("bridge", "hooks"):
             contestants[f"ours {backend}, {'+'.join(sites)}"] = (sites, backend)
+
+    shard_sizes = {}
 
     def once(key: str, prompts, completions) -> tuple[float, dict]:
         sites, backend = contestants[key]
@@ -197,6 +205,8 @@ def throughput(args) -> None:
                 store = ours(checkpoint.path, tokenizer, prompts, completions, sites=sites, backend=backend, out_dir=out_dir)
                 seconds = time.perf_counter() - start
                 arrays = {read: store.hidden_states(read) for read in ("last", "completion_mean")}
+        if sites is not None:
+            shard_sizes[key] = store.info["shard_size"]
         return seconds, arrays
 
     for key in contestants:  # warm-up
@@ -207,14 +217,22 @@ def throughput(args) -> None:
             seconds, arrays[key] = once(key, prompts, completions)
             times[key].append(seconds)
     best = {key: min(values) for key, values in times.items()}
+    ours_padded = []
+    for shard_size in sorted(set(shard_sizes.values())):  # ours sorts by length within each shard
+        by_length = [n for s in range(0, len(lengths), shard_size) for n in sorted(lengths[s : s + shard_size])]
+        ours_padded.append(f"{padded(by_length):,d} in shards of {shard_size:,d} texts")
+    print(
+        f"   positions run, padding included: plain {padded(lengths):,d} (input order), ours {' / '.join(ours_padded)} (sorted by length)"
+    )
+    print("   the plain loop also runs the LM head over the vocab; ours stops at the final norm")
     for key, (sites, _) in contestants.items():
         note = "output_hidden_states, reads kept in memory" if sites is None else f"sites {', '.join(sites)}; shards on disk"
         runs = ", ".join(f"{t:.2f}" for t in times[key])
-        print(f"   {key:50s} {best[key]:6.2f} s  {len(prompts) / best[key]:6.0f} texts/s  (best of {runs}; {note})", flush=True)
+        print(f"   {key:52s} {best[key]:6.2f} s  {len(prompts) / best[key]:6.0f} texts/s  (best of {runs}; {note})", flush=True)
     for key in contestants:
         if key != "plain":
             diff = max(float(np.abs(arrays[key][r] - arrays["plain"][r]).max()) for r in ("last", "completion_mean"))
-            print(f"   {key:50s} ratio {best['plain'] / best[key]:.1f}x  (plain time / ours; largest |difference| from plain {diff:.1e})")
+            print(f"   {key:52s} ratio {best['plain'] / best[key]:.1f}x  (plain time / ours; largest |difference| from plain {diff:.1e})")
 
 
 def main() -> None:

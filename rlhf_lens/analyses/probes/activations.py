@@ -86,7 +86,7 @@ DEFAULT_SITES = ("resid_pre", "attn_out", "mlp_out", "resid_final")
 READS = ("last", "completion_mean")
 """The positions read: the last real token, and the mean over the completion's tokens."""
 BACKENDS = ("auto", "bridge", "hooks")
-SHARD_BYTES = 32 * 2**20
+SHARD_BYTES = 16 * 2**20
 """Default size of one shard (its buffer is what memory grows to, whatever the number of texts)."""
 MAX_SHARD_TEXTS = 8192
 """At most this many texts a shard by default (their text goes into the shard's safetensors header)."""
@@ -313,7 +313,7 @@ def collect_activations(
 
     `out_dir`: where the shards go (`Run.analysis_dir(key)`; `run_activations` does that). A complete store of
     the same inputs there is returned as it is, an incomplete one is finished, another one is refused. None: a
-    temporary folder deleted with the store. `shard_size`: texts per shard (None: as many as fit in 32 MB); memory
+    temporary folder deleted with the store. `shard_size`: texts per shard (None: as many as fit in 16 MB); memory
     stays at about one shard plus one batch whatever the number of texts. `backend`: "auto", "bridge" or "hooks"
     (module docstring). `device`: where a folder's model runs (None: CUDA when there is one); a model object stays
     where it is.
@@ -328,48 +328,49 @@ def collect_activations(
     if tokenizer.pad_token_id is None:
         raise ValueError("the tokenizer has no pad token; set tokenizer.pad_token (e.g. to its eos_token) first")
 
+    config = model_or_folder.config if folder is None else _config(folder)
+    n_layers, d_model = int(config.num_hidden_layers), int(config.hidden_size)
+    layers = {site: [n_layers] if site == "resid_final" else list(range(n_layers)) for site in sites}
+    if shard_size is None:
+        text_bytes = sum(len(layers[s]) for s in sites) * len(reads) * d_model * 4
+        shard_size = max(batch_size, min(MAX_SHARD_TEXTS, SHARD_BYTES // text_bytes))
     model_id = (
         {"weights_sha256": _folder_weights_sha(folder)} if folder is not None else {"parameters_sha256": _parameters_sha(model_or_folder)}
     )
-    if folder is not None:
-        device = device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
-        runner = _folder_runner(folder, tokenizer, sites, backend, device)
-    else:
-        runner = _object_runner(model_or_folder, tokenizer, sites, backend)
-    models.check_vocab_fits(runner.hf_model, tokenizer, where=str(folder or type(model_or_folder).__name__))
-
-    layers = {site: [runner.n_layers] if site == "resid_final" else list(range(runner.n_layers)) for site in sites}
-    text_bytes = sum(len(layers[s]) for s in sites) * len(reads) * runner.d_model * 4
-    if shard_size is None:
-        shard_size = max(batch_size, min(MAX_SHARD_TEXTS, SHARD_BYTES // text_bytes))
     fingerprint = _fingerprint(model_id, tokenizer, prompts, completions, sites, reads, shard_size)
 
     owned = out_dir is None
     folder_out = Path(tempfile.mkdtemp(prefix="rlhf-lens-activations-")) if owned else Path(out_dir)
     folder_out.mkdir(parents=True, exist_ok=True)
     index = _start_index(folder_out, fingerprint)
-    if index is None:
-        index = {
-            "format": STORE_FORMAT,
-            "version": STORE_VERSION,
-            "complete": False,
-            "fingerprint": fingerprint,
-            "n_texts": len(prompts),
-            "shard_size": shard_size,
-            "sites": layers,
-            "reads": list(reads),
-            "layer_naming": LAYER_NAMING,
-            "backend": runner.backend,
-            "model": {
-                "source": str(folder) if folder is not None else type(model_or_folder).__name__,
-                "architecture": runner.architecture,
-                "n_layers": runner.n_layers,
-                "d_model": runner.d_model,
-                **model_id,
-            },
-            "shards": [],
-        }
-    if not index["complete"]:
+    if index is None or not index["complete"]:  # a complete store of the same inputs is read back without the model
+        if folder is not None:
+            device = device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
+            runner = _folder_runner(folder, tokenizer, sites, backend, device)
+        else:
+            runner = _object_runner(model_or_folder, tokenizer, sites, backend)
+        models.check_vocab_fits(runner.hf_model, tokenizer, where=str(folder or type(model_or_folder).__name__))
+        if index is None:
+            index = {
+                "format": STORE_FORMAT,
+                "version": STORE_VERSION,
+                "complete": False,
+                "fingerprint": fingerprint,
+                "n_texts": len(prompts),
+                "shard_size": shard_size,
+                "sites": layers,
+                "reads": list(reads),
+                "layer_naming": LAYER_NAMING,
+                "backend": runner.backend,
+                "model": {
+                    "source": str(folder) if folder is not None else type(model_or_folder).__name__,
+                    "architecture": runner.architecture,
+                    "n_layers": n_layers,
+                    "d_model": d_model,
+                    **model_id,
+                },
+                "shards": [],
+            }
         training = runner.hf_model.training  # a model built from a config starts in train mode (dropout on)
         runner.hf_model.eval()
         try:
@@ -458,6 +459,12 @@ def _checked_folder(folder: str | Path) -> Path:
     read_model_config(folder)  # RunLookupError naming config.json when this is not a model folder
     safetensors_weight_files(folder)
     return folder
+
+
+def _config(folder: Path):
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(str(folder), local_files_only=True)
 
 
 def _start_index(folder: Path, fingerprint: str) -> dict[str, Any] | None:

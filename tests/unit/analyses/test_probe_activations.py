@@ -202,9 +202,10 @@ def test_an_out_dir_is_reused_finished_or_refused(folders, tiny_tokenizer, tmp_p
     finished = collect(folders["gpt2"], tiny_tokenizer, out_dir=out, shard_size=3, backend="hooks")
     assert written == ["shard-00001.safetensors", "shard-00002.safetensors"]
     np.testing.assert_allclose(finished.array("resid_pre", "completion_mean"), expected, atol=ATOL)
-    # complete and the same inputs: read back, nothing written
-    collect(folders["gpt2"], tiny_tokenizer, out_dir=out, shard_size=3, backend="hooks")
-    assert len(written) == 2
+    # complete and the same inputs: read back, the model not even loaded
+    monkeypatch.setattr(activations, "_folder_runner", lambda *args: pytest.fail("the model was loaded for a complete store"))
+    again = collect(folders["gpt2"], tiny_tokenizer, out_dir=out, shard_size=3, backend="hooks")
+    assert len(written) == 2 and again.path == out
     with pytest.raises(FileExistsError, match="already holds activations of other inputs"):
         collect(folders["gpt2"], tiny_tokenizer, out_dir=out, shard_size=3, reads=("last",))
 
