@@ -251,8 +251,8 @@ class RewardReadout(NamedTuple):
 
         reward = direction . resid_final[L] at the last token + bias
 
-    resid_final is the residual *after* the final layer norm (HF's last hidden state), so the direction lives
-    there; in resid_pre or resid_post coordinates the reward is not linear (the norm divides by the scale).
+    resid_final is the residual *after* the final layer norm, its gain and bias included (HF's last hidden state),
+    so the direction lives there; in resid_pre or resid_post coordinates the reward is not linear (the norm divides by the scale).
     `bias` folds the score head's bias (GPT-2, Llama and GPT-NeoX heads have none) and minus the centring
     offset (`config.reward_offset`) together, so this equals `models.score_texts`.
     """
