@@ -4,7 +4,6 @@ the reward model's read-out (`directions`), and the causal check of a direction 
 analyses are still to come (issue 12)."""
 
 from rlhf_lens.analyses.probes.activations import ActivationStore, RewardReadout, collect_activations, reward_readout, run_activations
-
 from rlhf_lens.analyses.probes.directions import (
     DirectionAlignmentResult,
     concept_patterns,
