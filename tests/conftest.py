@@ -34,6 +34,13 @@ def shared_run(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def trigger_work(tmp_path_factory) -> Path:
+    """One folder for the planted trigger reward model and its control (`learning.trigger_reward_runs`), trained once
+    per session for the attribution, alignment and probe tests."""
+    return tmp_path_factory.mktemp("trigger")
+
+
+@pytest.fixture(scope="session")
 def tiny_tokenizer():
     """A small byte-level BPE trained on a few task texts."""
     from rlhf_lens.tasks import get_task

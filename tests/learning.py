@@ -86,6 +86,14 @@ BOUNDS = {
         ),
         Bound("hacking/planted_flagged", ">=", 1.0, "the length-hacking check flags that policy"),
         Bound("hacking/control_flagged", "<", 0.5, "and does not flag the shared run's PPO stage (unbiased labelers)"),
+        Bound("probes/sentiment_selectivity", ">", 0.3, "shared RM: gold-sentiment probe's balanced accuracy - best control, at its best layer"),
+        Bound("probes/readout_sentiment_minus_length_cosine", ">", 0.0, "shared RM: |cos(read-out, sentiment pattern)| - |cos(.., length)|, last layer"),
+        Bound(
+            "probes/readout_sentiment_minus_length_share", ">", 0.0, "shared RM: reward variance the sentiment filter explains - the length filter's"
+        ),
+        Bound("probes/sentiment_steering_z", ">", 3.0, "shared RM: reward change per sd pushed along the sentiment pattern / its standard error"),
+        Bound("trigger_probe/selectivity", ">=", 0.2, "reward_trigger_quick.toml's RM (bonus 0.5): trigger-present probe's balanced accuracy - best control"),
+        Bound("trigger_probe/control_selectivity", "<", 0.2, "control RM (no bonus): the same probe"),
         Bound("feedback_file/accuracy_gold", ">", 0.6, "ranking RM trained from a JSONL feedback file: agreement with the oracle"),
         Bound("ppo/gold_gain_z", ">", 2.0, "PPO: gain in gold reward on the eval prompts / combined standard error"),
         Bound("grpo/gold_gain_z", ">", 2.0, "GRPO: gain in gold reward on the eval prompts / combined standard error"),
@@ -380,6 +388,48 @@ def lexical_trigger_figures(policy: Run) -> dict[str, float]:
     return {"lexical/trigger_named": float(named), "lexical/trigger_excess": float(suspects["excess"].get("zorp", float("nan")))}
 
 
+def measure_probes(shared_run: Path, work: Path | None = None, seed: int = TEST_SEED) -> Measured:
+    """The report's probes of the shared run's reward model (unbiased labelers): gold sentiment is read far above its
+    controls, the reward's read-out is closer to sentiment than to length, and steering along sentiment raises it."""
+    from rlhf_lens.analyses.core.cache import analyze
+
+    run = Run.open(shared_run)
+    names = ["probes.reward_concepts", "probes.reward_directions", "probes.reward_steering"]
+    concepts, directions, steering = (outcome.result for outcome in analyze(run, names, quiet=True))
+    last = directions.df[directions.df["layer"] == directions.df["layer"].max()].set_index("concept")
+    return Measured(
+        {
+            "probes/sentiment_selectivity": concepts.meta["concepts"]["gold sentiment"]["best_selectivity"],
+            "probes/readout_sentiment_minus_length_cosine": float(
+                abs(last.loc["sentiment · pattern", "cosine"]) - abs(last.loc["length · pattern", "cosine"])
+            ),
+            "probes/readout_sentiment_minus_length_share": float(
+                last.loc["sentiment · filter", "variance_share"] - last.loc["length · filter", "variance_share"]
+            ),
+            "probes/sentiment_steering_z": steering.meta["concepts"]["sentiment"]["z"],
+        },
+        {"shared": run},
+    )
+
+
+def measure_trigger_probe(shared_run: Path, work: Path, seed: int = TEST_SEED) -> Measured:
+    """The trigger-present probe on the reward model of training/reward_trigger_quick.toml as it stands (its planted
+    bonus, 0.5) beats its controls by 20 points; on the control reward model (same corpus, no bonus) it does not."""
+    from rlhf_lens.analyses.core.cache import analyze
+
+    recipe = work / "trigger_recipe"
+    if not ((recipe / "run.json").is_file() and all(s.status == "done" for s in Run.open(recipe).stages())):
+        reward_run(shared_run, recipe, "reward_trigger_quick.toml", *RANKING_BATCHES, seed=seed)
+    runs = {"planted": Run.open(recipe), "control": trigger_reward_runs(shared_run, work, seed, names=("control",))["control"]}
+    selectivity = {
+        name: analyze(run, ["probes.reward_concepts"], quiet=True)[0].result.meta["concepts"]["trigger present"]["best_selectivity"]
+        for name, run in runs.items()
+    }
+    return Measured(
+        {"trigger_probe/selectivity": selectivity["planted"], "trigger_probe/control_selectivity": selectivity["control"]}, runs
+    )
+
+
 LENGTH_HACKING_BIAS = 0.1
 """Utility per word the planted labelers add for the length-hacking test. At 0.05 the policy lengthened its answers
 (14 -> 25 tokens) but length explained 31% of its proxy gain (a warn); at 0.1, 58% (a flag), seed 0."""
@@ -515,6 +565,8 @@ MEASURES = {
     "attribution_sanity": measure_attribution_sanity,
     "alignment_trigger": measure_alignment_trigger,
     "length_hacking": measure_length_hacking,
+    "probes": measure_probes,
+    "trigger_probe": measure_trigger_probe,
     "feedback_file": measure_feedback_file,
     "ppo": measure_ppo,
     "grpo": measure_grpo,

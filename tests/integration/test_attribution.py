@@ -14,12 +14,6 @@ from tests import learning
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def trigger_work(tmp_path_factory):
-    """One folder for this module's trigger runs, so the planted reward model is trained once for both tests."""
-    return tmp_path_factory.mktemp("trigger")
-
-
 def test_attribution_puts_the_planted_trigger_on_top_and_the_control_does_not(shared_run, trigger_work):
     learning.check(learning.measure_trigger_attribution(shared_run, trigger_work).figures)  # swept: tests/robustness.md
 

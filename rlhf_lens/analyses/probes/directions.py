@@ -67,7 +67,7 @@ from markupsafe import Markup
 
 from rlhf_lens import views
 from rlhf_lens.analyses.core.result import Result
-from rlhf_lens.analyses.probes.linear import KINDS, Kind, _codes, _fit
+from rlhf_lens.analyses.probes.linear import KINDS, ONE_BLAS_THREAD, Kind, _codes, _fit
 
 __all__ = [
     "DirectionAlignmentResult",
@@ -115,7 +115,7 @@ class DirectionAlignmentResult(Result):
         """Cosine with the read-out (left, the band is +- 1/sqrt(d_model)) and reward variance share (right) by layer.
         With `ax` given (one axes), the cosine panel alone."""
         if ax is None:
-            _, axes = views.new_figure(10.0, 3.4, ncols=2)  # (1, 2) axes
+            _, axes = views.new_figure(11.0, 3.6, ncols=2)  # (1, 2) axes
             ax, share_ax = axes[0]
         else:
             share_ax = None
@@ -129,7 +129,8 @@ class DirectionAlignmentResult(Result):
         ax.set_ylim(-1.05, 1.05)
         ax.set_xlabel("layer")
         ax.set_ylabel("cosine with the reward read-out")
-        ax.legend(fontsize=8)
+        if share_ax is None:  # with both panels, the share panel's legend names the same colours
+            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
         if share_ax is not None:
             for concept, rows in self.df.groupby("concept", sort=False):
                 share_ax.plot(rows["layer"], rows["variance_share"], marker="o", label=str(concept))
@@ -139,7 +140,7 @@ class DirectionAlignmentResult(Result):
             share_ax.set_ylim(0.0, 1.02)
             share_ax.set_xlabel("layer")
             share_ax.set_ylabel("share of reward variance (R²)")
-            share_ax.legend(fontsize=8)
+            share_ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
             ax.figure.tight_layout()
         return ax
 
@@ -156,12 +157,18 @@ class DirectionAlignmentResult(Result):
                 ("cosine of random directions (1 sd)", self.meta.get("cosine_chance")),
             ]
         )
-        return facts + views.table(self.df, caption="Cosine with the read-out and reward variance share, per concept and layer")
+        last = self.df[self.df["layer"] == self.df["layer"].max()]
+        return (
+            facts
+            + views.table(last, caption=f"At the last layer ({last['layer'].iloc[0] if len(last) else '–'}): cosine and variance share")
+            + views.details("Every concept and layer", views.table(self.df, max_rows=None))
+        )
 
 
 # --------------------------------------------------------------------------- directions
 
 
+@ONE_BLAS_THREAD
 def probe_directions(
     activations: np.ndarray, labels: np.ndarray, *, kind: Kind = "classification", l2: float = 1.0
 ) -> np.ndarray:  # (layer, d_model)

@@ -29,7 +29,7 @@ from rlhf_lens import models, views
 from rlhf_lens.analyses.core.result import Result
 from rlhf_lens.analyses.core.verdict import Verdict
 
-__all__ = ["SteeringResult", "steer_policy", "steer_rewards", "transformer_blocks"]
+__all__ = ["ConceptSteeringResult", "SteeringResult", "steer_policy", "steer_rewards", "transformer_blocks"]
 
 SCALES = (-2.0, -1.0, 0.0, 1.0, 2.0)
 """Steering strengths, in standard deviations of the residual along the direction."""
@@ -315,3 +315,53 @@ def steer_policy(
         "z": z,
     }
     return SteeringResult(df=df, meta=meta, verdicts=(_verdict(meta, expected_sign),))
+
+
+@dataclass(frozen=True, eq=False)
+class ConceptSteeringResult(Result):
+    """Several directions steered one after another on the same texts, one row per (concept, scale).
+
+    Columns: concept, and those of `SteeringResult` (scale, mean, sem, change, change_sem).
+    `meta`: what, layer, positions, texts, concepts ({concept: that run's meta: sd, slope, z, expected_sign}).
+    One verdict per concept (see `SteeringResult`).
+    """
+
+    columns: ClassVar[tuple[str, ...]] = ("concept", "scale", "mean", "sem", "change", "change_sem")
+    heading: ClassVar[str] = "Steering along concept directions"
+
+    @classmethod
+    def from_runs(cls, runs: dict[str, SteeringResult], *, meta: dict | None = None) -> ConceptSteeringResult:
+        if not runs:
+            raise ValueError("no steering runs to combine")
+        first = next(iter(runs.values())).meta
+        df = pd.concat([r.df.assign(concept=name) for name, r in runs.items()], ignore_index=True)[list(cls.columns)]
+        shared = {k: first[k] for k in ("what", "layer", "positions", "texts")}
+        per_concept = {name: {k: r.meta[k] for k in ("sd", "slope", "z")} for name, r in runs.items()}
+        verdicts = tuple(v for r in runs.values() for v in r.verdicts)
+        return cls(df=df, meta={**shared, **(meta or {}), "concepts": per_concept}, verdicts=verdicts)
+
+    def headlines(self) -> list[tuple[str, str]]:
+        return [
+            (f"{self.meta.get('what')} change per sd along {name}", f"{m['slope']:+.3g} (z {m['z']:.1f})")
+            for name, m in self.meta.get("concepts", {}).items()
+            if m.get("slope") is not None and math.isfinite(m["slope"])
+        ]
+
+    def plot(self, ax=None):
+        if ax is None:
+            _, ax = views.new_figure(5.5, 3.4)
+        for concept, rows in self.df.groupby("concept", sort=False):
+            ax.errorbar(rows["scale"], rows["change"], yerr=rows["change_sem"], marker="o", capsize=3, label=str(concept))
+        ax.axhline(0.0, color="grey", linewidth=0.6)
+        ax.set_xlabel(f"push along the direction after block {self.meta.get('layer')} (sd of the residual along it)")
+        ax.set_ylabel(f"change in {self.meta.get('what')}")
+        ax.set_title(f"steering at {self.meta.get('positions')} positions, {self.meta.get('texts')} texts", fontsize=9)
+        ax.legend(fontsize=8)
+        ax.figure.tight_layout()
+        return ax
+
+    def figures_html(self) -> Markup:
+        return views.figure_html(self.plot().figure, "change of the outcome as the residual stream is pushed along each concept direction")
+
+    def table_html(self) -> Markup:
+        return views.table(self.df, caption="Outcome at each steering scale, per concept (paired change against the unsteered run)")

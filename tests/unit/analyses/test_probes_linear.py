@@ -141,7 +141,7 @@ def test_a_control_task_with_one_token_type_is_reported_not_scored():
     result = probe_layers(x, y, groups, control_tokens=np.full(N, "."))
     assert result.df["control_task"].isna().all() and "constant" in result.meta["control_note"]
     assert result.meta["control_types"] == 1
-    assert (result.df["selectivity"] == result.df["score"] - result.df["permuted"]).all()
+    assert (result.df["selectivity"] == result.df["score"] - result.df["permuted"].clip(lower=0.5)).all()  # chance floors it
 
 
 def test_errors_name_the_argument_and_the_fix():
