@@ -8,7 +8,7 @@ CONSTRAINTS := $(shell command -v nvidia-smi >/dev/null 2>&1 || echo "-c constra
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test test-fast lint lint-imports format bench clean
+.PHONY: setup demo test test-fast lint lint-imports format bench clean length-bias
 
 setup: $(STAMP)
 
@@ -22,6 +22,10 @@ demo: setup
 	$(VENV)/bin/rlhf-lens inspect runs/demo
 	$(VENV)/bin/rlhf-lens report runs/demo
 	@echo "Open runs/demo/report.html in a browser: what was trained, the headline numbers and every verdict come first."
+
+# The length-bias study (analyses/README.md): planted against control labelers, about 12 minutes on 2 cores.
+length-bias: setup
+	$(PYTHON) analyses/length_bias.py --out runs/length_bias
 
 lint-imports: setup
 	$(VENV)/bin/lint-imports

@@ -12,8 +12,8 @@ import pytest
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 WRITES = {"01_quickstart.ipynb": ("report.html",)}
 """Files a notebook writes into the run."""
-SECONDS = {"02_attribution.ipynb": 60}
-"""Time limits beyond the executor's own (issue 11: the attribution notebook runs in under a minute)."""
+SECONDS = {"02_attribution.ipynb": 60, "03_probes_and_hacking.ipynb": 60}
+"""Time limits beyond the executor's own (issues 11 and 12: these notebooks run in under a minute)."""
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in NOTEBOOKS.glob("*.ipynb")))
@@ -46,4 +46,4 @@ def test_notebook_executes_without_error(name, shared_run, tmp_path, monkeypatch
 
 
 def test_the_walkthroughs_are_there():
-    assert {"01_quickstart.ipynb", "02_attribution.ipynb"} <= {p.name for p in NOTEBOOKS.glob("*.ipynb")}
+    assert {"01_quickstart.ipynb", "02_attribution.ipynb", "03_probes_and_hacking.ipynb"} <= {p.name for p in NOTEBOOKS.glob("*.ipynb")}

@@ -33,7 +33,7 @@ from rlhf_lens.runs import FINAL_TAG, Run
 register_section(
     "probes",
     "Probes",
-    order=50,
+    order=47,
     intro="What the reward model and the policy encode. Linear probes read each concept the corpus labels (gold "
     "sentiment, negation, the planted trigger, domain, length) from the residual stream at every layer, against two "
     "controls: the same probe on permuted labels, and on a control task that only token identity can solve (Hewitt and "
@@ -274,13 +274,25 @@ def probes_over_training(run: Run, stage: str, n: int = OVER_TRAINING_TEXTS) -> 
 OVER_TRAINING = {"checkpoints": True, "data": ("corpus",), "requires": _several_checkpoints}
 
 
-@analysis("probes.reward_over_training", result=ProbesOverTrainingResult, section="probes", needs=Needs(stage_kind="reward", **OVER_TRAINING), order=6)
+@analysis(
+    "probes.reward_over_training",
+    result=ProbesOverTrainingResult,
+    section="probes",
+    needs=Needs(stage_kind="reward", **OVER_TRAINING),
+    order=6,
+)
 def analyze_reward_probes_over_training(run: Run, stage: str) -> ProbesOverTrainingResult:
     """The concept probes at every checkpoint of reward stage `stage`, each concept at its most selective layer."""
     return probes_over_training(run, stage)
 
 
-@analysis("probes.policy_over_training", result=ProbesOverTrainingResult, section="probes", needs=Needs(stage_kind="policy", **OVER_TRAINING), order=7)
+@analysis(
+    "probes.policy_over_training",
+    result=ProbesOverTrainingResult,
+    section="probes",
+    needs=Needs(stage_kind="policy", **OVER_TRAINING),
+    order=7,
+)
 def analyze_policy_probes_over_training(run: Run, stage: str) -> ProbesOverTrainingResult:
     """The concept probes at every checkpoint of policy stage `stage`, each concept at its most selective layer."""
     return probes_over_training(run, stage)
