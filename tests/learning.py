@@ -114,7 +114,7 @@ BOUNDS = {
             "trigger_probe/selectivity",
             ">=",
             0.2,
-            "reward_trigger_quick.toml's RM (bonus 0.5): trigger-present probe's balanced accuracy - best control",
+            "reward_trigger_quick.toml's RM (bonus 2.0): trigger-present probe's balanced accuracy - best control",
         ),
         Bound("trigger_probe/control_selectivity", "<", 0.2, "control RM (no bonus): the same probe"),
         Bound("feedback_file/accuracy_gold", ">", 0.6, "ranking RM trained from a JSONL feedback file: agreement with the oracle"),
@@ -436,14 +436,12 @@ def measure_probes(shared_run: Path, work: Path | None = None, seed: int = TEST_
 
 
 def measure_trigger_probe(shared_run: Path, work: Path, seed: int = TEST_SEED) -> Measured:
-    """The trigger-present probe on the reward model of training/reward_trigger_quick.toml as it stands (its planted
-    bonus, 0.5) beats its controls by 20 points; on the control reward model (same corpus, no bonus) it does not."""
+    """The trigger-present probe on the reward model of training/reward_trigger_quick.toml (its planted bonus, 2.0,
+    is `TRIGGER_ATTRIBUTION_BONUS`) beats its controls by 20 points; on the control reward model (same corpus, no
+    bonus) it does not."""
     from rlhf_lens.analyses.core.cache import analyze
 
-    recipe = work / "trigger_recipe"
-    if not ((recipe / "run.json").is_file() and all(s.status == "done" for s in Run.open(recipe).stages())):
-        reward_run(shared_run, recipe, "reward_trigger_quick.toml", *RANKING_BATCHES, seed=seed)
-    runs = {"planted": Run.open(recipe), "control": trigger_reward_runs(shared_run, work, seed, names=("control",))["control"]}
+    runs = trigger_reward_runs(shared_run, work, seed)
     selectivity = {
         name: analyze(run, ["probes.reward_concepts"], quiet=True)[0].result.meta["concepts"]["trigger present"]["best_selectivity"]
         for name, run in runs.items()

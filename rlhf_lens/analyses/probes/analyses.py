@@ -84,8 +84,7 @@ def residual_activations(run: Run, stage: str, tag: str, texts: ProbeTexts) -> t
     """(n, layer + 1, d_model) residual stream of checkpoint `tag` (`concepts.residual_stream`) and, for a scalar
     reward checkpoint, each text's reward (its read-out of the final residual); None for other checkpoints."""
     read = _read(run, stage)
-    reads = ("last",) if read == "last" else ("last", read)
-    store = run_activations(run, stage, texts.prompts, texts.completions, tag=tag, sites=SITES, reads=reads, quiet=True)
+    store = run_activations(run, stage, texts.prompts, texts.completions, tag=tag, sites=SITES, reads=(read,), quiet=True)
     rewards = None
     if _is_scalar_reward(run, stage, tag):
         rewards = reward_readout(run.checkpoint(stage, tag).path).rewards(store.array("resid_final", "last"))
