@@ -296,4 +296,7 @@ class ProbesOverTrainingResult(Result):
         return views.figure_html(self.plot().figure, "selectivity of each concept's probe at its best layer, checkpoint by checkpoint")
 
     def table_html(self) -> Markup:
-        return views.table(self.df, max_rows=None, caption="Each concept at its most selective layer, per checkpoint")
+        wide = self.df.pivot_table(index=["step", "tag"], columns="concept", values="selectivity", sort=False).reset_index()
+        return views.table(
+            wide, max_rows=None, caption="Selectivity of each concept at its most selective layer, per checkpoint"
+        ) + views.details("Best layer and score per checkpoint and concept", views.table(self.df, max_rows=None))

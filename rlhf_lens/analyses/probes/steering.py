@@ -72,7 +72,7 @@ class SteeringResult(Result):
             _, ax = views.new_figure(5.0, 3.2)
         ax.errorbar(self.df["scale"], self.df["change"], yerr=self.df["change_sem"], marker="o", capsize=3)
         ax.axhline(0.0, color="grey", linewidth=0.6)
-        ax.set_xlabel(f"push along {self.meta.get('concept') or 'the direction'} at layer {self.meta.get('layer')} (sd)")
+        ax.set_xlabel(f"push along {self.meta.get('concept') or 'the direction'} after block {self.meta.get('layer')} (sd)")
         ax.set_ylabel(f"change in {self.meta.get('what')}")
         ax.set_title(f"steering at {self.meta.get('positions')} positions, {self.meta.get('texts')} texts", fontsize=9)
         return ax
@@ -156,7 +156,7 @@ def _summary(outcomes: dict[float, np.ndarray]) -> tuple[pd.DataFrame, float, fl
 def _verdict(meta: dict, expected_sign: int | None) -> Verdict:
     slope, z = meta["slope"], meta["z"]
     name = meta.get("concept") or "the direction"
-    check = f"steering along {name} at layer {meta['layer']} moves the {meta['what']}"
+    check = f"steering along {name} after block {meta['layer']} moves the {meta['what']}"
     rule = f"ok when the per-sd change differs from 0 by more than {MOVES_Z:g} standard errors" + (
         " in the expected sign" if expected_sign else ""
     )
@@ -364,4 +364,5 @@ class ConceptSteeringResult(Result):
         return views.figure_html(self.plot().figure, "change of the outcome as the residual stream is pushed along each concept direction")
 
     def table_html(self) -> Markup:
-        return views.table(self.df, caption="Outcome at each steering scale, per concept (paired change against the unsteered run)")
+        caption = "Outcome at each steering scale, per concept (paired change against the unsteered run)"
+        return views.details("Every concept and scale", views.table(self.df, max_rows=None, caption=caption))
