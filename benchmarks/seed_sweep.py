@@ -76,14 +76,17 @@ def launch(out: Path, seed: int, threads: int, only: list[str], again: bool) -> 
         return subprocess.run(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT).returncode
 
 
-def summarise(out: Path) -> dict:
-    """Every figure of every configuration, and each figure's minimum margin against its bound."""
+def summarise(out: Path, previous: dict | None = None) -> dict:
+    """Every figure of every configuration, and each figure's minimum margin against its bound. Figures of `previous`
+    (the results file as it was) are kept unless a configuration's figures.json measured them again, so a sweep of
+    a subset (--only) adds to the results instead of replacing them."""
     sys.path.insert(0, str(ROOT))
     from tests.learning import BOUNDS
 
-    configs = {}
+    configs = {name: dict(figures) for name, figures in (previous or {}).get("configs", {}).items()}
     for figures_file in sorted(out.glob("seed-*-threads-*/figures.json")):
-        configs[figures_file.parent.name] = {k: v for k, v in json.loads(figures_file.read_text()).items() if not k.startswith("_measured")}
+        measured = {k: v for k, v in json.loads(figures_file.read_text()).items() if not k.startswith("_measured")}
+        configs[figures_file.parent.name] = configs.get(figures_file.parent.name, {}) | measured
     table = {}
     for name, bound in BOUNDS.items():
         values = {config: figures[name] for config, figures in configs.items() if name in figures}
@@ -134,19 +137,20 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "seed_sweep")
     parser.add_argument("--again", action="store_true", help="re-measure figures already in figures.json")
     parser.add_argument("--jobs", type=int, help="configurations at once (default: cores / threads)")
+    parser.add_argument("--summary-only", action="store_true", help="only rewrite the results from the figures measured so far")
     parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         return worker(args.worker, args.seeds[0], args.threads[0], args.only, args.again)
 
     cores = os.cpu_count() or 1
-    for threads in sorted(args.threads):
+    for threads in [] if args.summary_only else sorted(args.threads):
         with ThreadPoolExecutor(args.jobs or max(1, cores // threads)) as pool:
             codes = list(pool.map(lambda seed, threads=threads: launch(args.out, seed, threads, args.only, args.again), args.seeds))
         for seed, code in zip(args.seeds, codes):
             if code:
                 print(f"seed {seed} threads {threads} failed (exit {code}); see {args.out}/seed-{seed}-threads-{threads}/log.txt")
-    summary = summarise(args.out)
+    summary = summarise(args.out, json.loads(RESULTS.read_text()) if RESULTS.is_file() else None)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(summary, indent=1) + "\n")
     RESULTS.with_suffix(".md").write_text(markdown_table(summary))
