@@ -94,3 +94,18 @@ def weights_sha256(folder: str | os.PathLike[str]) -> str:
 
     lines = "".join(f"{f.name} {sha256_file(f)}\n" for f in files)
     return hashlib.sha256(lines.encode("utf-8")).hexdigest()
+
+
+def read_weights(folder: str | os.PathLike[str]) -> dict:
+    """Every tensor of an HF folder's vetted safetensors weight files, by name, on the CPU (no model is built):
+    {name: torch.Tensor}. A name held by two shards is a RunFormatError."""
+    from safetensors.torch import load_file
+
+    tensors: dict = {}
+    for path in safetensors_weight_files(folder):
+        shard = load_file(path, device="cpu")
+        clash = sorted(set(shard) & set(tensors))
+        if clash:
+            raise RunFormatError(f"{path}: tensors {clash[:5]} also appear in another shard of {folder}")
+        tensors.update(shard)
+    return tensors

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
@@ -114,25 +113,13 @@ class _Rows:
 def policy_reference(run: Run, stage: str):
     """The reference policy of policy stage `stage`: the checkpoint it started from (run.json's `policy_from`),
     read from this run when it is one of its checkpoints, else from the recorded folder. -> (model, description)."""
+    from rlhf_lens.analyses._reference import policy_reference_folder
     from rlhf_lens.models import load_causal_lm
 
-    recorded = str(run.manifest.get("results", {}).get(stage, {}).get("policy_from", ""))
-    if not recorded:
-        raise ValueError(
-            f"run {run.path}: run.json records no `policy_from` for stage {stage!r} (the stage did not finish); "
-            "the reference policy it started from is unknown"
-        )
-    parts = Path(recorded).parts
-    if len(parts) >= 3 and parts[-3] == "checkpoints" and parts[-2] in {s.name for s in run.stages()}:
-        names = [c.tag for c in run.checkpoints(parts[-2])]
-        if parts[-1] in names:
-            return run.load_model(parts[-2], parts[-1]), f"{parts[-2]}/{parts[-1]}"
-    if not Path(recorded).is_dir():
-        raise FileNotFoundError(
-            f"run {run.path}: stage {stage!r} started from {recorded}, which no longer exists; "
-            "put that checkpoint back to compare the policy with its reference"
-        )
-    return load_causal_lm(recorded).eval(), recorded
+    reference = policy_reference_folder(run, stage)
+    if reference.stage is not None:
+        return run.load_model(reference.stage, reference.tag), reference.description
+    return load_causal_lm(reference.path).eval(), reference.description
 
 
 def attribution_over_training(

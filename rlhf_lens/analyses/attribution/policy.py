@@ -42,6 +42,7 @@ from rlhf_lens.analyses.attribution.reward import ABS_TOLERANCE, FIRST_STEPS, HE
 from rlhf_lens.analyses.core.result import Result
 
 __all__ = [
+    "completion_parts",
     "AlignmentAttributionResult",
     "AlignmentLogRatioResult",
     "PolicyAttributionResult",
@@ -304,7 +305,9 @@ def _completion_text(tokenizer, completion) -> str:
     return completion if isinstance(completion, str) else tokenizer.decode(list(completion), skip_special_tokens=False)
 
 
-def _parts(model: torch.nn.Module, tokenizer, prompts: Sequence[str], completions: Completions) -> list[tuple[list[int], list[int]]]:
+def completion_parts(
+    model: torch.nn.Module, tokenizer, prompts: Sequence[str], completions: Completions
+) -> list[tuple[list[int], list[int]]]:
     """(BOS + prompt, completion) ids per text, cut from the left to the model's context (with a warning).
     A completion given as token ids is taken as it is."""
     if len(prompts) != len(completions):
@@ -476,7 +479,7 @@ def policy_attribution(
     if method == "feature_ablation" and n_steps is not None:
         raise ValueError("n_steps is for method='integrated_gradients'; feature ablation has no steps. Leave n_steps=None.")
     _check_steps(n_steps, max_steps, max_batch_tokens)
-    parts = _parts(policy, tokenizer, prompts, completions)
+    parts = completion_parts(policy, tokenizer, prompts, completions)
     prompt_ids = models.encode_prompts(tokenizer, prompts) if parts else []
     pad_id = _pad_id(tokenizer)
     baseline_id = pad_id if baseline_id is None else int(baseline_id)
@@ -596,7 +599,7 @@ def alignment_log_ratio(
     """
     if max_batch_tokens < 1:
         raise ValueError(f"max_batch_tokens must be positive, got {max_batch_tokens}")
-    parts = _parts(policy, tokenizer, prompts, completions)
+    parts = completion_parts(policy, tokenizer, prompts, completions)
     models.check_vocab_fits(reference, tokenizer, where="reference")
     pad_id = _pad_id(tokenizer)
     with _Evaluating(policy, reference):
@@ -778,7 +781,7 @@ def alignment_attribution(
     Both models are put in eval mode for the call (and restored). Returns an `AlignmentAttributionResult`.
     """
     _check_steps(n_steps, max_steps, max_batch_tokens)
-    parts = _parts(policy, tokenizer, prompts, completions)
+    parts = completion_parts(policy, tokenizer, prompts, completions)
     models.check_vocab_fits(reference, tokenizer, where="reference")
     prompt_ids = models.encode_prompts(tokenizer, prompts) if parts else []
     pad_id = _pad_id(tokenizer)

@@ -252,24 +252,15 @@ def reward_readout_direction(reward_model) -> np.ndarray:  # (d_model,)
     import torch
 
     from rlhf_lens import models
+    from rlhf_lens.analyses.probes.steering import final_norm
 
     models.require_score_head(reward_model)
     weight = reward_model.score.weight.detach().double().cpu().numpy()
     if weight.shape[0] != 1:
         raise ValueError(f"reward_readout_direction needs a score head with one output (a scalar reward), got {weight.shape[0]}")
-    base = getattr(reward_model, "base_model", None)
-    norms = [
-        (name, m)
-        for name, m in (base.named_children() if isinstance(base, torch.nn.Module) else [])
-        if "norm" in type(m).__name__.lower() and getattr(m, "weight", None) is not None
-    ]
-    if len(norms) != 1:
-        raise TypeError(
-            f"{type(reward_model).__name__}: expected one final norm among the backbone's children, found "
-            f"{[n for n, _ in norms] or 'none'}; pass the score weight and the norm gain to readout_direction yourself"
-        )
-    gain = norms[0][1].weight.detach().double().cpu().numpy()
-    return readout_direction(weight[0], gain, centred=isinstance(norms[0][1], torch.nn.LayerNorm))
+    norm = final_norm(reward_model)
+    gain = norm.weight.detach().double().cpu().numpy()
+    return readout_direction(weight[0], gain, centred=isinstance(norm, torch.nn.LayerNorm))
 
 
 # --------------------------------------------------------------------------- alignment

@@ -29,7 +29,7 @@ from rlhf_lens import models, views
 from rlhf_lens.analyses.core.result import Result
 from rlhf_lens.analyses.core.verdict import Verdict
 
-__all__ = ["ConceptSteeringResult", "SteeringResult", "steer_policy", "steer_rewards", "transformer_blocks"]
+__all__ = ["ConceptSteeringResult", "SteeringResult", "block_part", "final_norm", "steer_policy", "steer_rewards", "transformer_blocks"]
 
 SCALES = (-2.0, -1.0, 0.0, 1.0, 2.0)
 """Steering strengths, in standard deviations of the residual along the direction."""
@@ -96,6 +96,34 @@ def transformer_blocks(model: torch.nn.Module) -> torch.nn.ModuleList:
             f"{len(lists)}. Pass a HF decoder of a supported layout."
         )
     return lists[0]
+
+
+def final_norm(model: torch.nn.Module) -> torch.nn.Module:
+    """The norm after the last block of a HF decoder: the backbone's one direct child that is a norm with a gain
+    (GPT-2 `ln_f`, Llama `norm`, GPT-NeoX `final_layer_norm`)."""
+    base = getattr(model, "base_model", None)
+    norms = [
+        (name, m)
+        for name, m in (base.named_children() if isinstance(base, torch.nn.Module) else [])
+        if "norm" in type(m).__name__.lower() and getattr(m, "weight", None) is not None
+    ]
+    if len(norms) != 1:
+        raise TypeError(
+            f"{type(model).__name__}: expected one final norm among the backbone's children, found "
+            f"{[n for n, _ in norms] or 'none'} (GPT-2, Llama and GPT-NeoX layouts are supported)"
+        )
+    return norms[0][1]
+
+
+def block_part(block: torch.nn.Module, site: str) -> torch.nn.Module:
+    """A block's attention ("attn_out") or MLP ("mlp_out") submodule, whose output is what the block adds to the
+    residual stream (GPT-2, Llama and GPT-NeoX names)."""
+    from rlhf_lens.analyses.probes.activations import _ATTENTION_NAMES, _MLP_NAMES, _child
+
+    names = {"attn_out": _ATTENTION_NAMES, "mlp_out": _MLP_NAMES}
+    if site not in names:
+        raise ValueError(f"site must be one of {sorted(names)}, got {site!r}")
+    return _child(block, names[site], site, type(block).__name__)
 
 
 def _check_layer(model: torch.nn.Module, layer: int) -> None:

@@ -21,36 +21,11 @@ from rlhf_lens.analyses.probes.activations import (
     run_activations,
 )
 from rlhf_lens.runs import Run, RunLookupError, RunWriter
+from tests.tiny_models import ARCHITECTURES, tiny_model
 
 ATOL = 1e-5
-ARCHITECTURES = ("gpt2", "llama", "neox")
 PROMPTS = ["The food was", "I", "Terrible service, and the waiter", "Great", "We came back twice and", "Not", "Honestly the room"]
 COMPLETIONS = [" great.", " loved it, truly a fine place to eat", " was rude.", " value", " it was good", " bad at all.", " smelled"]
-
-
-# --------------------------------------------------------------------------- tiny models
-
-
-def tiny_config(arch: str, tokenizer, **extra):
-    import transformers
-
-    ids = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-    common = dict(vocab_size=len(tokenizer), initializer_range=0.2, **ids, **extra)
-    if arch == "gpt2":
-        return transformers.GPT2Config(n_layer=3, n_embd=32, n_head=4, n_positions=64, **common)
-    size = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4, max_position_embeddings=64)
-    if arch == "llama":
-        return transformers.LlamaConfig(num_key_value_heads=2, **size, **common)
-    return transformers.GPTNeoXConfig(**size, **common)  # parallel residual by default
-
-
-def tiny_model(arch: str, tokenizer, *, head: str = "causal"):
-    import transformers
-
-    torch.manual_seed(0)
-    auto = transformers.AutoModelForCausalLM if head == "causal" else transformers.AutoModelForSequenceClassification
-    extra = {} if head == "causal" else {"num_labels": 1}
-    return auto.from_config(tiny_config(arch, tokenizer, **extra)).eval()
 
 
 @pytest.fixture(scope="module")

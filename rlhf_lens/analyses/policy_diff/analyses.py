@@ -1,0 +1,96 @@
+"""The policy-diff analyses a run gets from `rlhf-lens analyze` and the report: each policy stage's final policy
+against the checkpoint it started from (run.json's `policy_from`), on its own final evaluation completions."""
+
+from __future__ import annotations
+
+from rlhf_lens.analyses._reference import policy_reference_folder
+from rlhf_lens.analyses.attribution.over_training import policy_reference
+from rlhf_lens.analyses.core.registry import Needs, analysis, register_section
+from rlhf_lens.analyses.policy_diff.logit_lens import LogitLensResult, logit_lens_diff
+from rlhf_lens.analyses.policy_diff.patching import PatchingResult, PositionPatchingResult, activation_patching, patch_positions
+from rlhf_lens.analyses.policy_diff.weights import WeightDiffResult, weight_diff
+from rlhf_lens.runs import FINAL_TAG, Run
+
+register_section(
+    "policy_diff",
+    "Policy before and after alignment",
+    order=57,
+    intro="Where in the network alignment changed the policy: the update of every weight tensor and whether it is "
+    "low-rank; the logit lens of both policies (each layer's residual read out through the final norm and unembedding) "
+    "and the depth at which their predictions part; and activation patching, which puts the aligned model's "
+    "activations into the starting policy layer by layer and measures how much of the aligned log-probability of its "
+    "own completions returns.",
+)
+
+TEXTS = 32
+"""Final evaluation completions compared per policy stage (the first prompts by id)."""
+
+
+def _reference_missing(run: Run, stage: str | None) -> str | None:
+    if stage is None or not run.checkpoints(stage):
+        return f"stage {stage!r} has no complete checkpoint"
+    if not run.manifest.get("results", {}).get(stage, {}).get("policy_from"):
+        return f"run.json records no policy_from for stage {stage!r}: the policy it started from is unknown"
+    return None
+
+
+def _with_samples(run: Run, stage: str | None) -> str | None:
+    missing = _reference_missing(run, stage)
+    if missing:
+        return missing
+    return None if not run.eval_rollouts(stage).empty else f"stage {stage!r} logged no evaluation samples"
+
+
+def _final(run: Run, stage: str) -> str:
+    tags = [c.tag for c in run.checkpoints(stage)]
+    return FINAL_TAG if FINAL_TAG in tags else tags[-1]
+
+
+def _models_and_texts(run: Run, stage: str):
+    samples = run.eval_rollouts(stage)
+    final = samples[samples["step"] == samples["step"].max()].sort_values("prompt_id").head(TEXTS)
+    tag = _final(run, stage)
+    reference, described = policy_reference(run, stage)
+    policy, tokenizer = run.load_model(stage, tag), run.load_tokenizer(stage, tag)
+    meta = {"stage": stage, "before": described, "after": f"{stage}/{tag}"}
+    return policy, reference, tokenizer, list(final["prompt"]), list(final["completion_ids"]), meta
+
+
+@analysis(
+    "policy_diff.weights",
+    result=WeightDiffResult,
+    section="policy_diff",
+    needs=Needs(stage_kind="policy", checkpoints=True, manifest=True, requires=_reference_missing),
+    order=1,
+)
+def analyze_weight_diff(run: Run, stage: str) -> WeightDiffResult:
+    """The update of every weight tensor from the checkpoint policy stage `stage` started from to its final one."""
+    tag = _final(run, stage)
+    reference = policy_reference_folder(run, stage)
+    meta = {"stage": stage, "before": reference.description, "after": f"{stage}/{tag}"}
+    return weight_diff(reference.path, run.checkpoint(stage, tag).path, meta=meta)
+
+
+SAMPLES = Needs(stage_kind="policy", checkpoints=True, eval_rollouts=True, manifest=True, requires=_with_samples)
+
+
+@analysis("policy_diff.logit_lens", result=LogitLensResult, section="policy_diff", needs=SAMPLES, order=2)
+def analyze_logit_lens(run: Run, stage: str) -> LogitLensResult:
+    """The logit lens of the final policy and its starting policy on the final policy's own evaluation completions."""
+    policy, reference, tokenizer, prompts, completions, meta = _models_and_texts(run, stage)
+    return logit_lens_diff(policy, reference, tokenizer, prompts, completions, meta=meta)
+
+
+@analysis("policy_diff.patching", result=PatchingResult, section="policy_diff", needs=SAMPLES, order=3)
+def analyze_activation_patching(run: Run, stage: str) -> PatchingResult:
+    """Patching each site and layer of the final policy into its starting policy: the share of the log-prob gain on the
+    final policy's own evaluation completions each restores (read out through the starting policy's head)."""
+    policy, reference, tokenizer, prompts, completions, meta = _models_and_texts(run, stage)
+    return activation_patching(policy, reference, tokenizer, prompts, completions, meta=meta)
+
+
+@analysis("policy_diff.patching_positions", result=PositionPatchingResult, section="policy_diff", needs=SAMPLES, order=4)
+def analyze_position_patching(run: Run, stage: str) -> PositionPatchingResult:
+    """Patching the residual stream one layer and one position at a time (4 prompt tokens, 16 completion tokens)."""
+    policy, reference, tokenizer, prompts, completions, meta = _models_and_texts(run, stage)
+    return patch_positions(policy, reference, tokenizer, prompts, completions, meta=meta)
