@@ -4,10 +4,12 @@ run's policy stages (`analyses`)."""
 
 from rlhf_lens.analyses.policy_diff.analyses import (
     analyze_activation_patching,
+    analyze_diversity,
     analyze_logit_lens,
     analyze_position_patching,
     analyze_weight_diff,
 )
+from rlhf_lens.analyses.policy_diff.diversity import DiversityResult, distinct_n, diversity_diff, ngram_overlap
 from rlhf_lens.analyses.policy_diff.logit_lens import LogitLensResult, lens_logprobs, logit_lens_diff, residual_after_blocks
 from rlhf_lens.analyses.policy_diff.patching import (
     SITES,
@@ -22,19 +24,24 @@ from rlhf_lens.analyses.policy_diff.weights import WeightDiffResult, delta_spect
 
 __all__ = [
     "SITES",
+    "DiversityResult",
     "LogitLensResult",
     "PatchingResult",
     "PositionPatchingResult",
     "WeightDiffResult",
     "activation_patching",
     "analyze_activation_patching",
+    "analyze_diversity",
     "analyze_logit_lens",
     "analyze_position_patching",
     "analyze_weight_diff",
     "capture",
     "delta_spectrum",
+    "distinct_n",
+    "diversity_diff",
     "lens_logprobs",
     "logit_lens_diff",
+    "ngram_overlap",
     "patch_positions",
     "patched_logprobs",
     "residual_after_blocks",

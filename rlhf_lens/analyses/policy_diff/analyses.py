@@ -6,6 +6,7 @@ from __future__ import annotations
 from rlhf_lens.analyses._reference import policy_reference_folder
 from rlhf_lens.analyses.attribution.over_training import policy_reference
 from rlhf_lens.analyses.core.registry import Needs, analysis, register_section
+from rlhf_lens.analyses.policy_diff.diversity import DiversityResult, diversity_diff
 from rlhf_lens.analyses.policy_diff.logit_lens import LogitLensResult, logit_lens_diff
 from rlhf_lens.analyses.policy_diff.patching import PatchingResult, PositionPatchingResult, activation_patching, patch_positions
 from rlhf_lens.analyses.policy_diff.weights import WeightDiffResult, weight_diff
@@ -94,3 +95,35 @@ def analyze_position_patching(run: Run, stage: str) -> PositionPatchingResult:
     """Patching the residual stream one layer and one position at a time (4 prompt tokens, 16 completion tokens)."""
     policy, reference, tokenizer, prompts, completions, meta = _models_and_texts(run, stage)
     return patch_positions(policy, reference, tokenizer, prompts, completions, meta=meta)
+
+
+DIVERSITY_PROMPTS = 32
+"""Evaluation prompts both policies sample for the diversity comparison (4 samples each)."""
+
+
+def _eval_prompts(run: Run, stage: str | None) -> str | None:
+    missing = _reference_missing(run, stage)
+    if missing:
+        return missing
+    return None if any(p.get("split") == "eval" for p in run.data("prompts")) else "the run's prompts hold no eval split"
+
+
+@analysis(
+    "policy_diff.diversity",
+    result=DiversityResult,
+    section="policy_diff",
+    needs=Needs(stage_kind="policy", checkpoints=True, manifest=True, data=("prompts",), requires=_eval_prompts),
+    order=6,
+)
+def analyze_diversity(run: Run, stage: str) -> DiversityResult:
+    """Diversity of the final policy's samples against its starting policy's, 4 samples of each of 32 evaluation
+    prompts with the same seeds (Kirk et al., 2024)."""
+    tag = _final(run, stage)
+    reference, described = policy_reference(run, stage)
+    prompts = [p["prompt"] for p in run.data("prompts") if p.get("split") == "eval"][:DIVERSITY_PROMPTS]
+    configs = [c for c in run.config.get("stages", []) if c.get("name", c.get("kind")) == stage]
+    max_new_tokens = int(configs[0].get("max_new_tokens", 32)) if configs else 32  # as long as the stage sampled
+    meta = {"stage": stage, "before": described, "after": f"{stage}/{tag}"}
+    return diversity_diff(
+        run.load_model(stage, tag), reference, run.load_tokenizer(stage, tag), prompts, max_new_tokens=max_new_tokens, meta=meta
+    )

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from rlhf_lens import models
+from rlhf_lens.analyses.policy_diff.diversity import distinct_n, diversity_diff, ngram_overlap
 from rlhf_lens.analyses.policy_diff.logit_lens import lens_logprobs, logit_lens_diff, residual_after_blocks
 from rlhf_lens.analyses.policy_diff.patching import activation_patching, capture, patch_positions, patched_logprobs
 from rlhf_lens.analyses.policy_diff.weights import weight_diff
@@ -163,3 +164,32 @@ def test_patching_the_whole_stream_restores_everything_and_the_components_add_up
     assert result.plot() is not None and positions.plot() is not None
     with pytest.raises(ValueError, match="unknown site"):
         activation_patching(policy, reference, tiny_tokenizer, PROMPTS, COMPLETIONS, sites=["nowhere"])
+
+
+# --------------------------------------------------------------------------- diversity
+
+
+def test_distinct_n_and_overlap_by_hand():
+    assert distinct_n(["a b a b", "c"], 1) == 3 / 5  # a, b, c unique of a b a b c
+    assert distinct_n(["a b a b"], 2) == 2 / 3  # (a b), (b a), (a b)
+    assert np.isnan(distinct_n(["a"], 2))
+    assert ngram_overlap(["a b c", "a b d", "x y"], 2) == pytest.approx((1 / 3 + 0 + 0) / 3)  # {ab, bc} vs {ab, bd}: 1 of 3
+    assert np.isnan(ngram_overlap(["only one"], 2))
+
+
+def test_diversity_of_a_model_against_itself_does_not_change_and_a_nudged_one_is_measured(tiny_tokenizer):
+    model = tiny_model("gpt2", tiny_tokenizer)
+    prompts = PROMPTS * 2
+    same = diversity_diff(model, model, tiny_tokenizer, prompts, samples_per_prompt=3, max_new_tokens=8)
+    assert (same.df["change"] == 0).all() and set(same.df["metric"]) == {
+        "distinct-2 within",
+        "overlap-2 within",
+        "distinct-1 across",
+        "distinct-2 across",
+        "overlap-2 across",
+    }
+    nudged = diversity_diff(aligned_copy(model, scale=0.3), model, tiny_tokenizer, prompts, samples_per_prompt=3, max_new_tokens=8)
+    assert (nudged.df["change"] != 0).any() and (nudged.df["ci_low"] <= nudged.df["ci_high"]).all()
+    assert nudged.plot() is not None and len(nudged.meta["examples"]) == 3
+    with pytest.raises(ValueError, match="at least 2"):
+        diversity_diff(model, model, tiny_tokenizer, prompts, samples_per_prompt=1)
