@@ -46,4 +46,6 @@ def test_notebook_executes_without_error(name, shared_run, tmp_path, monkeypatch
 
 
 def test_the_walkthroughs_are_there():
-    assert {"01_quickstart.ipynb", "02_attribution.ipynb", "03_probes_and_hacking.ipynb", "04_policy_diff.ipynb"} <= {p.name for p in NOTEBOOKS.glob("*.ipynb")}
+    assert {"01_quickstart.ipynb", "02_attribution.ipynb", "03_probes_and_hacking.ipynb", "04_policy_diff.ipynb"} <= {
+        p.name for p in NOTEBOOKS.glob("*.ipynb")
+    }

@@ -191,8 +191,10 @@ class OverOptimizationResult(Result):
     def headlines(self) -> list[tuple[str, str]]:
         m = self.meta
         return [
-            ("gold fit alpha / beta", f"{m.get('gold_alpha', math.nan):.3g} / {m.get('gold_beta', math.nan):.3g}"),
-            ("gold fitted peak d (covered up to)", f"{m.get('gold_peak_d', math.nan):.3g} ({m.get('d_max', math.nan):.3g})"),
+            (
+                f"gold reward fit d(α − β log d) ({m.get('stage')}): α, β, peak d",
+                f"{m.get('gold_alpha', math.nan):.3g}, {m.get('gold_beta', math.nan):.3g}, {m.get('gold_peak_d', math.nan):.3g}",
+            )
         ]
 
     def plot(self, ax=None):

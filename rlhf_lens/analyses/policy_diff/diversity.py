@@ -172,13 +172,14 @@ class DiversityResult(Result):
 
     def headlines(self) -> list[tuple[str, str]]:
         rows = self.df.set_index("metric")
+        if "distinct-2 within" not in rows.index:
+            return []
+        row = rows.loc["distinct-2 within"]
         return [
             (
-                f"{metric}: change",
-                f"{rows.loc[metric, 'change']:+.3f} [{rows.loc[metric, 'ci_low']:+.3f}, {rows.loc[metric, 'ci_high']:+.3f}]",
+                f"diversity ({self.meta.get('stage')}): distinct-2 within a prompt",
+                f"{row['reference']:.2f} → {row['policy']:.2f} [{row['ci_low']:+.3f}, {row['ci_high']:+.3f}]",
             )
-            for metric in ("distinct-2 within", "distinct-2 across")
-            if metric in rows.index
         ]
 
     def plot(self, ax=None):

@@ -155,14 +155,11 @@ class LogitLensResult(Result):
         return self.df.drop(columns=["text", "position"]).groupby("layer", as_index=False).mean()
 
     def headlines(self) -> list[tuple[str, str]]:
-        final = self.meta.get("final_kl")
-        first = self.meta.get("first_layer_half_final")
-        out = []
-        if final is not None and math.isfinite(final):
-            out.append(("KL(aligned || reference) at the output, per token", f"{final:.3g} nats"))
-        if first is not None:
-            out.append(("first layer where it reaches half of that", str(first)))
-        return out
+        final, first = self.meta.get("final_kl"), self.meta.get("first_layer_half_final")
+        if final is None or not math.isfinite(final):
+            return []
+        where = f", half of it by layer {first}" if first is not None else ""
+        return [(f"logit lens ({self.meta.get('stage')}): KL(aligned || reference) at the output", f"{final:.3g} nats per token{where}")]
 
     def plot(self, ax=None):
         """With `ax`: mean KL by layer. Without: that with the actual token's lens log-prob, and the KL heatmap."""

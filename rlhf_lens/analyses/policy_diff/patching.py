@@ -291,13 +291,13 @@ class PatchingResult(Result):
         return [int(layer) for layer in rows["layer"]]
 
     def headlines(self) -> list[tuple[str, str]]:
-        out = [("log-prob gain of the completions (aligned - reference)", f"{self.meta.get('gain', math.nan):.3g} nats")]
-        for site in ("attn_out", "mlp_out"):
-            rows = self.df[self.df["site"] == site]
-            if len(rows) and rows["restored"].notna().any():
-                best = rows.loc[rows["restored"].idxmax()]
-                out.append((f"{site}: most restoring layer", f"{int(best['layer'])} ({best['restored']:.0%})"))
-        return out
+        layers = self.restoring_layers("resid_pre", 0.5)
+        return [
+            (
+                f"patching ({self.meta.get('stage')}): residual layers restoring half the log-prob gain",
+                ", ".join(map(str, layers)) or "none",
+            )
+        ]
 
     def plot(self, ax=None):
         if ax is None:

@@ -135,18 +135,12 @@ class WeightDiffResult(Result):
         if not len(self.df):
             return []
         top = self.df.iloc[0]
-        out = [("relative change of all weights", f"{self.meta.get('relative_total', math.nan):.3g}")]
-        out.append((f"largest update: {top['name']}", f"{top['relative']:.3g} of its norm"))
-        matrices = self.df.dropna(subset=["top1_share"])
-        if len(matrices):
-            m = matrices.iloc[0]
-            out.append(
-                (
-                    f"{m['name']}: top singular direction's share",
-                    f"{m['top1_share']:.2f} (effective rank {m['effective_rank']:.1f} of {int(m['full_rank'])})",
-                )
+        return [
+            (
+                f"weight update ({self.meta.get('stage')}): all weights, largest tensor",
+                f"{self.meta.get('relative_total', math.nan):.3g}; {top['name']}",
             )
-        return out
+        ]
 
     def plot(self, ax=None, n: int = 16):
         """With `ax`: the `n` largest relative updates. Without: that, and the normalised spectra of the largest

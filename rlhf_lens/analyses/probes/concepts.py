@@ -189,11 +189,11 @@ class ConceptProbesResult(Result):
         return pd.DataFrame(rows, columns=["concept", "metric", "chance", "best_layer", "score", "selectivity"])
 
     def headlines(self) -> list[tuple[str, str]]:
-        return [
-            (f"{row.concept}: selectivity at its best layer ({row.best_layer})", f"{row.selectivity:+.2f}")
-            for row in self.best().itertuples()
-            if row.selectivity is not None and math.isfinite(row.selectivity)
-        ]
+        best = self.best().dropna(subset=["selectivity"]).sort_values("selectivity", ascending=False)
+        if not len(best):
+            return []
+        text = ", ".join(f"{row.concept} {row.selectivity:+.2f}" for row in best.head(3).itertuples())
+        return [(f"best-read concepts, selectivity ({self.meta.get('stage')})", text)]
 
     def plot(self, ax=None):
         """One panel per concept: score by layer with its band, the permuted-label and control-task scores, chance.
@@ -269,15 +269,6 @@ class ProbesOverTrainingResult(Result):
         df = pd.concat(frames, ignore_index=True)[list(cls.columns)]
         skipped = results[-1][2].meta.get("skipped", {}) if results else {}
         return cls(df=df, meta={**(meta or {}), "checkpoints": [tag for tag, _, _ in results], "skipped": dict(skipped)})
-
-    def headlines(self) -> list[tuple[str, str]]:
-        first, last = self.df["step"].min(), self.df["step"].max()
-        out = []
-        for concept, rows in self.df.groupby("concept", sort=False):
-            start = rows.loc[rows["step"] == first, "selectivity"].iloc[0]
-            end = rows.loc[rows["step"] == last, "selectivity"].iloc[0]
-            out.append((f"{concept}: selectivity, step {first} -> {last}", f"{start:+.2f} -> {end:+.2f}"))
-        return out
 
     def plot(self, ax=None):
         if ax is None:

@@ -101,15 +101,16 @@ class DirectionAlignmentResult(Result):
     heading: ClassVar[str] = "Reward read-out against concept directions"
 
     def headlines(self) -> list[tuple[str, str]]:
-        out = []
-        for concept, rows in self.df.groupby("concept", sort=False):
-            top = rows.loc[rows["cosine"].abs().idxmax()] if rows["cosine"].notna().any() else None
-            share = rows.loc[rows["variance_share"].idxmax()] if rows["variance_share"].notna().any() else None
-            if top is not None:
-                out.append((f"{concept}: largest |cosine| with the read-out", f"{top['cosine']:+.3f} (layer {top['layer']})"))
-            if share is not None:
-                out.append((f"{concept}: largest reward variance share", f"{share['variance_share']:.3f} (layer {share['layer']})"))
-        return out
+        last = self.df[self.df["layer"] == self.df["layer"].max()].dropna(subset=["cosine"])
+        if not len(last):
+            return []
+        closest = last.loc[last["cosine"].abs().idxmax()]
+        return [
+            (
+                f"concept closest to the reward read-out, last layer ({self.meta.get('stage')})",
+                f"{closest['concept']} (cosine {closest['cosine']:+.2f})",
+            )
+        ]
 
     def plot(self, ax=None):
         """Cosine with the read-out (left, the band is +- 1/sqrt(d_model)) and reward variance share (right) by layer.

@@ -369,11 +369,11 @@ class ConceptSteeringResult(Result):
         return cls(df=df, meta={**shared, **(meta or {}), "concepts": per_concept}, verdicts=verdicts)
 
     def headlines(self) -> list[tuple[str, str]]:
-        return [
-            (f"{self.meta.get('what')} change per sd along {name}", f"{m['slope']:+.3g} (z {m['z']:.1f})")
-            for name, m in self.meta.get("concepts", {}).items()
-            if m.get("slope") is not None and math.isfinite(m["slope"])
-        ]
+        moved = {name: m for name, m in self.meta.get("concepts", {}).items() if m.get("slope") is not None and math.isfinite(m["slope"])}
+        if not moved:
+            return []
+        label = f"{self.meta.get('what')} change per sd along {' / '.join(moved)} ({self.meta.get('stage')})"
+        return [(label, " / ".join(f"{m['slope']:+.3g}" for m in moved.values()))]
 
     def plot(self, ax=None):
         if ax is None:

@@ -194,4 +194,5 @@ def test_the_alignment_result_renders_and_its_meta_is_json():
     json.dumps(result.cache_meta())
     html = str(result.to_html())
     assert "<img" in html and "&lt;sentiment&gt;" in html and "<sentiment>" not in html
-    assert dict(result.headlines())["<sentiment>: largest |cosine| with the read-out"].endswith("(layer 1)")
+    ((label, value),) = result.headlines()
+    assert label.startswith("concept closest to the reward read-out, last layer") and value.split(" (cosine")[0] in directions
