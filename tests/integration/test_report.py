@@ -16,7 +16,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from rlhf_lens.runs import sha256_file
+from rlhf_lens.analyses.core.cache import analyze
+from rlhf_lens.runs import Run, sha256_file
 
 pytestmark = pytest.mark.slow
 
@@ -34,6 +35,13 @@ def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 
 def copy_run(source: Path, target: Path) -> Path:
     shutil.copytree(source, target, ignore=shutil.ignore_patterns("analyses", "report.html"))
+    return target
+
+
+def copy_with_cache(source: Path, target: Path) -> Path:
+    """A copy that keeps the analyses cache: what reads a file the test then edits is recomputed (its fingerprint
+    changes), the rest is served from the cache, so a test pays only for what it changes."""
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("report.html"))
     return target
 
 
@@ -83,7 +91,37 @@ def test_report_has_every_section_with_real_content_and_is_fast(reported):
     assert html.count('class="verdict v-') >= 5
     text = " ".join(page.text)
     assert "sentiment-quick" in text and "base (260 steps) → sft (120 steps) → reward (ranking" in text
-    assert seconds < 60, f"analyze + report took {seconds:.1f} s"
+    # 60 s until issues 12 and 13 added 13 analyses (the probes' cross-validated fits take most of it: about 50 s on
+    # the quick run; the policy diff about 12 s). Measured 85 s on the fresh clone's CI run before the policy diff.
+    assert seconds < 150, f"analyze + report took {seconds:.1f} s"
+
+
+def test_the_probe_and_policy_diff_analyses_ran_on_every_stage_they_apply_to(reported):
+    run = Run.open(reported[0])
+    outcomes = {o.label: o for o in analyze(run, quiet=True)}  # all served from the cache the report filled
+    assert all(o.status == "cached" for o in outcomes.values())
+    probes = {label for label in outcomes if label.startswith(("probes.", "policy_diff.", "dynamics."))}
+    assert probes == {
+        "probes.reward_concepts [reward]",
+        "probes.policy_concepts [policy]",
+        "probes.reward_directions [reward]",
+        "probes.reward_steering [reward]",
+        "probes.policy_steering [policy]",
+        "probes.reward_over_training [reward]",
+        "probes.policy_over_training [policy]",
+        "policy_diff.weights [policy]",
+        "policy_diff.logit_lens [policy]",
+        "policy_diff.patching [policy]",
+        "policy_diff.patching_positions [policy]",
+        "policy_diff.diversity [policy]",
+        "dynamics.overoptimization [policy]",
+    }
+    over = outcomes["probes.reward_over_training [reward]"].result
+    assert over.meta["checkpoints"] == [c.tag for c in sorted(run.checkpoints("reward"), key=lambda c: c.step)]
+    steering = outcomes["probes.policy_steering [policy]"].result
+    assert set(steering.df["concept"]) == {"sentiment", "length", "negation"} and len(steering.verdicts) == 3
+    concepts = outcomes["probes.reward_concepts [reward]"].result
+    assert set(concepts.meta["concepts"]) == {"gold sentiment", "negation", "trigger present", "domain", "length bucket", "reward"}
 
 
 def test_a_second_analyze_is_served_from_the_cache(reported):
@@ -110,8 +148,10 @@ def test_the_report_loads_nothing_from_the_network_and_carries_a_strict_csp(repo
 
 
 def make_hostile(source: Path, target: Path) -> Path:
-    """A finished run whose prompts, completions, labeler names, run name and config strings are hostile."""
-    run = copy_run(source, target)
+    """A finished run whose prompts, completions, labeler names, run name and config strings are hostile. Its
+    analyses cache comes along: what reads the edited files is recomputed (their fingerprints change), the rest
+    (the probes, which read only checkpoints and the corpus) is served from it."""
+    run = copy_with_cache(source, target)
     bad = " ".join(HOSTILE)
     for shard in sorted((run / "logs" / "rollouts").rglob("step-*.parquet")):
         df = pd.read_parquet(shard)
@@ -148,21 +188,21 @@ def assert_inert(html: str) -> None:
     assert "{{ 7*7 }}" in html  # shown as typed, never evaluated as a template
 
 
-def test_hostile_text_is_inert_in_report_and_compare(shared_run, tmp_path):
-    run = make_hostile(shared_run, tmp_path / "hostile")
+def test_hostile_text_is_inert_in_report_and_compare(reported, tmp_path):
+    run = make_hostile(reported[0], tmp_path / "hostile")
     cli("report", str(run), "--quiet")
     assert_inert((run / "report.html").read_text(encoding="utf-8"))
     out = tmp_path / "compare.html"
-    cli("compare", str(run), str(shared_run), "--out", str(out), "--quiet")
+    cli("compare", str(run), str(reported[0]), "--out", str(out), "--quiet")
     assert_inert(out.read_text(encoding="utf-8"))
 
 
 # --------------------------------------------------------------------------- compare
 
 
-def test_compare_puts_two_runs_side_by_side(reported, shared_run, tmp_path):
+def test_compare_puts_two_runs_side_by_side(reported, tmp_path):
     run, _, _ = reported
-    other = copy_run(shared_run, tmp_path / "other")
+    other = copy_with_cache(run, tmp_path / "other")
     manifest = json.loads((other / "run.json").read_text(encoding="utf-8"))
     manifest["name"], manifest["config"]["seed"] = "other-seed", 123
     (other / "run.json").write_text(json.dumps(manifest), encoding="utf-8")

@@ -154,6 +154,12 @@ def overoptimization(samples: pd.DataFrame, *, meta: dict | None = None) -> Over
     return OverOptimizationResult(df=table, meta={**(meta or {}), **facts}, verdicts=(_verdict(facts),))
 
 
+def _number(meta, key: str) -> float:
+    """A figure of `meta` as a float: the cache stores inf and NaN as null (a peak_d of null: no peak, inf)."""
+    value = meta.get(key)
+    return (math.inf if key.endswith("peak_d") else math.nan) if value is None else float(value)
+
+
 def _verdict(f: dict) -> Verdict:
     check = "over-optimisation (gold falls while the proxy rises)"
     rule = (
@@ -189,13 +195,8 @@ class OverOptimizationResult(Result):
     heading: ClassVar[str] = "Over-optimisation (Gao et al., 2023)"
 
     def headlines(self) -> list[tuple[str, str]]:
-        m = self.meta
-        return [
-            (
-                f"gold reward fit d(α − β log d) ({m.get('stage')}): α, β, peak d",
-                f"{m.get('gold_alpha', math.nan):.3g}, {m.get('gold_beta', math.nan):.3g}, {m.get('gold_peak_d', math.nan):.3g}",
-            )
-        ]
+        alpha, beta, peak = (_number(self.meta, f"gold_{key}") for key in ("alpha", "beta", "peak_d"))
+        return [(f"gold reward fit d(α − β log d) ({self.meta.get('stage')}): α, β, peak d", f"{alpha:.3g}, {beta:.3g}, {peak:.3g}")]
 
     def plot(self, ax=None):
         if ax is None:
@@ -205,8 +206,8 @@ class OverOptimizationResult(Result):
             ax.errorbar(
                 self.df["d"], self.df[name], yerr=self.df[f"{name}_sem"], fmt="o", color=colour, capsize=3, label=f"{name} (measured)"
             )
-            alpha, beta = self.meta.get(f"{name}_alpha"), self.meta.get(f"{name}_beta")
-            if alpha is not None and beta is not None:
+            alpha, beta = _number(self.meta, f"{name}_alpha"), _number(self.meta, f"{name}_beta")
+            if math.isfinite(alpha) and math.isfinite(beta):
                 ax.plot(grid, gao_curve(grid, alpha, beta, "rl"), color=colour, linestyle="--", label=f"{name}: d(α − β log d)")
         ax.axhline(0.0, color="grey", linewidth=0.6)
         ax.set_xlabel("d = sqrt(KL(π || π_init))")

@@ -138,7 +138,7 @@ class WeightDiffResult(Result):
         return [
             (
                 f"weight update ({self.meta.get('stage')}): all weights, largest tensor",
-                f"{self.meta.get('relative_total', math.nan):.3g}; {top['name']}",
+                f"{self.meta.get('relative_total') or 0.0:.3g}; {top['name']}",
             )
         ]
 

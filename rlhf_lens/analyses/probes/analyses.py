@@ -44,7 +44,7 @@ register_section(
 
 PROBE_TEXTS = 1000
 """Corpus texts probed per checkpoint (a deterministic sample)."""
-OVER_TRAINING_TEXTS = 500
+OVER_TRAINING_TEXTS = 300
 """Corpus texts probed at each checkpoint over training."""
 OVER_TRAINING_CONCEPTS = {name: spec for name, spec in CONCEPTS.items() if name != "domain"}
 """Over training, the concepts without domain (its 7-class probe costs as much as the other four together)."""

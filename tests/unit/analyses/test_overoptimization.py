@@ -86,3 +86,15 @@ def test_gold_rising_with_the_proxy_is_ok():
         overoptimization(evaluations({0: 0.0, 10: 0.1}, KL, PROXY))
     with pytest.raises(ValueError, match="lack columns"):
         overoptimization(pd.DataFrame({"step": [0]}))
+
+
+def test_a_result_read_back_from_the_cache_without_a_peak_still_renders():
+    gold = {s: 0.1 * math.sqrt(k) ** 1.5 for s, k in KL.items()}  # convex in d: beta < 0, no peak
+    result = overoptimization(evaluations(gold, KL, PROXY))
+    cached = result.cache_meta()
+    cached["meta"] = {
+        k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in cached["meta"].items()
+    }  # as JSON stores them
+    assert result.meta["gold_peak_d"] == math.inf
+    again = type(result).from_cache(result.df, cached)
+    assert again.headlines()[0][1].endswith("inf") and again.plot() is not None
