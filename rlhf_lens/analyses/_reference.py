@@ -1,11 +1,12 @@
-"""The checkpoint a policy stage started from (its reference policy), as run.json records it."""
+"""Which checkpoints the analyses compare: a stage's final one, and the one a policy stage started from (its
+reference policy, as run.json records it)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import NamedTuple
 
-from rlhf_lens.runs import Run
+from rlhf_lens.runs import FINAL_TAG, Run
 
 
 class Reference(NamedTuple):
@@ -39,3 +40,9 @@ def policy_reference_folder(run: Run, stage: str) -> Reference:
             "put that checkpoint back to compare the policy with its reference"
         )
     return Reference(Path(recorded), recorded, None, None)
+
+
+def final_tag(run: Run, stage: str) -> str:
+    """The tag of `stage`'s final checkpoint, or of its last complete one when the stage did not finish."""
+    tags = [c.tag for c in run.checkpoints(stage)]
+    return FINAL_TAG if FINAL_TAG in tags else tags[-1]

@@ -13,10 +13,11 @@ from markupsafe import Markup
 
 from rlhf_lens import views
 from rlhf_lens.analyses._heldout import METRIC_KEYS, checkpoint_rewards, heldout, missing_heldout, reward_figures
+from rlhf_lens.analyses._reference import final_tag
 from rlhf_lens.analyses.core.registry import Needs, analysis, register_section
 from rlhf_lens.analyses.core.result import Result
 from rlhf_lens.analyses.core.verdict import Verdict, judge
-from rlhf_lens.runs import FINAL_TAG, Run
+from rlhf_lens.runs import Run
 from rlhf_lens.tasks.agreement import calibration, linear_correlation, sigmoid
 
 register_section(
@@ -64,11 +65,6 @@ def _number(meta, key: str) -> float:
     """A figure of `meta` as a float: NaN when missing, or None (the cache stores NaN as null)."""
     value = meta.get(key)
     return float("nan") if value is None else float(value)
-
-
-def _final_tag(run: Run, stage: str) -> str:
-    tags = [c.tag for c in run.checkpoints(stage)]
-    return FINAL_TAG if FINAL_TAG in tags else tags[-1]
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -150,7 +146,7 @@ def analyze_reward_checkpoints(run: Run, stage: str) -> RewardCheckpointsResult:
         diffs += [abs(figures[k] - v) for k, v in trainer[cp.tag].items() if math.isfinite(figures[k]) and math.isfinite(v)]
     df = pd.DataFrame(rows, columns=list(RewardCheckpointsResult.columns))
     max_diff = max(diffs) if diffs else float("nan")
-    meta = {"stage": stage, "reward_kind": run.checkpoint(stage, _final_tag(run, stage)).meta.get("reward_kind", ""), "trainer": trainer}
+    meta = {"stage": stage, "reward_kind": run.checkpoint(stage, final_tag(run, stage)).meta.get("reward_kind", ""), "trainer": trainer}
     meta["max_abs_diff"] = max_diff
     return RewardCheckpointsResult(df=df, meta=meta, verdicts=_checkpoint_verdicts(df, max_diff, len(diffs)))
 
@@ -222,7 +218,7 @@ class RewardCalibrationResult(Result):
 @analysis("reward_model.calibration", result=RewardCalibrationResult, section="reward_model", needs=NEEDS, order=2)
 def analyze_reward_calibration(run: Run, stage: str) -> RewardCalibrationResult:
     """The reliability diagram of the final checkpoint of reward stage `stage` on its held-out pairs."""
-    tag = _final_tag(run, stage)
+    tag = final_tag(run, stage)
     data = heldout(run, stage)
     rewards = checkpoint_rewards(run, stage, tag, data)
     ece, bins = calibration(sigmoid(rewards[data.chosen] - rewards[data.rejected]), n_bins=N_BINS)
@@ -289,7 +285,7 @@ class RewardLengthResult(Result):
 @analysis("reward_model.length", result=RewardLengthResult, section="reward_model", needs=NEEDS, order=3)
 def analyze_reward_length(run: Run, stage: str) -> RewardLengthResult:
     """Reward, length and oracle score of every held-out text of reward stage `stage`, under its final checkpoint."""
-    tag = _final_tag(run, stage)
+    tag = final_tag(run, stage)
     data = heldout(run, stage)
     rewards = checkpoint_rewards(run, stage, tag, data)
     lengths = data.lengths

@@ -14,6 +14,7 @@ from markupsafe import Markup
 
 from rlhf_lens import views
 from rlhf_lens.analyses._heldout import feedback_records, missing_heldout
+from rlhf_lens.analyses._reference import final_tag
 from rlhf_lens.analyses.attribution.generative import generative_integrated_gradients
 from rlhf_lens.analyses.attribution.over_training import OverTrainingResult, attribution_over_training, policy_reference
 from rlhf_lens.analyses.attribution.policy import AlignmentLogRatioResult, alignment_log_ratio, mean_word_log_ratios
@@ -24,7 +25,7 @@ from rlhf_lens.analyses.core.registry import Needs, analysis, register_section
 from rlhf_lens.analyses.core.result import Result
 from rlhf_lens.analyses.core.verdict import Verdict
 from rlhf_lens.models import critique_length
-from rlhf_lens.runs import FINAL_TAG, Run
+from rlhf_lens.runs import Run
 
 register_section(
     "attribution",
@@ -106,7 +107,7 @@ def _percent(share: float | None) -> str | None:
 
 
 def _is_generative(run: Run, stage: str) -> bool:
-    return run.checkpoint(stage, _final(run, stage)).meta.get("reward_kind") == "generative"
+    return run.checkpoint(stage, final_tag(run, stage)).meta.get("reward_kind") == "generative"
 
 
 def _scalar_heldout(run: Run, stage: str | None) -> str | None:
@@ -137,11 +138,6 @@ def reward_attribution(run: Run, stage: str, tag: str, prompts: list[str], compl
     )
 
 
-def _final(run: Run, stage: str) -> str:
-    tags = [c.tag for c in run.checkpoints(stage)]
-    return FINAL_TAG if FINAL_TAG in tags else tags[-1]
-
-
 @analysis(
     "attribution.reward_words",
     result=RewardWordsResult,
@@ -152,7 +148,7 @@ def _final(run: Run, stage: str) -> str:
 def analyze_reward_words(run: Run, stage: str) -> RewardWordsResult:
     """Integrated gradients of the final reward checkpoint on up to 128 held-out texts of reward stage `stage`,
     summed per word; the words ranked by mean attribution, with VADER's valence beside them on the built-in task."""
-    tag = _final(run, stage)
+    tag = final_tag(run, stage)
     prompts, completions = heldout_texts(run, stage, TEXTS)
     attributions = reward_attribution(run, stage, tag, prompts, completions)
     words = mean_word_attributions(word_attributions(attributions), min_count=MIN_COUNT, part="completion")
@@ -208,7 +204,7 @@ SAMPLES = 5
 
 def _reward_of_policy(run: Run, stage: str) -> tuple[str | None, str]:
     """(this run's reward stage the policy stage trained against, or None, and its recorded `reward_from`)."""
-    reward_from = str(run.checkpoint(stage, _final(run, stage)).meta.get("reward_from", ""))
+    reward_from = str(run.checkpoint(stage, final_tag(run, stage)).meta.get("reward_from", ""))
     parts = reward_from.replace("\\", "/").split("/")
     named = parts[-2] if len(parts) >= 2 else ""
     reward_stages = {s.name for s in run.stages("reward")}
@@ -238,7 +234,7 @@ def analyze_policy_sample_attribution(run: Run, stage: str) -> RewardAttribution
     reward_stage, _ = _reward_of_policy(run, stage)
     samples = run.eval_rollouts(stage)
     final = samples[samples["step"] == samples["step"].max()].sort_values("prompt_id").head(SAMPLES)
-    result = reward_attribution(run, reward_stage, _final(run, reward_stage), list(final["prompt"]), list(final["completion"]))
+    result = reward_attribution(run, reward_stage, final_tag(run, reward_stage), list(final["prompt"]), list(final["completion"]))
     return replace(result, meta={**result.meta, "stage": stage, "reward_stage": reward_stage})
 
 
@@ -261,7 +257,7 @@ to take 128 steps to 1% completeness."""
 def analyze_attribution_sanity(run: Run, stage: str) -> SanityCheckResult:
     """Adebayo et al.'s cascading randomisation check of integrated gradients on the final reward checkpoint of
     `stage`: attributions that barely change as the weights are randomised do not explain this model."""
-    tag = _final(run, stage)
+    tag = final_tag(run, stage)
     prompts, completions = heldout_texts(run, stage, SANITY_TEXTS)
     method = functools.partial(reward_integrated_gradients, max_steps=SANITY_MAX_STEPS)
     with warnings.catch_warnings():
@@ -374,7 +370,7 @@ def analyze_alignment(run: Run, stage: str) -> PolicyAlignmentResult:
     completions (the first 64 prompts): which words alignment made likelier."""
     samples = run.eval_rollouts(stage)
     final = samples[samples["step"] == samples["step"].max()].sort_values("prompt_id").head(ALIGNMENT_SAMPLES)
-    tag = _final(run, stage)
+    tag = final_tag(run, stage)
     reference, described = policy_reference(run, stage)
     result = alignment_log_ratio(
         run.load_model(stage, tag), reference, run.load_tokenizer(stage, tag), list(final["prompt"]), list(final["completion_ids"])

@@ -11,7 +11,8 @@ d* = exp(alpha / beta - 1) (RL) or d* = alpha / (2 beta) (best-of-n) and falls a
 makes the policy worse by the gold reward. `overoptimization` reads a policy stage's evaluations (the same prompts and
 seeds at every evaluation; KL and rewards as the trainer logged them), fits both curves and gives a verdict: flag when
 the gold reward measurably fell from its best evaluation while the proxy did not, warn when the fitted gold curve
-peaks within the distance covered but the fall is not yet measurable, ok otherwise.
+peaks within the distance covered and the gold reward at the largest distance sits more than one standard error below
+its best (the fall is not yet measurable), ok otherwise.
 
 Shape glossary: evaluations (one row per evaluation step).
 """
@@ -164,7 +165,8 @@ def _verdict(f: dict) -> Verdict:
     check = "over-optimisation (gold falls while the proxy rises)"
     rule = (
         f"flag when the gold reward fell from its best evaluation to the last by more than {FALL_Z:g} paired standard errors "
-        "while the proxy did not fall; warn when the fitted gold curve peaks within the distance covered"
+        "while the proxy did not fall; warn when the fitted gold curve peaks within the distance covered and the gold "
+        "reward at the largest distance is more than one standard error below its best"
     )
     z = f["gold_fall"] / f["gold_fall_sem"] if f["gold_fall_sem"] and f["gold_fall_sem"] > 0 else 0.0
     proxy_kept = not (f["proxy_fall_sem"] and f["proxy_fall"] > FALL_Z * f["proxy_fall_sem"])

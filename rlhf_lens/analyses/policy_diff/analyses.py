@@ -3,14 +3,14 @@ against the checkpoint it started from (run.json's `policy_from`), on its own fi
 
 from __future__ import annotations
 
-from rlhf_lens.analyses._reference import policy_reference_folder
+from rlhf_lens.analyses._reference import final_tag, policy_reference_folder
 from rlhf_lens.analyses.attribution.over_training import policy_reference
 from rlhf_lens.analyses.core.registry import Needs, analysis, register_section
 from rlhf_lens.analyses.policy_diff.diversity import DiversityResult, diversity_diff
 from rlhf_lens.analyses.policy_diff.logit_lens import LogitLensResult, logit_lens_diff
 from rlhf_lens.analyses.policy_diff.patching import PatchingResult, PositionPatchingResult, activation_patching, patch_positions
 from rlhf_lens.analyses.policy_diff.weights import WeightDiffResult, weight_diff
-from rlhf_lens.runs import FINAL_TAG, Run
+from rlhf_lens.runs import Run
 
 register_section(
     "policy_diff",
@@ -42,15 +42,10 @@ def _with_samples(run: Run, stage: str | None) -> str | None:
     return None if not run.eval_rollouts(stage).empty else f"stage {stage!r} logged no evaluation samples"
 
 
-def _final(run: Run, stage: str) -> str:
-    tags = [c.tag for c in run.checkpoints(stage)]
-    return FINAL_TAG if FINAL_TAG in tags else tags[-1]
-
-
 def _models_and_texts(run: Run, stage: str):
     samples = run.eval_rollouts(stage)
     final = samples[samples["step"] == samples["step"].max()].sort_values("prompt_id").head(TEXTS)
-    tag = _final(run, stage)
+    tag = final_tag(run, stage)
     reference, described = policy_reference(run, stage)
     policy, tokenizer = run.load_model(stage, tag), run.load_tokenizer(stage, tag)
     meta = {"stage": stage, "before": described, "after": f"{stage}/{tag}"}
@@ -66,7 +61,7 @@ def _models_and_texts(run: Run, stage: str):
 )
 def analyze_weight_diff(run: Run, stage: str) -> WeightDiffResult:
     """The update of every weight tensor from the checkpoint policy stage `stage` started from to its final one."""
-    tag = _final(run, stage)
+    tag = final_tag(run, stage)
     reference = policy_reference_folder(run, stage)
     meta = {"stage": stage, "before": reference.description, "after": f"{stage}/{tag}"}
     return weight_diff(reference.path, run.checkpoint(stage, tag).path, meta=meta)
@@ -118,7 +113,7 @@ def _eval_prompts(run: Run, stage: str | None) -> str | None:
 def analyze_diversity(run: Run, stage: str) -> DiversityResult:
     """Diversity of the final policy's samples against its starting policy's, 4 samples of each of 32 evaluation
     prompts with the same seeds (Kirk et al., 2024)."""
-    tag = _final(run, stage)
+    tag = final_tag(run, stage)
     reference, described = policy_reference(run, stage)
     prompts = [p["prompt"] for p in run.data("prompts") if p.get("split") == "eval"][:DIVERSITY_PROMPTS]
     configs = [c for c in run.config.get("stages", []) if c.get("name", c.get("kind")) == stage]

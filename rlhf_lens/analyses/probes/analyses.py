@@ -14,6 +14,7 @@ from dataclasses import replace
 import numpy as np
 
 from rlhf_lens.analyses._heldout import oracle
+from rlhf_lens.analyses._reference import final_tag
 from rlhf_lens.analyses.core.registry import Needs, analysis, register_section
 from rlhf_lens.analyses.probes.activations import reward_readout, run_activations
 from rlhf_lens.analyses.probes.concepts import (
@@ -117,13 +118,13 @@ CHECKPOINTS = Needs(checkpoints=True, data=("corpus",))
 def analyze_reward_concepts(run: Run, stage: str) -> ConceptProbesResult:
     """Linear probes of each corpus concept (and of the reward) at every layer of the final reward model of `stage`,
     read at the last token, with the permuted-label and control-task controls."""
-    return checkpoint_concept_probes(run, stage, _final(run, stage), probe_texts(run))
+    return checkpoint_concept_probes(run, stage, final_tag(run, stage), probe_texts(run))
 
 
 @analysis("probes.policy_concepts", result=ConceptProbesResult, section="probes", needs=replace(CHECKPOINTS, stage_kind="policy"), order=2)
 def analyze_policy_concepts(run: Run, stage: str) -> ConceptProbesResult:
     """Linear probes of each corpus concept at every layer of the final policy of `stage` (mean over the text)."""
-    return checkpoint_concept_probes(run, stage, _final(run, stage), probe_texts(run))
+    return checkpoint_concept_probes(run, stage, final_tag(run, stage), probe_texts(run))
 
 
 # --------------------------------------------------------------------------- directions
@@ -152,7 +153,7 @@ def concept_directions(activations: np.ndarray, labels) -> dict[str, np.ndarray]
 
 
 def _scalar_reward(run: Run, stage: str | None) -> str | None:
-    if stage is not None and run.checkpoints(stage) and not _is_scalar_reward(run, stage, _final(run, stage)):
+    if stage is not None and run.checkpoints(stage) and not _is_scalar_reward(run, stage, final_tag(run, stage)):
         return "a generative reward model has no score head: no read-out direction to compare or steer"
     return None
 
@@ -166,7 +167,7 @@ def analyze_reward_directions(run: Run, stage: str) -> DirectionAlignmentResult:
     trigger at every layer: cosine, and the share of the reward's variance each direction explains."""
     from rlhf_lens.analyses.probes.directions import reward_readout_direction
 
-    tag = _final(run, stage)
+    tag = final_tag(run, stage)
     texts = probe_texts(run)
     activations, rewards = residual_activations(run, stage, tag, texts)
     readout = reward_readout_direction(run.load_model(stage, tag))
@@ -196,7 +197,7 @@ def steering_directions(activations: np.ndarray, labels, layer: int) -> dict[str
 def analyze_reward_steering(run: Run, stage: str) -> ConceptSteeringResult:
     """The final reward model's reward on corpus texts with the residual stream after its middle block pushed along
     the sentiment, length and negation patterns; sentiment is expected to raise it."""
-    tag = _final(run, stage)
+    tag = final_tag(run, stage)
     texts = probe_texts(run)
     activations, _ = residual_activations(run, stage, tag, texts)
     model, tokenizer = run.load_model(stage, tag), run.load_tokenizer(stage, tag)
@@ -234,7 +235,7 @@ def _gold_and_prompts(run: Run, stage: str | None) -> str | None:
 def analyze_policy_steering(run: Run, stage: str) -> ConceptSteeringResult:
     """The gold score of the final policy's samples on evaluation prompts with its residual stream after the middle
     block pushed along its own sentiment, length and negation patterns (same seeds at every push)."""
-    tag = _final(run, stage)
+    tag = final_tag(run, stage)
     texts = probe_texts(run)
     activations, _ = residual_activations(run, stage, tag, texts)
     policy, tokenizer = run.load_model(stage, tag), run.load_tokenizer(stage, tag)
@@ -295,8 +296,3 @@ def analyze_reward_probes_over_training(run: Run, stage: str) -> ProbesOverTrain
 def analyze_policy_probes_over_training(run: Run, stage: str) -> ProbesOverTrainingResult:
     """The concept probes at every checkpoint of policy stage `stage`, each concept at its most selective layer."""
     return probes_over_training(run, stage)
-
-
-def _final(run: Run, stage: str) -> str:
-    tags = [c.tag for c in run.checkpoints(stage)]
-    return FINAL_TAG if FINAL_TAG in tags else tags[-1]
