@@ -46,3 +46,12 @@ def final_tag(run: Run, stage: str) -> str:
     """The tag of `stage`'s final checkpoint, or of its last complete one when the stage did not finish."""
     tags = [c.tag for c in run.checkpoints(stage)]
     return FINAL_TAG if FINAL_TAG in tags else tags[-1]
+
+
+def reference_missing(run: Run, stage: str | None) -> str | None:
+    """Why policy stage `stage` cannot be compared with the policy it started from, or None (a `Needs.requires`)."""
+    if stage is None or not run.checkpoints(stage):
+        return f"stage {stage!r} has no complete checkpoint"
+    if not run.manifest.get("results", {}).get(stage, {}).get("policy_from"):
+        return f"run.json records no policy_from for stage {stage!r}: the policy it started from is unknown"
+    return None

@@ -14,7 +14,7 @@ from markupsafe import Markup
 
 from rlhf_lens import views
 from rlhf_lens.analyses._heldout import feedback_records, missing_heldout
-from rlhf_lens.analyses._reference import final_tag
+from rlhf_lens.analyses._reference import final_tag, reference_missing
 from rlhf_lens.analyses.attribution.generative import generative_integrated_gradients
 from rlhf_lens.analyses.attribution.over_training import OverTrainingResult, attribution_over_training, policy_reference
 from rlhf_lens.analyses.attribution.policy import AlignmentLogRatioResult, alignment_log_ratio, mean_word_log_ratios
@@ -350,19 +350,11 @@ class PolicyAlignmentResult(AlignmentLogRatioResult):
         return views.table(shown, caption=caption) + views.details(f"All {len(words)} words", views.table(words, max_rows=None)) + per_text
 
 
-def _reference_missing(run: Run, stage: str | None) -> str | None:
-    if not run.checkpoints(stage):
-        return f"stage {stage!r} has no complete checkpoint"
-    if not run.manifest.get("results", {}).get(stage, {}).get("policy_from"):
-        return f"run.json records no policy_from for stage {stage!r}: the reference policy is unknown"
-    return None
-
-
 @analysis(
     "attribution.alignment",
     result=PolicyAlignmentResult,
     section="attribution",
-    needs=Needs(stage_kind="policy", checkpoints=True, eval_rollouts=True, manifest=True, requires=_reference_missing),
+    needs=Needs(stage_kind="policy", checkpoints=True, eval_rollouts=True, manifest=True, requires=reference_missing),
     order=5,
 )
 def analyze_alignment(run: Run, stage: str) -> PolicyAlignmentResult:

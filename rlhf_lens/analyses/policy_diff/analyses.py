@@ -3,7 +3,7 @@ against the checkpoint it started from (run.json's `policy_from`), on its own fi
 
 from __future__ import annotations
 
-from rlhf_lens.analyses._reference import final_tag, policy_reference_folder
+from rlhf_lens.analyses._reference import final_tag, policy_reference_folder, reference_missing
 from rlhf_lens.analyses.attribution.over_training import policy_reference
 from rlhf_lens.analyses.core.registry import Needs, analysis, register_section
 from rlhf_lens.analyses.policy_diff.diversity import DiversityResult, diversity_diff
@@ -27,16 +27,8 @@ TEXTS = 32
 """Final evaluation completions compared per policy stage (the first prompts by id)."""
 
 
-def _reference_missing(run: Run, stage: str | None) -> str | None:
-    if stage is None or not run.checkpoints(stage):
-        return f"stage {stage!r} has no complete checkpoint"
-    if not run.manifest.get("results", {}).get(stage, {}).get("policy_from"):
-        return f"run.json records no policy_from for stage {stage!r}: the policy it started from is unknown"
-    return None
-
-
 def _with_samples(run: Run, stage: str | None) -> str | None:
-    missing = _reference_missing(run, stage)
+    missing = reference_missing(run, stage)
     if missing:
         return missing
     return None if not run.eval_rollouts(stage).empty else f"stage {stage!r} logged no evaluation samples"
@@ -56,7 +48,7 @@ def _models_and_texts(run: Run, stage: str):
     "policy_diff.weights",
     result=WeightDiffResult,
     section="policy_diff",
-    needs=Needs(stage_kind="policy", checkpoints=True, manifest=True, requires=_reference_missing),
+    needs=Needs(stage_kind="policy", checkpoints=True, manifest=True, requires=reference_missing),
     order=1,
 )
 def analyze_weight_diff(run: Run, stage: str) -> WeightDiffResult:
@@ -97,7 +89,7 @@ DIVERSITY_PROMPTS = 32
 
 
 def _eval_prompts(run: Run, stage: str | None) -> str | None:
-    missing = _reference_missing(run, stage)
+    missing = reference_missing(run, stage)
     if missing:
         return missing
     return None if any(p.get("split") == "eval" for p in run.data("prompts")) else "the run's prompts hold no eval split"
