@@ -24,19 +24,26 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _open(args: argparse.Namespace, path: str):
+    """The run at `path`: a run directory, or a TRL output folder read through its view (with the adapter's options)."""
+    from rlhf_lens.runs import open_run
+
+    return open_run(
+        path, reference=getattr(args, "reference", None), prompts=getattr(args, "prompts", None), task=getattr(args, "task", None)
+    )
+
+
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    from rlhf_lens.runs import Run
     from rlhf_lens.runs.describe import describe_run
 
-    print(describe_run(Run.open(args.run)))
+    print(describe_run(_open(args, args.run)))
     return 0
 
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
     from rlhf_lens.analyses import analyze
-    from rlhf_lens.runs import Run
 
-    run = Run.open(args.run)
+    run = _open(args, args.run)
     started = time.perf_counter()
     outcomes = analyze(run, _names(args.only), force=args.force, quiet=args.quiet)
     print(_outcome_table(run, outcomes, time.perf_counter() - started))
@@ -45,10 +52,8 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from rlhf_lens.runs import Run
-
     started = time.perf_counter()
-    path, outcomes = write_run_report(Run.open(args.run), args.out, force=args.force, quiet=args.quiet)
+    path, outcomes = write_run_report(_open(args, args.run), args.out, force=args.force, quiet=args.quiet)
     size = path.stat().st_size / 1e6
     print(f"wrote {path} ({size:.1f} MB) in {time.perf_counter() - started:.1f} s: {_status_counts(outcomes)}")
     return 0
@@ -72,9 +77,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from rlhf_lens.analyses import analyze
     from rlhf_lens.analyses.compare import compare_configs, overlay_curves
     from rlhf_lens.report import Entry, Section, render_comparison, write_report
-    from rlhf_lens.runs import Run
 
-    run_a, run_b = Run.open(args.run_a), Run.open(args.run_b)
+    run_a, run_b = _open(args, args.run_a), _open(args, args.run_b)
     outcomes_a, outcomes_b = (analyze(run, quiet=args.quiet) for run in (run_a, run_b))
     whole = [
         Section(
@@ -178,8 +182,21 @@ EXAMPLES = """examples:
   rlhf-lens analyze runs/quick --only curves.training,provenance.data --force
   rlhf-lens report runs/quick                      writes runs/quick/report.html
   rlhf-lens compare runs/quick runs/quick-seed1    writes runs/compare-quick-vs-quick-seed1.html
+  rlhf-lens report trl-out --reference sft-model --prompts prompts.jsonl
+                                                   a TRL output folder: writes trl-out/rlhf-lens/report.html
 
 exit status: 0 done, 1 a problem with the run or recipe (the message names the file or field), 2 bad usage."""
+
+
+RUN_HELP = "run directory, or a TRL output folder (checkpoint-N/ + trainer_state.json)"
+
+
+def _add_adapter_options(parser: argparse.ArgumentParser) -> None:
+    """Options for reading a TRL output folder; the folder's view (RUN/rlhf-lens/) remembers them for later calls."""
+    group = parser.add_argument_group("TRL output folders (an rlhf-lens run records its own and refuses these)")
+    group.add_argument("--reference", metavar="FOLDER", help="HF folder of the model TRL started from: the policy diff compares against it")
+    group.add_argument("--prompts", metavar="FILE", help='JSONL of {"prompt": ...} records the policy-diff analyses sample')
+    group.add_argument("--task", help="built-in task the run trained on (gives the gold reward), e.g. sentiment")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -201,7 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=_cmd_train)
 
     inspect = sub.add_parser("inspect", help="describe a run: manifest, stages, checkpoints, data, results")
-    inspect.add_argument("run", help="run directory")
+    inspect.add_argument("run", help=RUN_HELP)
+    _add_adapter_options(inspect)
     inspect.set_defaults(func=_cmd_inspect)
 
     analyze = sub.add_parser(
@@ -210,10 +228,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Compute every analysis that applies to RUN and cache it under RUN/analyses/; an unchanged run is "
         "served from the cache. Lists what was computed, reused and skipped (with why).",
     )
-    analyze.add_argument("run", help="run directory")
+    analyze.add_argument("run", help=RUN_HELP)
     analyze.add_argument("--only", metavar="NAME,...", help="only these analyses, e.g. provenance.data,curves.training")
     analyze.add_argument("--force", action="store_true", help="recompute even what the cache holds")
     analyze.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_adapter_options(analyze)
     analyze.set_defaults(func=_cmd_analyze)
 
     report = sub.add_parser(
@@ -222,10 +241,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Analyse what the cache lacks, then write one offline HTML file: a summary with every verdict, "
         "then a section per analysis. Nothing in it loads from the network or runs a script.",
     )
-    report.add_argument("run", help="run directory")
+    report.add_argument("run", help=RUN_HELP)
     report.add_argument("--out", metavar="FILE", help="where to write it (default: RUN/report.html)")
     report.add_argument("--force", action="store_true", help="recompute every analysis first")
     report.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_adapter_options(report)
     report.set_defaults(func=_cmd_report)
 
     compare = sub.add_parser(
@@ -234,8 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Config differences, reward-model figures, policy outcomes and verdicts of two runs side by side, "
         "and their curves overlaid, in one offline HTML file.",
     )
-    compare.add_argument("run_a", metavar="RUN_A", help="first run directory")
-    compare.add_argument("run_b", metavar="RUN_B", help="second run directory")
+    compare.add_argument("run_a", metavar="RUN_A", help="first run directory (or TRL output folder)")
+    compare.add_argument("run_b", metavar="RUN_B", help="second run directory (or TRL output folder)")
     compare.add_argument("--out", metavar="FILE", help="where to write it (default: compare-A-vs-B.html beside RUN_A)")
     compare.add_argument("--quiet", action="store_true", help="no progress bars")
     compare.set_defaults(func=_cmd_compare)

@@ -53,5 +53,6 @@ def reference_missing(run: Run, stage: str | None) -> str | None:
     if stage is None or not run.checkpoints(stage):
         return f"stage {stage!r} has no complete checkpoint"
     if not run.manifest.get("results", {}).get(stage, {}).get("policy_from"):
-        return f"run.json records no policy_from for stage {stage!r}: the policy it started from is unknown"
+        hint = " (for a TRL folder, name the model it started from: --reference FOLDER)" if run.config.get("source") == "trl" else ""
+        return f"run.json records no policy_from for stage {stage!r}: the policy it started from is unknown{hint}"
     return None

@@ -4,6 +4,7 @@ The trainer writes a run with `RunWriter`; analyses read it with `Run`. Only thi
 package knows file names and layouts (see `rlhf_lens.runs.layout`).
 """
 
+from .adapters import open_run
 from .atomic import CRASH_ENV, atomic_write_bytes, atomic_write_json, maybe_crash_after
 from .errors import RunFormatError, RunLookupError
 from .hashing import sha256_file
@@ -60,6 +61,7 @@ __all__ = [
     "load_state",
     "maybe_crash_after",
     "metrics_path",
+    "open_run",
     "parse_init_from",
     "read_checkpoint_meta",
     "read_jsonl",

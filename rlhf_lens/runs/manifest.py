@@ -128,7 +128,8 @@ def read_manifest(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
         where = Path(run_dir)
         hint = "the folder does not exist" if not where.exists() else "the folder has no run.json"
         raise FileNotFoundError(
-            f"{path} not found ({hint}): is {where} a run directory? Runs are written by `rlhf-lens train` (rlhf_lens.runs.RunWriter)."
+            f"{path} not found ({hint}): is {where} a run directory? Runs are written by `rlhf-lens train` (rlhf_lens.runs.RunWriter); "
+            "a TRL output folder (checkpoint-N/ with trainer_state.json) is read through `rlhf_lens.runs.open_run`."
         )
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))

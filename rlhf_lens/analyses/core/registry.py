@@ -79,9 +79,12 @@ class Needs:
         if stage is not None and self.rollouts and run.rollouts(stage).empty:
             return f"stage {stage!r} logged no rollouts"
         if stage is not None and self.eval_rollouts and run.eval_rollouts(stage).empty:
-            return (
-                f"stage {stage!r} logged no evaluation samples (best-of-n stages, and runs trained before rlhf-lens logged them, have none)"
+            why = (
+                "TRL logs none"
+                if run.config.get("source") == "trl"
+                else "best-of-n stages, and runs trained before rlhf-lens logged them, have none"
             )
+            return f"stage {stage!r} logged no evaluation samples ({why})"
         if self.reward_stages and not any(run.checkpoints(s.name) for s in run.stages("reward")):
             return "the run has no reward stage with a complete checkpoint"
         return self.requires(run, stage) if self.requires is not None else None

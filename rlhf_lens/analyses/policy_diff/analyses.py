@@ -3,6 +3,7 @@ against the checkpoint it started from (run.json's `policy_from`), on its own fi
 
 from __future__ import annotations
 
+from rlhf_lens import models
 from rlhf_lens.analyses._reference import final_tag, policy_reference_folder, reference_missing
 from rlhf_lens.analyses.attribution.over_training import policy_reference
 from rlhf_lens.analyses.core.registry import Needs, analysis, register_section
@@ -27,21 +28,45 @@ TEXTS = 32
 """Final evaluation completions compared per policy stage (the first prompts by id)."""
 
 
+def _eval_prompt_texts(run: Run) -> list[str]:
+    if "prompts.jsonl" not in run.manifest["data"]:
+        return []
+    return [p["prompt"] for p in run.data("prompts") if p.get("split") == "eval"]
+
+
 def _with_samples(run: Run, stage: str | None) -> str | None:
     missing = reference_missing(run, stage)
     if missing:
         return missing
-    return None if not run.eval_rollouts(stage).empty else f"stage {stage!r} logged no evaluation samples"
+    if run.eval_rollouts(stage).empty and not _eval_prompt_texts(run):
+        return f"stage {stage!r} logged no evaluation samples and the run has no eval prompts to sample"
+    return None
+
+
+def _max_new_tokens(run: Run, stage: str) -> int:
+    """As many tokens as the stage sampled in training (32 when its config does not say)."""
+    configs = [c for c in run.config.get("stages", []) if c.get("name", c.get("kind")) == stage]
+    return int(configs[0].get("max_new_tokens", 32)) if configs else 32
 
 
 def _models_and_texts(run: Run, stage: str):
-    samples = run.eval_rollouts(stage)
-    final = samples[samples["step"] == samples["step"].max()].sort_values("prompt_id").head(TEXTS)
+    """The final policy, its reference, the tokenizer, and TEXTS (prompt, completion ids) pairs: the final policy's
+    own evaluation completions, or (for a run that logged none, such as a TRL folder's view) completions it samples
+    now from the first eval prompts with seeds 0, 1, ..."""
     tag = final_tag(run, stage)
     reference, described = policy_reference(run, stage)
     policy, tokenizer = run.load_model(stage, tag), run.load_tokenizer(stage, tag)
     meta = {"stage": stage, "before": described, "after": f"{stage}/{tag}"}
-    return policy, reference, tokenizer, list(final["prompt"]), list(final["completion_ids"]), meta
+    samples = run.eval_rollouts(stage)
+    if not samples.empty:
+        final = samples[samples["step"] == samples["step"].max()].sort_values("prompt_id").head(TEXTS)
+        return policy, reference, tokenizer, list(final["prompt"]), list(final["completion_ids"]), meta
+    prompts = _eval_prompt_texts(run)[:TEXTS]
+    drawn = models.sample(
+        policy, tokenizer, models.encode_prompts(tokenizer, prompts), range(len(prompts)), max_new_tokens=_max_new_tokens(run, stage)
+    )
+    meta["completions"] = "sampled by the analysis (the stage logged no evaluation samples)"
+    return policy, reference, tokenizer, prompts, drawn.completion_ids, meta
 
 
 @analysis(
@@ -59,7 +84,9 @@ def analyze_weight_diff(run: Run, stage: str) -> WeightDiffResult:
     return weight_diff(reference.path, run.checkpoint(stage, tag).path, meta=meta)
 
 
-SAMPLES = Needs(stage_kind="policy", checkpoints=True, eval_rollouts=True, manifest=True, requires=_with_samples)
+# The evaluation samples are not fingerprinted: the trainer writes them with the checkpoint, whose fingerprint
+# changes when the stage is trained again. The prompts are, for runs that have none to read.
+SAMPLES = Needs(stage_kind="policy", checkpoints=True, manifest=True, all_data=True, requires=_with_samples)
 
 
 @analysis("policy_diff.logit_lens", result=LogitLensResult, section="policy_diff", needs=SAMPLES, order=2)
@@ -92,7 +119,7 @@ def _eval_prompts(run: Run, stage: str | None) -> str | None:
     missing = reference_missing(run, stage)
     if missing:
         return missing
-    return None if any(p.get("split") == "eval" for p in run.data("prompts")) else "the run's prompts hold no eval split"
+    return None if _eval_prompt_texts(run) else "the run's prompts hold no eval split"
 
 
 @analysis(
@@ -107,9 +134,8 @@ def analyze_diversity(run: Run, stage: str) -> DiversityResult:
     prompts with the same seeds (Kirk et al., 2024)."""
     tag = final_tag(run, stage)
     reference, described = policy_reference(run, stage)
-    prompts = [p["prompt"] for p in run.data("prompts") if p.get("split") == "eval"][:DIVERSITY_PROMPTS]
-    configs = [c for c in run.config.get("stages", []) if c.get("name", c.get("kind")) == stage]
-    max_new_tokens = int(configs[0].get("max_new_tokens", 32)) if configs else 32  # as long as the stage sampled
+    prompts = _eval_prompt_texts(run)[:DIVERSITY_PROMPTS]
+    max_new_tokens = _max_new_tokens(run, stage)
     meta = {"stage": stage, "before": described, "after": f"{stage}/{tag}"}
     return diversity_diff(
         run.load_model(stage, tag), reference, run.load_tokenizer(stage, tag), prompts, max_new_tokens=max_new_tokens, meta=meta
