@@ -27,61 +27,16 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-TRAINING = ROOT / "training"
+import study_common
+from study_common import REUSED, ROOT, base_run, log, train_recipe
+
+study_common.STUDY = "length-bias"
 
 CONDITIONS = ("planted", "control")
 REWARD_BATCHES = ["stages.reward.group_by_prompt=true", "stages.reward.batch_size=90"]
 """Two prompts' 45 comparisons a step, as the tests train ranking reward models."""
 POLICY_EVAL = ["data.eval_prompts=64", "stages.policy.eval_prompts=64", "stages.policy.eval_every=10"]
 """64 evaluation prompts, sampled at steps 0, 10, 20 and 30 (proxy against gold over steps)."""
-
-
-REUSED: list[str] = []
-"""Run directories this invocation found complete and did not train again (its time then excludes them)."""
-
-
-def log(message: str) -> None:
-    print(f"[length-bias {time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
-def is_done(run_dir: Path) -> bool:
-    from rlhf_lens.runs import Run
-
-    return (run_dir / "run.json").is_file() and all(s.status == "done" for s in Run.open(run_dir).stages())
-
-
-def train_recipe(recipe: str, out: Path, overrides: list[str]) -> Path:
-    """Train `training/<recipe>` with `overrides` into `out`, or reuse `out` when it is already complete."""
-    from rlhf_lens.training.config import load_recipe
-    from rlhf_lens.training.pipeline import train
-
-    if is_done(out):
-        log(f"reusing {out}")
-        REUSED.append(out.name)
-        return out
-    log(f"training {recipe} -> {out}")
-    return train(load_recipe(TRAINING / recipe, overrides), out, quiet=False, overwrite=True)
-
-
-def base_run(folder: Path, seed: int, base: Path | None) -> Path:
-    """A run with the base and SFT stages: `base`, or the quick recipe's base and SFT stages trained under `folder`."""
-    import tomllib
-
-    from rlhf_lens.training.config import apply_overrides, from_dict
-    from rlhf_lens.training.pipeline import train
-
-    if base is not None:
-        return base
-    out = folder / "base"
-    if is_done(out):
-        log(f"reusing {out}")
-        REUSED.append(out.name)
-        return out
-    raw = tomllib.loads((TRAINING / "sentiment_quick.toml").read_text())
-    raw["stages"] = [stage for stage in raw["stages"] if stage["kind"] in ("base", "sft")]
-    log(f"training the base and SFT stages of sentiment_quick.toml -> {out}")
-    return train(from_dict(apply_overrides(raw, [f"seed={seed}"])), out, quiet=False, overwrite=True)
 
 
 def train_condition(condition: str, base: Path, folder: Path, seed: int, bias: float) -> tuple[Path, Path]:

@@ -109,6 +109,7 @@ def test_the_probe_and_policy_diff_analyses_ran_on_every_stage_they_apply_to(rep
         "probes.policy_steering [policy]",
         "probes.reward_over_training [reward]",
         "probes.policy_over_training [policy]",
+        "policy_diff.behaviour [policy]",
         "policy_diff.weights [policy]",
         "policy_diff.logit_lens [policy]",
         "policy_diff.patching [policy]",
@@ -120,6 +121,9 @@ def test_the_probe_and_policy_diff_analyses_ran_on_every_stage_they_apply_to(rep
     assert over.meta["checkpoints"] == [c.tag for c in sorted(run.checkpoints("reward"), key=lambda c: c.step)]
     steering = outcomes["probes.policy_steering [policy]"].result
     assert set(steering.df["concept"]) == {"sentiment", "length", "negation"} and len(steering.verdicts) == 3
+    behaviour = outcomes["policy_diff.behaviour [policy]"].result
+    assert set(behaviour.df["direction"]) == {"rose", "fell"} and behaviour.df["mean"].iloc[0] > 0
+    assert {"gold_start", "gold_final", "proxy_final", "length_final"} <= set(behaviour.meta["distributions"])
     concepts = outcomes["probes.reward_concepts [reward]"].result
     assert set(concepts.meta["concepts"]) == {"gold sentiment", "negation", "trigger present", "domain", "length bucket", "reward"}
 

@@ -1,14 +1,16 @@
-"""What alignment changed in a policy, and where: the weight update tensor by tensor (`weights`), the logit lens of
+"""What alignment changed in a policy, and where: its behaviour on the evaluation prompts (`behaviour`, `diversity`), the weight update tensor by tensor (`weights`), the logit lens of
 both policies (`logit_lens`), activation patching between them (`patching`), and the analyses the report runs on a
 run's policy stages (`analyses`)."""
 
 from rlhf_lens.analyses.policy_diff.analyses import (
     analyze_activation_patching,
+    analyze_behaviour,
     analyze_diversity,
     analyze_logit_lens,
     analyze_position_patching,
     analyze_weight_diff,
 )
+from rlhf_lens.analyses.policy_diff.behaviour import BehaviourDiffResult, behaviour_diff, token_shifts
 from rlhf_lens.analyses.policy_diff.diversity import DiversityResult, distinct_n, diversity_diff, ngram_overlap
 from rlhf_lens.analyses.policy_diff.logit_lens import LogitLensResult, lens_logprobs, logit_lens_diff, residual_after_blocks
 from rlhf_lens.analyses.policy_diff.patching import (
@@ -24,6 +26,7 @@ from rlhf_lens.analyses.policy_diff.weights import WeightDiffResult, delta_spect
 
 __all__ = [
     "SITES",
+    "BehaviourDiffResult",
     "DiversityResult",
     "LogitLensResult",
     "PatchingResult",
@@ -31,6 +34,8 @@ __all__ = [
     "WeightDiffResult",
     "activation_patching",
     "analyze_activation_patching",
+    "analyze_behaviour",
+    "behaviour_diff",
     "analyze_diversity",
     "analyze_logit_lens",
     "analyze_position_patching",
@@ -45,5 +50,6 @@ __all__ = [
     "patch_positions",
     "patched_logprobs",
     "residual_after_blocks",
+    "token_shifts",
     "weight_diff",
 ]

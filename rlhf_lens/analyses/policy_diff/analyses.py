@@ -7,6 +7,7 @@ from rlhf_lens import models
 from rlhf_lens.analyses._reference import final_tag, policy_reference_folder, reference_missing
 from rlhf_lens.analyses.attribution.over_training import policy_reference
 from rlhf_lens.analyses.core.registry import Needs, analysis, register_section
+from rlhf_lens.analyses.policy_diff.behaviour import BehaviourDiffResult, behaviour_diff
 from rlhf_lens.analyses.policy_diff.diversity import DiversityResult, diversity_diff
 from rlhf_lens.analyses.policy_diff.logit_lens import LogitLensResult, logit_lens_diff
 from rlhf_lens.analyses.policy_diff.patching import PatchingResult, PositionPatchingResult, activation_patching, patch_positions
@@ -17,7 +18,8 @@ register_section(
     "policy_diff",
     "Policy before and after alignment",
     order=57,
-    intro="Where in the network alignment changed the policy: the update of every weight tensor and whether it is "
+    intro="What alignment changed in the policy's behaviour (reward and length distributions, the tokens it made likelier "
+    "or rarer) and where in the network: the update of every weight tensor and whether it is "
     "low-rank; the logit lens of both policies (each layer's residual read out through the final norm and unembedding) "
     "and the depth at which their predictions part; and activation patching, which puts the aligned model's "
     "activations into the starting policy layer by layer and measures how much of the aligned log-probability of its "
@@ -67,6 +69,25 @@ def _models_and_texts(run: Run, stage: str):
     )
     meta["completions"] = "sampled by the analysis (the stage logged no evaluation samples)"
     return policy, reference, tokenizer, prompts, drawn.completion_ids, meta
+
+
+def _two_evaluations(run: Run, stage: str | None) -> str | None:
+    steps = run.eval_rollouts(stage)["step"].nunique()
+    return None if steps >= 2 else f"stage {stage!r} logged {steps} evaluation(s); comparing behaviour needs the start and a later one"
+
+
+@analysis(
+    "policy_diff.behaviour",
+    result=BehaviourDiffResult,
+    section="policy_diff",
+    needs=Needs(stage_kind="policy", checkpoints=True, eval_rollouts=True, requires=_two_evaluations),
+    order=0,
+)
+def analyze_behaviour(run: Run, stage: str) -> BehaviourDiffResult:
+    """Gold, proxy and length distributions of the starting and final evaluations, and the tokens whose log-ratio to
+    the reference the final policy moved most."""
+    tokenizer = run.load_tokenizer(stage, final_tag(run, stage))
+    return behaviour_diff(run.eval_rollouts(stage), tokenizer, meta={"stage": stage})
 
 
 @analysis(

@@ -193,3 +193,46 @@ def test_diversity_of_a_model_against_itself_does_not_change_and_a_nudged_one_is
     assert nudged.plot() is not None and len(nudged.meta["examples"]) == 3
     with pytest.raises(ValueError, match="at least 2"):
         diversity_diff(model, model, tiny_tokenizer, prompts, samples_per_prompt=1)
+
+
+def test_token_shifts_rank_a_planted_rise_and_fall_and_leave_rare_tokens_out():
+    from rlhf_lens.analyses.policy_diff.behaviour import token_shifts
+
+    rng = np.random.default_rng(0)
+    ids = [rng.integers(3, 10, size=12) for _ in range(40)]  # tokens 3..9, plus planted ones
+    ids = [np.concatenate([c, [1, 2]]) for c in ids] + [np.array([11])]  # 1 rises, 2 falls; 11 is seen once
+    ratios = [np.where(c == 1, 2.0, np.where(c == 2, -1.0, 0.0)) + rng.normal(0, 0.1, size=len(c)) for c in ids]
+    shifts = token_shifts(ids, ratios)
+    assert shifts["token_id"].iloc[0] == 1 and shifts["token_id"].iloc[-1] == 2
+    assert shifts["mean"].iloc[0] == pytest.approx(2.0, abs=0.05) and shifts["count"].iloc[0] == 40
+    assert 11 not in set(shifts["token_id"])
+    with pytest.raises(ValueError, match="must pair up"):
+        token_shifts(ids, ratios[:-2])
+
+
+def test_the_behaviour_diff_compares_the_first_and_last_evaluation(tiny_tokenizer):
+    import pandas as pd
+
+    from rlhf_lens.analyses.policy_diff.behaviour import behaviour_diff
+
+    rows = []
+    for step, gold in ((0, -0.5), (10, 0.0), (20, 0.5)):
+        for _ in range(8):
+            ids = [5, 6, 7, 8, 9, 10]
+            rows.append(
+                {
+                    "step": step,
+                    "completion_ids": ids,
+                    "kl_per_token": [step / 10.0] + [0.0] * 5,
+                    "length": 6 + step,
+                    "gold_reward": gold,
+                    "reward": gold * 2,
+                }
+            )
+    result = behaviour_diff(pd.DataFrame(rows), tiny_tokenizer, meta={"stage": "policy"})
+    assert result.meta["start_step"] == 0 and result.meta["final_step"] == 20
+    assert result.df.iloc[0]["token_id"] == 5 and result.df.iloc[0]["mean"] == pytest.approx(2.0)
+    assert np.mean(result.meta["distributions"]["gold_final"]) == pytest.approx(0.5)
+    assert np.mean(result.meta["distributions"]["length_start"]) == 6
+    with pytest.raises(ValueError, match="one evaluation"):
+        behaviour_diff(pd.DataFrame(rows[:8]), tiny_tokenizer)
