@@ -8,7 +8,7 @@ CONSTRAINTS := $(shell command -v nvidia-smi >/dev/null 2>&1 || echo "-c constra
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test test-fast lint lint-imports format bench clean length-bias
+.PHONY: setup demo test test-fast lint lint-imports format bench clean length-bias overoptimization
 
 setup: $(STAMP)
 
@@ -26,6 +26,10 @@ demo: setup
 # The length-bias study (analyses/README.md): planted against control labelers, about 12 minutes on 2 cores.
 length-bias: setup
 	$(PYTHON) analyses/length_bias.py --out runs/length_bias
+
+# The over-optimisation study (analyses/README.md): Gao et al. (2023) with two proxy sizes, PPO and best-of-n.
+overoptimization: setup
+	$(PYTHON) analyses/overoptimization.py --out runs/overoptimization
 
 lint-imports: setup
 	$(VENV)/bin/lint-imports
