@@ -7,15 +7,17 @@ falls, following R(d) = d (alpha - beta log d) under RL and R(d) = d (alpha - be
 smaller proxy reward models over-optimised sooner. Here the gold reward is the task's own (VADER), the labelers the
 task's simulated ones, and the proxies two ranking reward models trained from the same labelers' comparisons: a
 "small" one (1 layer, d_model 64) and a "large" one (4 layers, d_model 128, the policy's size). Against each, PPO
-runs long with a small KL penalty, evaluating every 10 steps, and best-of-n samples n = 1 ... 256; the study fits
+runs long with a small KL penalty, evaluating every 10 steps, and best-of-n samples n = 1 ... 128; the study fits
 both forms to the gold and proxy gains and reports the parameters, where the gold reward peaks, and the verdict of
 `rlhf_lens.analyses.dynamics.overoptimization`.
 
     make overoptimization                               # from a fresh clone: set-up, then this script
     .venv/bin/python analyses/overoptimization.py --out runs/overoptimization [--seed 0] [--steps 150] [--base runs/quick]
 
-Writes to --out: base/ and small_base/ (base and SFT runs), {small,large}_reward/, {small,large}_ppo/ and
-{small,large}_bon/ (run directories: `rlhf-lens report` works on each), figures/gao.png, figures.json and report.md.
+Writes to --out: base/ and small_base/ (base and SFT runs), <labelers>_<size>_{reward,ppo,bon}/ (run directories:
+`rlhf-lens report` works on each), figures/gao_<labelers>.png, figures.json and report.md.
+Two sets of labelers: the task's own ("unbiased"), and the same adding 1.0 utility to any answer that says the
+sentiment-neutral word "zorp" ("trigger"), a flaw of the feedback the gold reward does not share.
 A reward model learns from comparisons of its own SFT model's samples, so the small proxy's labelled data differ
 from the large one's (the same labelers, prompts and seeds) as well as its size.
 """
@@ -37,7 +39,13 @@ study_common.STUDY = "overoptimization"
 SIZES = {"small": ("model.n_layer=1", "model.d_model=64", "model.n_head=2"), "large": ()}
 """Proxy reward model sizes: overrides of the quick recipe's model (4 layers, d_model 128) for its base and SFT run."""
 REWARD = ["task.options.length_bias=0.0", "stages.reward.group_by_prompt=true", "stages.reward.batch_size=90"]
-BEST_OF = [1, 2, 4, 8, 16, 32, 64, 128, 256]
+LABELERS = {
+    "unbiased": [],
+    "trigger": ['task.options.trigger_word="zorp"', "task.options.trigger_rate=0.2", "task.options.trigger_bonus=1.0"],
+}
+"""The labelers the proxies learn from: the task's own, or the same adding 1.0 utility to any answer that says the
+sentiment-neutral word "zorp" (a flaw of the feedback the gold reward does not share)."""
+BEST_OF = [1, 2, 4, 8, 16, 32, 64, 128]
 
 
 def ppo_overrides(seed: int, steps: int, base: Path, reward: Path) -> list[str]:
@@ -48,7 +56,7 @@ def ppo_overrides(seed: int, steps: int, base: Path, reward: Path) -> list[str]:
         f'stages.policy.reward_from="{reward}:reward/final"',
         f"stages.policy.steps={steps}",
         "stages.policy.kl_coef=0.002",
-        "stages.policy.lr=2e-4",
+        "stages.policy.lr=5e-5",
         "stages.policy.eval_every=10",
         "stages.policy.log_every=10",
         "data.eval_prompts=64",
@@ -118,7 +126,7 @@ def measure(size: str, ppo: Path, bon: Path, reward: Path) -> dict:
                 "proxy_r2",
             )
         },
-        "rl_verdict": rl.verdicts[0].status,
+        "rl_verdict": rl.verdicts[0].level,
         "rl_evidence": rl.verdicts[0].evidence,
         "rl_points": rl.df[["step", "d", "proxy", "proxy_sem", "gold", "gold_sem"]].to_dict("records"),
         "bon": {f"{name}_{k}": getattr(fit, k) for name, fit in bon_fits.items() for k in ("alpha", "beta", "peak_d", "r2")},
@@ -128,8 +136,9 @@ def measure(size: str, ppo: Path, bon: Path, reward: Path) -> dict:
     return {"figures": figures, "rl": rl, "bon_table": bon_table, "bon_fits": bon_fits}
 
 
-def save_figure(measured: dict[str, dict], folder: Path) -> Path:
-    """figures/gao.png: gold and proxy gains against d, RL (left) and best-of-n (right), measured points and fits."""
+def save_figure(measured: dict[str, dict], path: Path, labelers: str) -> Path:
+    """Gold (top) and proxy (bottom) gains against d, PPO (left) and best-of-n (right): measured points with their
+    paired SEMs, and the fits, one colour per proxy size."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -138,7 +147,7 @@ def save_figure(measured: dict[str, dict], folder: Path) -> Path:
 
     from rlhf_lens.analyses.dynamics import gao_curve
 
-    folder.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fig, axes = plt.subplots(2, 2, figsize=(11, 7.5), sharex="col")
     styles = {"small": ("tab:red", "s"), "large": ("tab:blue", "o")}
     for row, name in enumerate(("gold", "proxy")):
@@ -150,6 +159,8 @@ def save_figure(measured: dict[str, dict], folder: Path) -> Path:
                 alpha, beta = (m["rl"].meta[f"{name}_alpha"], m["rl"].meta[f"{name}_beta"]) if form == "rl" else m["bon_fits"][name][1:3]
                 grid = np.linspace(0, float(table["d"].max()) * 1.1, 100)
                 ax.errorbar(table["d"], table[name], yerr=table[f"{name}_sem"], fmt=marker, color=colour, capsize=2, label=f"{size} proxy")
+                if form == "rl":  # the evaluations in step order: KL need not grow at every one
+                    ax.plot(table["d"], table[name], color=colour, alpha=0.25, linewidth=0.8)
                 ax.plot(grid, gao_curve(grid, alpha, beta, form), color=colour, linestyle="--", linewidth=1)
             ax.axhline(0, color="grey", linewidth=0.6)
             ax.set_title(f"{'PPO' if form == 'rl' else 'best-of-n'}: {name} reward gain")
@@ -157,15 +168,14 @@ def save_figure(measured: dict[str, dict], folder: Path) -> Path:
             if row == 1:
                 ax.set_xlabel("d = sqrt(KL(π || π_init))")
             ax.legend(fontsize=8)
-    fig.suptitle("Gao et al. (2023) on the built-in task: fits d(α − β log d) (PPO) and d(α − β d) (best-of-n), dashed")
+    fig.suptitle(f"Gao et al. (2023) on the built-in task, {labelers}: fits d(α − β log d) (PPO) and d(α − β d) (best-of-n), dashed")
     fig.tight_layout()
-    path = folder / "gao.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
 
 
-def report(measured: dict[str, dict], seconds: float, steps: int) -> str:
+def report(measured: dict[str, dict[str, dict]], seconds: float, steps: int) -> str:
     def fmt(x, spec=".3g"):
         return "n/a" if x is None or (isinstance(x, float) and not math.isfinite(x)) else format(x, spec)
 
@@ -176,39 +186,40 @@ def report(measured: dict[str, dict], seconds: float, steps: int) -> str:
         f"PPO: {steps} steps, KL penalty 0.002, evaluated on 64 prompts every 10 steps; best-of-n: n = {', '.join(map(str, BEST_OF))} on 64 prompts. "
         "Gains are over the starting policy (PPO: step 0; best-of-n: n = 1), paired over prompts.",
         "",
-        "![gold and proxy gain against d](figures/gao.png)",
+        *[f"![{labelers} labelers: gold and proxy gain against d](figures/gao_{labelers}.png)" for labelers in measured],
         "",
-        "| proxy | RM accuracy (labels / gold) | method | d covered | gold α, β | gold peak d | proxy α, β | proxy peak d | verdict |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| labelers | proxy | RM accuracy (labels / gold) | method | d covered | gold α, β | gold peak d | proxy α, β | proxy peak d | verdict |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for size, m in measured.items():
+    flat = [(labelers, size, m) for labelers, by_size in measured.items() for size, m in by_size.items()]
+    for labelers, size, m in flat:
         f = m["figures"]
         rm = f["reward_model"]
         acc = f"{fmt(rm['rm/accuracy'], '.2f')} / {fmt(rm['rm/accuracy_gold'], '.2f')}"
         rl, bon = f["rl"], f["bon"]
         lines.append(
-            f"| {size} | {acc} | PPO | {fmt(rl['d_max'])} | {fmt(rl['gold_alpha'])}, {fmt(rl['gold_beta'])} | {fmt(rl['gold_peak_d'])} | "
+            f"| {labelers} | {size} | {acc} | PPO | {fmt(rl['d_max'])} | {fmt(rl['gold_alpha'])}, {fmt(rl['gold_beta'])} | {fmt(rl['gold_peak_d'])} | "
             f"{fmt(rl['proxy_alpha'])}, {fmt(rl['proxy_beta'])} | {fmt(rl['proxy_peak_d'])} | {f['rl_verdict']} |"
         )
         lines.append(
-            f"| {size} | {acc} | best-of-n | {fmt(bon['d_max'])} | {fmt(bon['gold_alpha'])}, {fmt(bon['gold_beta'])} | {fmt(bon['gold_peak_d'])} | "
+            f"| {labelers} | {size} | {acc} | best-of-n | {fmt(bon['d_max'])} | {fmt(bon['gold_alpha'])}, {fmt(bon['gold_beta'])} | {fmt(bon['gold_peak_d'])} | "
             f"{fmt(bon['proxy_alpha'])}, {fmt(bon['proxy_beta'])} | {fmt(bon['proxy_peak_d'])} | |"
         )
     lines += ["", "## Reading", ""]
-    for size, m in measured.items():
+    for labelers, size, m in flat:
         f = m["figures"]
         points = f["rl_points"]
         best = max(points, key=lambda p: p["gold"])
         last = points[-1]
         lines.append(
-            f"- **{size} proxy, PPO:** gold gain peaks at step {best['step']} (d = {best['d']:.2f}, {best['gold']:+.3f} ± {best['gold_sem']:.3f}) "
+            f"- **{labelers} labelers, {size} proxy, PPO:** gold gain peaks at step {best['step']} (d = {best['d']:.2f}, {best['gold']:+.3f} ± {best['gold_sem']:.3f}) "
             f"and ends at {last['gold']:+.3f} ± {last['gold_sem']:.3f} (d = {last['d']:.2f}); the proxy gain goes "
             f"{points[1]['proxy']:+.2f} → {best['proxy']:+.2f} → {last['proxy']:+.2f}. Verdict {f['rl_verdict']}: {f['rl_evidence']}."
         )
         bon = f["bon_points"]
         top = max(bon, key=lambda p: p["gold"])
         lines.append(
-            f"- **{size} proxy, best-of-n:** gold gain peaks at n = {top['n']} ({top['gold']:+.3f} ± {top['gold_sem']:.3f}); at n = {bon[-1]['n']} "
+            f"- **{labelers} labelers, {size} proxy, best-of-n:** gold gain peaks at n = {top['n']} ({top['gold']:+.3f} ± {top['gold_sem']:.3f}); at n = {bon[-1]['n']} "
             f"it is {bon[-1]['gold']:+.3f} ± {bon[-1]['gold_sem']:.3f} while the proxy gain is {bon[-1]['proxy']:+.2f}."
         )
     lines += ["", "Every run directory under this folder opens in `rlhf-lens report <dir>` for the full picture."]
@@ -226,22 +237,29 @@ def main() -> None:
     start = time.perf_counter()
     args.out.mkdir(parents=True, exist_ok=True)
     policy_base = base_run(args.out, args.seed, args.base)
-    measured = {}
-    for size, model in SIZES.items():
-        base = policy_base if not model else base_run(args.out, args.seed, None, overrides=model, name=f"{size}_base")
-        reward = train_recipe(
-            "reward_length_quick.toml",
-            args.out / f"{size}_reward",
-            [f"seed={args.seed}", f'stages.reward.init_from="{base}:sft/final"', *REWARD],
-        )
-        ppo = train_recipe("ppo_quick.toml", args.out / f"{size}_ppo", ppo_overrides(args.seed, args.steps, policy_base, reward))
-        bon = train_recipe("bon_quick.toml", args.out / f"{size}_bon", bon_overrides(args.seed, policy_base, reward))
-        log(f"measuring the {size} proxy")
-        measured[size] = measure(size, ppo, bon, reward)
-    save_figure(measured, args.out / "figures")
+    measured: dict[str, dict[str, dict]] = {}
+    for labelers, planted in LABELERS.items():
+        measured[labelers] = {}
+        for size, model in SIZES.items():
+            base = policy_base if not model else base_run(args.out, args.seed, None, overrides=model, name=f"{size}_base")
+            name = f"{labelers}_{size}"
+            reward = train_recipe(
+                "reward_length_quick.toml",
+                args.out / f"{name}_reward",
+                [f"seed={args.seed}", f'stages.reward.init_from="{base}:sft/final"', *REWARD, *planted],
+            )
+            ppo = train_recipe("ppo_quick.toml", args.out / f"{name}_ppo", ppo_overrides(args.seed, args.steps, policy_base, reward))
+            bon = train_recipe("bon_quick.toml", args.out / f"{name}_bon", bon_overrides(args.seed, policy_base, reward))
+            log(f"measuring the {size} proxy of the {labelers} labelers")
+            measured[labelers][size] = measure(f"{labelers} labelers, {size} proxy", ppo, bon, reward)
+        save_figure(measured[labelers], args.out / "figures" / f"gao_{labelers}.png", f"{labelers} labelers")
     seconds = time.perf_counter() - start
     (args.out / "figures.json").write_text(
-        json.dumps({s: m["figures"] for s, m in measured.items()} | {"seconds": seconds}, indent=1, default=float)
+        json.dumps(
+            {f"{lab}/{size}": m["figures"] for lab, by_size in measured.items() for size, m in by_size.items()} | {"seconds": seconds},
+            indent=1,
+            default=float,
+        )
     )
     (args.out / "report.md").write_text(report(measured, seconds, args.steps))
     log(f"done in {seconds / 60:.1f} min: {args.out / 'report.md'}")

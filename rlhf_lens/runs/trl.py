@@ -215,6 +215,8 @@ def trl_view(
     history = state.get("log_history", [])
     stage = trainer_kind(history)
     view = folder / VIEW_DIR
+    if not os.access(view if view.is_dir() else folder, os.W_OK):
+        raise ValueError(f"{view} cannot be written (the analyses' cache and the report go there): copy {folder} somewhere writable")
     previous = _previous_choices(view)
     reference = Path(reference).absolute() if reference is not None else previous.get("reference")
     prompts = Path(prompts).absolute() if prompts is not None else previous.get("prompts")

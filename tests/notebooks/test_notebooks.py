@@ -12,8 +12,8 @@ import pytest
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 WRITES = {"01_quickstart.ipynb": ("report.html",)}
 """Files a notebook writes into the run."""
-SECONDS = {"02_attribution.ipynb": 60, "03_probes_and_hacking.ipynb": 60}
-"""Time limits beyond the executor's own (issues 11 and 12: these notebooks run in under a minute)."""
+SECONDS = {"02_attribution.ipynb": 60, "03_probes_and_hacking.ipynb": 60, "04_policy_diff.ipynb": 60}
+"""Time limits beyond the executor's own (issues 11, 12 and 13: these notebooks run in under a minute)."""
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in NOTEBOOKS.glob("*.ipynb")))
