@@ -237,11 +237,14 @@ def main() -> None:
     start = time.perf_counter()
     args.out.mkdir(parents=True, exist_ok=True)
     policy_base = base_run(args.out, args.seed, args.base)
+    bases = {
+        size: base_run(args.out, args.seed, None, overrides=model, name=f"{size}_base") if model else policy_base
+        for size, model in SIZES.items()
+    }
     measured: dict[str, dict[str, dict]] = {}
     for labelers, planted in LABELERS.items():
         measured[labelers] = {}
-        for size, model in SIZES.items():
-            base = policy_base if not model else base_run(args.out, args.seed, None, overrides=model, name=f"{size}_base")
+        for size, base in bases.items():
             name = f"{labelers}_{size}"
             reward = train_recipe(
                 "reward_length_quick.toml",

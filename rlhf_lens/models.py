@@ -145,6 +145,11 @@ class Samples:
     completion_ids: list[list[int]]
     finished: list[bool]
     texts: list[str]
+    logprobs: torch.Tensor | None = None
+    """(batch, max_new_tokens) log-probability of each drawn token under softmax(logits / temperature), the
+    distribution it was drawn from (0 after a row's completion ends); None unless asked for, and at temperature 0."""
+    entropy: torch.Tensor | None = None
+    """(batch, max_new_tokens) entropy of that distribution at each completion position (0 after the end)."""
 
 
 def _cache_keyword(model: torch.nn.Module) -> str:
@@ -167,13 +172,18 @@ def sample(
     max_new_tokens: int,
     temperature: float = 1.0,
     top_k: int | None = None,
+    with_logprobs: bool = False,
 ) -> Samples:
     """Sample one completion per prompt; sample i depends only on (prompt i, seeds[i]).
 
     Each row draws its Gumbel noise from its own generator, so a sample does not
     change with batch size, batch order or the number of processes. Prompts are
     left-padded; prompts too long for the context keep their last tokens.
+    `with_logprobs` keeps each drawn token's log-probability and each position's entropy
+    (`Samples.logprobs`, `.entropy`): the policy's own figures at sampling time, with no second pass.
     """
+    if with_logprobs and (temperature == 0 or top_k is not None):
+        raise ValueError("with_logprobs needs temperature > 0 and no top_k: the tokens are then drawn from softmax(logits / T)")
     if len(prompt_ids) != len(seeds):
         raise ValueError(f"got {len(prompt_ids)} prompts but {len(seeds)} seeds; pass one seed per prompt")
     if temperature < 0:
@@ -191,6 +201,8 @@ def sample(
     batch = len(prompts)
     done = torch.zeros(batch, dtype=torch.bool, device=device)
     new_tokens = torch.full((batch, max_new_tokens), pad_id, dtype=torch.long, device=device)
+    drawn_logprobs = torch.zeros((batch, max_new_tokens), device=device) if with_logprobs else None
+    drawn_entropy = torch.zeros((batch, max_new_tokens), device=device) if with_logprobs else None
     step_ids, step_pos = ids, positions
     for t in range(max_new_tokens):
         kwargs = {cache_kw: cache} if cache is not None else {}
@@ -207,6 +219,11 @@ def sample(
             uniform = torch.stack([torch.rand(logits.shape[-1], generator=g) for g in generators]).to(device)
             gumbel = -torch.log(-torch.log(uniform.clamp(1e-20, 1.0 - 1e-7)))
             token = (logits / temperature + gumbel).argmax(-1)  # (batch,)
+        if with_logprobs:
+            logp = torch.log_softmax(logits / temperature, dim=-1)  # (batch, vocab)
+            live = (~done).float()
+            drawn_logprobs[:, t] = logp.gather(-1, token[:, None]).squeeze(-1) * live
+            drawn_entropy[:, t] = -(logp.exp() * logp).sum(-1) * live
         token = torch.where(done, torch.full_like(token, pad_id), token)
         new_tokens[:, t] = token
         done |= token == eos_id
@@ -225,7 +242,14 @@ def sample(
             completions.append(row)
             finished.append(False)
     texts = tokenizer.batch_decode(completions, skip_special_tokens=True)
-    return Samples(prompt_ids=[list(p) for p in prompts], completion_ids=completions, finished=finished, texts=texts)
+    return Samples(
+        prompt_ids=[list(p) for p in prompts],
+        completion_ids=completions,
+        finished=finished,
+        texts=texts,
+        logprobs=drawn_logprobs,
+        entropy=drawn_entropy,
+    )
 
 
 # --------------------------------------------------------------------------- log-probabilities

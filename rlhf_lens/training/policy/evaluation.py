@@ -41,6 +41,7 @@ def evaluation_rollout(setup: PolicySetup, stage, seed: int) -> Rollout:
         temperature=stage.temperature,
         reward_scale=1.0,
         eos_penalty=0.0,
+        sampler_logprobs=False,  # an evaluation makes no update; its KL to an identical reference is exactly 0
     )
 
 

@@ -9,6 +9,7 @@ processes have one shape and can be gathered.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -111,6 +112,43 @@ def padded_mask(completion_ids: Sequence[Sequence[int]], gen_len: int, device) -
     return (torch.arange(gen_len, device=device)[None, :] < lengths[:, None]).float()  # (batch, gen_len)
 
 
+def group_seeds(prompts: Sequence[dict], group_size: int, seed: int, step: int) -> tuple[list[dict], list[int]]:
+    """Each prompt repeated `group_size` times, and the sampling seed of each of those samples."""
+    flat = [p for p in prompts for _ in range(group_size)]
+    return flat, [sample_seed(seed, step, p["index"], j) for p in prompts for j in range(group_size)]
+
+
+def _draw(policy, tokenizer, texts: list[str], seeds: list[int], *, max_new_tokens: int, temperature: float, keep_logprobs: bool):
+    """The policy's samples of `texts`; an empty completion becomes the EOS token, scored and logged like any other."""
+    drawn = sample(
+        policy,
+        tokenizer,
+        encode_prompts(tokenizer, texts),
+        seeds,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        with_logprobs=keep_logprobs,
+    )
+    return dataclasses.replace(drawn, completion_ids=[c if c else [tokenizer.eos_token_id] for c in drawn.completion_ids])
+
+
+def _policy_logprobs(policy, samples, completion_ids, pad_id: int, gen_len: int, temperature: float):
+    """The policy's log-probabilities and entropies of its samples: the sampler's own when it kept them (no second
+    pass), else a full forward pass -> (batch, gen_len) each."""
+    if samples.logprobs is not None:
+        return samples.logprobs, samples.entropy
+    return token_logprobs(policy, samples.prompt_ids, completion_ids, pad_id, gen_len, with_entropy=True, temperature=temperature)
+
+
+def _autocast_enabled(device: torch.device) -> bool:
+    """Whether mixed-precision autocast is on: the sampler's log-probabilities then differ from a full pass's by more
+    than float rounding, so they are not reused."""
+    try:
+        return torch.is_autocast_enabled(device.type)
+    except TypeError:  # torch < 2.4 takes no device type and answers for CUDA
+        return device.type == "cuda" and torch.is_autocast_enabled()
+
+
 @torch.no_grad()
 def collect_rollout(
     policy,
@@ -127,18 +165,18 @@ def collect_rollout(
     temperature: float,
     reward_scale: float,
     eos_penalty: float,
+    sampler_logprobs: bool = True,
 ) -> Rollout:
-    """Sample `group_size` completions per prompt ({"index", "id", "prompt"}), score them and compute logprobs."""
+    """Sample `group_size` completions per prompt ({"index", "id", "prompt"}), score them and compute logprobs: the
+    sampler's own with `sampler_logprobs` (no second pass), else a full pass, so KL to an identical reference is 0."""
     device = next(policy.parameters()).device
-    flat = [p for p in prompts for _ in range(group_size)]
-    seeds = [sample_seed(seed, step, p["index"], j) for p in prompts for j in range(group_size)]
+    flat, seeds = group_seeds(prompts, group_size, seed, step)
     texts = [p["prompt"] for p in flat]
-    samples = sample(policy, tokenizer, encode_prompts(tokenizer, texts), seeds, max_new_tokens=max_new_tokens, temperature=temperature)
-    completion_ids = [c if c else [tokenizer.eos_token_id] for c in samples.completion_ids]
+    keep = sampler_logprobs and not _autocast_enabled(device)
+    samples = _draw(policy, tokenizer, texts, seeds, max_new_tokens=max_new_tokens, temperature=temperature, keep_logprobs=keep)
+    completion_ids = samples.completion_ids
     pad_id = tokenizer.pad_token_id
-    logprobs, entropy = token_logprobs(
-        policy, samples.prompt_ids, completion_ids, pad_id, max_new_tokens, with_entropy=True, temperature=temperature
-    )
+    logprobs, entropy = _policy_logprobs(policy, samples, completion_ids, pad_id, max_new_tokens, temperature)
     ref_logprobs = token_logprobs(reference, samples.prompt_ids, completion_ids, pad_id, max_new_tokens, temperature=temperature)
     raw = reward.score(texts, samples.texts) if reward is not None else np.zeros(len(texts))  # DPO has no reward
     scores = torch.tensor(raw, dtype=torch.float32, device=device) * reward_scale

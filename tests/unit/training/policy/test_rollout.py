@@ -51,7 +51,7 @@ def test_empty_completions_are_scored_and_logged(tiny_gpt2, tiny_tokenizer, monk
     assert [len(r["logprobs"]) for r in rows] == [1, 1] and rows[0]["gold_reward"] is None
 
 
-def test_logprobs_are_those_of_the_policy_at_the_sampling_temperature(tiny_gpt2, tiny_tokenizer):
+def test_evaluation_logprobs_are_a_full_pass_at_the_sampling_temperature_so_kl_to_itself_is_zero(tiny_gpt2, tiny_tokenizer):
     import torch
 
     from rlhf_lens.models import completion_logits
@@ -71,6 +71,7 @@ def test_logprobs_are_those_of_the_policy_at_the_sampling_temperature(tiny_gpt2,
         temperature=0.5,
         reward_scale=1.0,
         eos_penalty=0.0,
+        sampler_logprobs=False,
     )
     with torch.no_grad():
         logits, targets, mask = completion_logits(tiny_gpt2, rollout.prompt_ids, rollout.completion_ids, tiny_tokenizer.pad_token_id)
@@ -113,3 +114,48 @@ def test_dpo_pairs_longer_than_the_context_keep_completions_and_the_end_of_the_p
     assert pairs.chosen_ids[0][-1] == pairs.rejected_ids[0][-1] == tiny_tokenizer.eos_token_id  # completions intact
     full = Pairs.of([record], tiny_tokenizer, 10**6)
     assert pairs.prompt_ids[0] == full.prompt_ids[0][-len(pairs.prompt_ids[0]) :]  # the prompt's last tokens
+
+
+def test_the_rollout_keeps_the_samplers_logprobs_and_runs_no_second_policy_pass(tiny_gpt2, tiny_tokenizer, monkeypatch):
+    """Old log-probs come from the sampler: the first update's ratio exp(new - old) is 1 to 1e-5, the entropy is the
+    sampling distribution's, and only the reference gets a full forward pass."""
+    import copy
+
+    import torch
+
+    from rlhf_lens.training.policy.rollout import minibatch_logprobs, token_logprobs
+
+    reference = copy.deepcopy(tiny_gpt2)
+    scored = []
+
+    def counting(model, *args, **kwargs):
+        scored.append(model)
+        return token_logprobs(model, *args, **kwargs)
+
+    monkeypatch.setattr(rollout_module, "token_logprobs", counting)
+    prompts = [{"index": i, "id": f"p{i}", "prompt": p} for i, p in enumerate(["The screen is", "The battery", "We ate here and"])]
+    rollout = collect_rollout(
+        tiny_gpt2,
+        reference,
+        tiny_tokenizer,
+        None,
+        None,
+        prompts,
+        group_size=3,
+        seed=0,
+        step=1,
+        max_new_tokens=7,
+        temperature=0.8,
+        reward_scale=1.0,
+        eos_penalty=0.0,
+    )
+    assert scored == [reference]
+    with torch.no_grad():
+        new = minibatch_logprobs(tiny_gpt2, rollout, list(range(len(rollout))), tiny_tokenizer.pad_token_id, temperature=0.8)
+        _, entropy = token_logprobs(
+            tiny_gpt2, rollout.prompt_ids, rollout.completion_ids, tiny_tokenizer.pad_token_id, 7, with_entropy=True, temperature=0.8
+        )
+    ratio = torch.exp(new - rollout.logprobs) * rollout.completion_mask + (1 - rollout.completion_mask)
+    assert (ratio - 1).abs().max().item() < 1e-5
+    assert torch.allclose(rollout.entropy, entropy, atol=1e-5)
+    assert torch.equal(rollout.logprobs * (1 - rollout.completion_mask), torch.zeros_like(rollout.logprobs))
