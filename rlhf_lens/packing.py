@@ -42,6 +42,11 @@ class PackedBatch:
     """(rows, width, width) bool: query column q may attend to key column k."""
     last: tuple[torch.Tensor, torch.Tensor]
     """(row, column) of each text's last token, each (n_texts,), in the order the texts were given."""
+    suffix_start: torch.Tensor | None = None
+    """(n_texts,) column of each text's first suffix token (in row `last[0]`); its prefix's last token is the column
+    `prefix_last`."""
+    prefix_last: torch.Tensor | None = None
+    """(n_texts,) column of the last token of each text's prefix (-1 for a text without one)."""
 
     @property
     def n_tokens(self) -> int:
@@ -90,6 +95,8 @@ def pack_texts(texts: Sequence[Text], pad_id: int, *, min_width: int = ROW_WIDTH
     branch = torch.zeros((len(rows), width), dtype=torch.long)  # 0: prefix (or pad), j + 1: suffix j
     last_row = torch.empty(len(texts), dtype=torch.long)
     last_col = torch.empty(len(texts), dtype=torch.long)
+    suffix_start = torch.empty(len(texts), dtype=torch.long)
+    prefix_last = torch.empty(len(texts), dtype=torch.long)
     for r, members in enumerate(rows):
         col = 0
         for s in members:
@@ -109,12 +116,13 @@ def pack_texts(texts: Sequence[Text], pad_id: int, *, min_width: int = ROW_WIDTH
                 branch[r, col : col + n] = j
                 last_row[t] = r
                 last_col[t] = col + n - 1 if n else prefix_end - 1
+                suffix_start[t], prefix_last[t] = col, prefix_end - 1
                 col += n
         # pad columns (position 0) form one more segment: every query attends to at least one key (no NaN)
     causal = torch.ones(width, width, dtype=torch.bool).tril()  # (q, k): k <= q
     same_segment = segment[:, :, None] == segment[:, None, :]
     same_branch = (branch[:, None, :] == 0) | (branch[:, :, None] == branch[:, None, :])  # key in prefix, or same suffix
-    return PackedBatch(ids, positions, causal & same_segment & same_branch, (last_row, last_col))
+    return PackedBatch(ids, positions, causal & same_segment & same_branch, (last_row, last_col), suffix_start, prefix_last)
 
 
 def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -139,3 +147,63 @@ def packed_rewards(reward_model: torch.nn.Module, batch: PackedBatch) -> torch.T
     rows, cols = batch.last
     last_hidden = hidden[rows.to(device), cols.to(device)]  # (n_texts, d_model)
     return rewards_at(reward_model, last_hidden)
+
+
+def _pack_completions(prompt_ids, completion_ids, pad_id: int) -> PackedBatch:
+    if any(not len(p) for p in prompt_ids) or any(not len(c) for c in completion_ids):
+        raise ValueError("packed completion passes need a non-empty prompt (at least BOS) and completion for every text")
+    return pack_texts(list(zip(prompt_ids, completion_ids)), pad_id)
+
+
+def _packed_inputs(batch: PackedBatch, parameter: torch.Tensor) -> dict[str, torch.Tensor]:
+    device = parameter.device
+    return {
+        "input_ids": batch.input_ids.to(device),
+        "position_ids": batch.position_ids.to(device),
+        "attention_mask": additive_mask(batch.allowed, parameter.dtype).to(device),
+    }
+
+
+def completion_columns(batch: PackedBatch, completion_ids) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Where each completion token is predicted in a packed batch: (row, column, completion_mask), each (n, gen_len).
+
+    Token j of a text is predicted at its prefix's last column (j = 0) or at the column of token j - 1 of its own
+    suffix; positions beyond a completion point at its prefix's last column (masked)."""
+    gen_len = max(len(c) for c in completion_ids)
+    lengths = torch.tensor([len(c) for c in completion_ids])
+    offsets = torch.arange(gen_len)
+    mask = offsets[None, :] < lengths[:, None]  # (n, gen_len)
+    columns = torch.where(offsets[None, :] == 0, batch.prefix_last[:, None], batch.suffix_start[:, None] + offsets[None, :] - 1)
+    columns = torch.where(mask, columns, batch.prefix_last[:, None])
+    return batch.last[0][:, None].expand_as(columns), columns, mask
+
+
+def packed_completion_logits(
+    model: torch.nn.Module, prompt_ids, completion_ids, pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What `models.completion_logits` returns, from one packed pass: each prompt written once before all its
+    completions (the G completions of a GRPO group, DPO's chosen and rejected), no padding inside a row.
+
+    Returns logits (n, gen_len, vocab), targets (n, gen_len) and completion_mask (n, gen_len), gen_len the longest
+    completion. Differentiable. Equal to the padded pass's up to float rounding.
+    """
+    batch = _pack_completions(prompt_ids, completion_ids, pad_id)
+    parameter = next(model.parameters())
+    logits = model(**_packed_inputs(batch, parameter)).logits  # (rows, width, vocab)
+    rows, columns, mask = completion_columns(batch, completion_ids)
+    targets = torch.zeros(mask.shape, dtype=torch.long)
+    for i, completion in enumerate(completion_ids):
+        targets[i, : len(completion)] = torch.as_tensor(list(completion), dtype=torch.long)
+    device = parameter.device
+    return logits[rows.to(device), columns.to(device)], targets.to(device), mask.to(device)
+
+
+def packed_completion_values(value_model: torch.nn.Module, prompt_ids, completion_ids, pad_id: int) -> torch.Tensor:
+    """What `models.completion_values` returns (V(state before completion token j), 0 beyond each completion), from one
+    packed pass of a `models.TokenValues` model: -> (n, gen_len). Differentiable."""
+    batch = _pack_completions(prompt_ids, completion_ids, pad_id)
+    parameter = next(value_model.parameters())
+    values = value_model(**_packed_inputs(batch, parameter))  # (rows, width)
+    rows, columns, mask = completion_columns(batch, completion_ids)
+    device = parameter.device
+    return values[rows.to(device), columns.to(device)] * mask.to(device)

@@ -159,3 +159,64 @@ def test_reward_input_parts_split_the_left_truncated_text(tiny_tokenizer):
         assert prefix + suffix == ids == fit_to_context(full, 32)
     assert parts[0][1] == tiny_tokenizer(completions[0], add_special_tokens=False)["input_ids"]  # the completion survives
     assert parts[1][0] == []  # a completion longer than the context leaves no prefix
+
+
+def causal_lms():
+    """The scorers' three architectures as causal LMs (same sizes)."""
+    from transformers import GPT2LMHeadModel, GPTNeoXForCausalLM, LlamaForCausalLM
+
+    models = {}
+    for arch, scorer in scorers().items():
+        config = scorer.config
+        config.num_labels = 1
+        head = {"gpt2": GPT2LMHeadModel, "llama": LlamaForCausalLM, "gpt_neox": GPTNeoXForCausalLM}[arch]
+        torch.manual_seed(1)
+        models[arch] = head(config).eval()
+    return models
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "gpt_neox"])
+def test_packed_completion_logprobs_and_gradients_equal_the_padded_pass(arch):
+    from rlhf_lens.models import completion_logits
+    from rlhf_lens.packing import packed_completion_logits
+
+    model = causal_lms()[arch]
+    texts = [(p, c if c else [7]) for p, c in random_texts(3) if p]  # groups sharing prompts, in mixed order
+    prompts, completions = [t[0] for t in texts], [t[1] for t in texts]
+
+    def logprobs(fn):
+        model.zero_grad()
+        logits, targets, mask = fn(model, prompts, completions, PAD)
+        out = torch.log_softmax(logits / 0.7, -1).gather(-1, targets[:, :, None]).squeeze(-1) * mask
+        (out * torch.linspace(0.5, 1.5, out.numel()).view_as(out)).sum().backward()
+        return out.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    padded, padded_grads = logprobs(completion_logits)
+    packed, packed_grads = logprobs(packed_completion_logits)
+    assert packed.shape == padded.shape
+    assert torch.allclose(packed, padded, atol=1e-5)
+    assert padded_grads.keys() == packed_grads.keys()
+    for name in padded_grads:
+        assert torch.allclose(packed_grads[name], padded_grads[name], atol=1e-5), name
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "gpt_neox"])
+def test_packed_values_and_gradients_equal_the_padded_pass(arch):
+    from rlhf_lens.models import TokenValues, completion_values
+    from rlhf_lens.packing import packed_completion_values
+
+    values_model = TokenValues(scorers()[arch])
+    texts = [(p, c if c else [7]) for p, c in random_texts(4) if p]
+    prompts, completions = [t[0] for t in texts], [t[1] for t in texts]
+
+    def values(fn):
+        values_model.zero_grad()
+        out = fn(values_model, prompts, completions, PAD)
+        (out * torch.linspace(-1.0, 1.0, out.numel()).view_as(out)).sum().backward()
+        return out.detach(), {n: p.grad.clone() for n, p in values_model.named_parameters() if p.grad is not None}
+
+    padded, padded_grads = values(completion_values)
+    packed, packed_grads = values(packed_completion_values)
+    assert torch.allclose(packed, padded, atol=1e-5)
+    for name in padded_grads:
+        assert torch.allclose(packed_grads[name], padded_grads[name], atol=1e-5), name

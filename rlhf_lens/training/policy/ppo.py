@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from rlhf_lens.models import completion_values
+from rlhf_lens.packing import packed_completion_values
 from rlhf_lens.training.distributed import World, whiten_global
 from rlhf_lens.training.losses import clipped_policy_loss, clipped_value_loss, gae, token_rewards
 from rlhf_lens.training.policy.rollout import Rollout, minibatch_logprobs
@@ -19,7 +19,7 @@ from rlhf_lens.training.policy.update import UpdateStats, apply_gradients, epoch
 
 @torch.no_grad()
 def rollout_values(value_model, rollout: Rollout, pad_id: int) -> torch.Tensor:
-    values = completion_values(value_model, rollout.prompt_ids, rollout.completion_ids, pad_id)  # (batch, L)
+    values = packed_completion_values(value_model, rollout.prompt_ids, rollout.completion_ids, pad_id)  # (batch, L)
     return torch.nn.functional.pad(values, (0, rollout.logprobs.shape[1] - values.shape[1]))  # (batch, gen_len)
 
 
@@ -42,7 +42,7 @@ def ppo_update(
             mb = lambda x, rows=rows: x[rows]  # noqa: E731 - this minibatch's rows of a (batch, ...) tensor
             count = world.sum(mask[rows].sum())  # completion tokens of this minibatch over every process
             logprobs = minibatch_logprobs(policy, rollout, rows, pad_id, temperature=cfg.temperature)  # (mb, gen_len)
-            values = completion_values(
+            values = packed_completion_values(
                 value_model, [rollout.prompt_ids[i] for i in rows], [rollout.completion_ids[i] for i in rows], pad_id
             )
             values = torch.nn.functional.pad(values, (0, mask.shape[1] - values.shape[1]))

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from rlhf_lens.models import completion_logits, encode_prompts, sample
+from rlhf_lens.packing import packed_completion_logits
 from rlhf_lens.training.losses import entropy_from_logits
 from rlhf_lens.training.policy.reward_source import RewardError, RewardSource
 
@@ -80,10 +81,14 @@ class Rollout:
         return len(self.prompt_ids)
 
 
-def token_logprobs(model, prompt_ids, completion_ids, pad_id: int, gen_len: int, with_entropy: bool = False, temperature: float = 1.0):
+def token_logprobs(
+    model, prompt_ids, completion_ids, pad_id: int, gen_len: int, with_entropy: bool = False, temperature: float = 1.0, packed: bool = True
+):
     """Per-token logprobs (and entropies) of completions under the policy sampled at `temperature`,
-    right-padded to gen_len: -> (batch, gen_len) [, (batch, gen_len)]."""
-    logits, targets, mask = completion_logits(model, prompt_ids, completion_ids, pad_id)  # (batch, L, vocab)
+    right-padded to gen_len: -> (batch, gen_len) [, (batch, gen_len)]. `packed`: one pass with each prompt written once
+    before its completions (`packing.packed_completion_logits`), else one padded row per text."""
+    logits_of = packed_completion_logits if packed and all(len(c) for c in completion_ids) else completion_logits
+    logits, targets, mask = logits_of(model, prompt_ids, completion_ids, pad_id)  # (batch, L, vocab)
     logits = logits.float() / temperature
     logprobs = torch.log_softmax(logits.float(), dim=-1).gather(-1, targets[:, :, None]).squeeze(-1) * mask
     pad = gen_len - logprobs.shape[1]
