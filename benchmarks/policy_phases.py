@@ -31,6 +31,44 @@ from rlhf_lens.training.policy.group import group_update
 from rlhf_lens.training.policy.reward_source import reward_model_source
 from rlhf_lens.training.policy.rollout import collect_rollout, group_seeds, token_logprobs
 
+PHASES = ("sampling", "reference pass", "reward model", "update")
+
+
+def phase_times(run: Run, n_prompts: int, group: int, max_new_tokens: int, repeats: int) -> dict[str, float]:
+    """Median seconds of each phase of one GRPO step (see the module docstring) on `run`'s SFT policy and reward model."""
+    policy, tokenizer = run.load_model("sft"), run.load_tokenizer("sft")
+    reference = copy.deepcopy(policy)
+    reward = reward_model_source(run.checkpoint("reward").path, torch.device("cpu"))
+    prompts = [{"index": i, "id": p["id"], "prompt": p["prompt"]} for i, p in enumerate(run.data("prompts")[:n_prompts])]
+    cfg = PolicyStageConfig(algorithm="grpo", group_size=group, batch_size=n_prompts, max_new_tokens=max_new_tokens)
+    pad_id = tokenizer.pad_token_id
+    times: dict[str, list[float]] = {name: [] for name in PHASES}
+
+    def timed(name, fn, *fn_args, **fn_kwargs):
+        started = time.perf_counter()
+        out = fn(*fn_args, **fn_kwargs)
+        times[name].append(time.perf_counter() - started)
+        return out
+
+    for step in range(repeats + 1):
+        flat, seeds = group_seeds(prompts, group, 0, step)
+        texts = [p["prompt"] for p in flat]
+        ids = encode_prompts(tokenizer, texts)
+        with torch.no_grad():
+            samples = timed("sampling", sample, policy, tokenizer, ids, seeds, max_new_tokens=max_new_tokens, with_logprobs=True)
+            timed("reference pass", token_logprobs, reference, samples.prompt_ids, samples.completion_ids, pad_id, max_new_tokens)
+            timed("reward model", reward.score, texts, samples.texts)
+        rollout = collect_rollout(
+            policy, reference, tokenizer, reward, None, prompts, group_size=group, seed=0, step=step,
+            max_new_tokens=max_new_tokens, temperature=1.0, reward_scale=1.0, eos_penalty=1.0,
+        )  # fmt: skip
+        optimizer = torch.optim.SGD(policy.parameters(), lr=0.0)  # the weights stay as they are
+        timed("update", group_update, policy, optimizer, rollout, cfg, kl_coef=0.04, pad_id=pad_id, world=World(), seed=0, step=step)
+        if step == 0:  # warm-up
+            for values in times.values():
+                values.clear()
+    return {name: statistics.median(values) for name, values in times.items()}
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -40,39 +78,7 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
-    run = Run.open(args.run)
-    policy, tokenizer = run.load_model("sft"), run.load_tokenizer("sft")
-    reference = copy.deepcopy(policy)
-    reward = reward_model_source(run.checkpoint("reward").path, torch.device("cpu"))
-    prompts = [{"index": i, "id": p["id"], "prompt": p["prompt"]} for i, p in enumerate(run.data("prompts")[: args.prompts])]
-    cfg = PolicyStageConfig(algorithm="grpo", group_size=args.group, batch_size=args.prompts, max_new_tokens=args.max_new_tokens)
-    pad_id = tokenizer.pad_token_id
-    times: dict[str, list[float]] = {name: [] for name in ("sampling", "reference pass", "reward model", "update")}
-
-    def timed(name, fn, *fn_args, **fn_kwargs):
-        started = time.perf_counter()
-        out = fn(*fn_args, **fn_kwargs)
-        times[name].append(time.perf_counter() - started)
-        return out
-
-    for step in range(args.repeats + 1):
-        flat, seeds = group_seeds(prompts, args.group, 0, step)
-        texts = [p["prompt"] for p in flat]
-        ids = encode_prompts(tokenizer, texts)
-        with torch.no_grad():
-            samples = timed("sampling", sample, policy, tokenizer, ids, seeds, max_new_tokens=args.max_new_tokens, with_logprobs=True)
-            timed("reference pass", token_logprobs, reference, samples.prompt_ids, samples.completion_ids, pad_id, args.max_new_tokens)
-            timed("reward model", reward.score, texts, samples.texts)
-        rollout = collect_rollout(
-            policy, reference, tokenizer, reward, None, prompts, group_size=args.group, seed=0, step=step,
-            max_new_tokens=args.max_new_tokens, temperature=1.0, reward_scale=1.0, eos_penalty=1.0,
-        )  # fmt: skip
-        optimizer = torch.optim.SGD(policy.parameters(), lr=0.0)  # the weights stay as they are
-        timed("update", group_update, policy, optimizer, rollout, cfg, kl_coef=0.04, pad_id=pad_id, world=World(), seed=0, step=step)
-        if step == 0:  # warm-up
-            for values in times.values():
-                values.clear()
-    medians = {name: statistics.median(values) for name, values in times.items()}
+    medians = phase_times(Run.open(args.run), args.prompts, args.group, args.max_new_tokens, args.repeats)
     total = sum(medians.values())
     print(
         f"{args.run}: {args.prompts} prompts x {args.group} completions, {args.max_new_tokens} new tokens, torch threads {torch.get_num_threads()}"

@@ -455,10 +455,27 @@ def bench_grpo(size: str, setup: Path, settings: Settings, workdir: Path) -> dic
         "ours_eval_score_start": run.manifest["results"]["policy"].get("start_eval/score_mean"),
         "ours_eval_score_end": run.manifest["results"]["policy"].get("eval/score_mean"),
     }
+    row |= phase_and_decode_figures(setup, settings)
     row["ours_over_trl"] = row["ours_steps_per_s"] / row["trl_steps_per_s"]
     row["ours_over_trl_tokens"] = row["ours_tokens_per_s"] / row["trl_tokens_per_s"]
     row["ours_over_trl_steady"] = ours_steady / trl_steady
     return row
+
+
+def phase_and_decode_figures(setup: Path, settings: Settings) -> dict:
+    """Our GRPO step by phase (`policy_phases.py`) and decoding tokens/s against HF `generate` (`decode_rates.py`), on
+    the setup run's SFT policy and reward model at this benchmark's step shape (CPU)."""
+    from decode_rates import decode_rates
+    from policy_phases import phase_times
+
+    run = Run.open(setup)
+    phases = phase_times(run, settings.prompts_per_step, settings.group_size, settings.max_new_tokens, repeats=3)
+    rates = decode_rates(run, settings.prompts_per_step * settings.group_size, settings.max_new_tokens, repeats=3)
+    return {
+        **{f"phase_ms/{k}": v * 1000 for k, v in phases.items()},
+        "decode_tok_s/ours": rates["ours"],
+        "decode_tok_s/hf_generate": rates["hf_generate"],
+    }
 
 
 def bench_dpo(size: str, setup: Path, settings: Settings, workdir: Path) -> dict:
@@ -628,6 +645,13 @@ def main() -> None:
                 f"trl {row['trl_steady_steps_per_s']:.3f}; steady tok/s ours {row['ours_steady_tokens_per_s']:.0f}, "
                 f"trl {row['trl_steady_tokens_per_s']:.0f}; TRL logged mean length {row['trl_logged_mean_length']:.1f}; "
                 f"TRL prompt ids == ours for {row['trl_prompt_ids_equal_ours']:.0%} of {row['train_prompts']} prompts"
+            )
+            phases = {k.split("/", 1)[1]: v for k, v in row.items() if k.startswith("phase_ms/")}
+            total = sum(phases.values())
+            print(f"  {row['size']}: our step by phase: " + ", ".join(f"{k} {v:.0f} ms ({v / total:.0%})" for k, v in phases.items()))
+            print(
+                f"  {row['size']}: decoding {row['decode_tok_s/ours']:.0f} tokens/s ours against {row['decode_tok_s/hf_generate']:.0f} "
+                f"HF generate (eager sampling): {row['decode_tok_s/ours'] / row['decode_tok_s/hf_generate']:.2f}x"
             )
     if rows.get("dpo"):
         print(
