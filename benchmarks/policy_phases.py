@@ -34,12 +34,28 @@ from rlhf_lens.training.policy.rollout import collect_rollout, group_seeds, toke
 PHASES = ("sampling", "reference pass", "reward model", "update")
 
 
-def phase_times(run: Run, n_prompts: int, group: int, max_new_tokens: int, repeats: int) -> dict[str, float]:
-    """Median seconds of each phase of one GRPO step (see the module docstring) on `run`'s SFT policy and reward model."""
+def step_arguments(description: str) -> argparse.Namespace:
+    """The options of the step benchmarks: --run, --prompts, --group, --max-new-tokens, --repeats."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", type=Path, default=Path("runs/quick"))
+    parser.add_argument("--prompts", type=int, default=8)
+    parser.add_argument("--group", type=int, default=4)
+    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=5)
+    return parser.parse_args()
+
+
+def step_inputs(run: Run, n_prompts: int):
+    """(policy, reference, tokenizer, reward, prompts): the run's SFT policy twice, its reward model and its first prompts."""
     policy, tokenizer = run.load_model("sft"), run.load_tokenizer("sft")
-    reference = copy.deepcopy(policy)
     reward = reward_model_source(run.checkpoint("reward").path, torch.device("cpu"))
     prompts = [{"index": i, "id": p["id"], "prompt": p["prompt"]} for i, p in enumerate(run.data("prompts")[:n_prompts])]
+    return policy, copy.deepcopy(policy), tokenizer, reward, prompts
+
+
+def phase_times(run: Run, n_prompts: int, group: int, max_new_tokens: int, repeats: int) -> dict[str, float]:
+    """Median seconds of each phase of one GRPO step (see the module docstring) on `run`'s SFT policy and reward model."""
+    policy, reference, tokenizer, reward, prompts = step_inputs(run, n_prompts)
     cfg = PolicyStageConfig(algorithm="grpo", group_size=group, batch_size=n_prompts, max_new_tokens=max_new_tokens)
     pad_id = tokenizer.pad_token_id
     times: dict[str, list[float]] = {name: [] for name in PHASES}
@@ -71,13 +87,7 @@ def phase_times(run: Run, n_prompts: int, group: int, max_new_tokens: int, repea
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", type=Path, default=Path("runs/quick"))
-    parser.add_argument("--prompts", type=int, default=8)
-    parser.add_argument("--group", type=int, default=4)
-    parser.add_argument("--max-new-tokens", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=5)
-    args = parser.parse_args()
+    args = step_arguments(__doc__)
     medians = phase_times(Run.open(args.run), args.prompts, args.group, args.max_new_tokens, args.repeats)
     total = sum(medians.values())
     print(

@@ -15,31 +15,20 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import argparse
 import dataclasses
 import statistics
 import time
-from pathlib import Path
 
 import torch
+from policy_phases import step_arguments, step_inputs
 
 from rlhf_lens.runs import Run
 from rlhf_lens.training.policy import rollout as rollout_module
-from rlhf_lens.training.policy.reward_source import reward_model_source
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", type=Path, default=Path("runs/quick"))
-    parser.add_argument("--prompts", type=int, default=8)
-    parser.add_argument("--group", type=int, default=4)
-    parser.add_argument("--max-new-tokens", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=5)
-    args = parser.parse_args()
-    run = Run.open(args.run)
-    policy, reference, tokenizer = run.load_model("sft"), run.load_model("sft"), run.load_tokenizer("sft")
-    reward = reward_model_source(run.checkpoint("reward").path, torch.device("cpu"))
-    prompts = [{"index": i, "id": p["id"], "prompt": p["prompt"]} for i, p in enumerate(run.data("prompts")[: args.prompts])]
+    args = step_arguments(__doc__)
+    policy, reference, tokenizer, reward, prompts = step_inputs(Run.open(args.run), args.prompts)
     real_sample = rollout_module.sample
 
     def without_logprobs(*a, **kw):

@@ -96,12 +96,26 @@ class _Payload:
         return (Path.touch, (self.marker,))
 
 
+def calls_on_load(payload: bytes) -> tuple[str, str] | None:
+    """The (module, name) a pickle calls when loaded (its global followed by REDUCE), read from its opcodes without
+    loading it; None when it calls nothing."""
+    import pickletools
+
+    strings, called = [], None
+    for opcode, arg, _ in pickletools.genops(payload):
+        if opcode.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE"):
+            strings.append(arg)
+        elif opcode.name == "STACK_GLOBAL" and called is None:  # the first global is what REDUCE calls
+            called = tuple(strings[-2:])
+        elif opcode.name == "GLOBAL" and called is None:
+            called = tuple(arg.split(" ", 1))
+    return called if called is not None and b"R" in payload else None
+
+
 def plant_payloads(folder: Path, marker: Path) -> list[Path]:
     """Replace every pickle TRL wrote (and add a pickled model) in `folder` and its checkpoints with the payload."""
     payload = pickle.dumps(_Payload(marker))
-    pickle.loads(payload)  # the payload works: loading it does create the marker
-    assert marker.is_file()
-    marker.unlink()
+    assert calls_on_load(payload) == ("pathlib", "Path.touch")  # loading it would create the marker (read, not run)
     planted = []
     for sub in [folder, *sorted(folder.glob("checkpoint-*"))]:
         for name in PICKLES:
