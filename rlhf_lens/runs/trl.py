@@ -47,6 +47,7 @@ from .layout import (
     run_json_path,
 )
 from .manifest import build_manifest, write_manifest
+from .reader import read_model_config
 from .weights import safetensors_weight_files
 
 TRAINER_STATE = "trainer_state.json"
@@ -146,8 +147,9 @@ def _link_checkpoint(source: Path, target: Path, meta: dict[str, Any]) -> None:
     atomic_write_json(meta_path(target), meta)
 
 
-def _checkpoint_meta(stage: str, step: int, tag: str, source: Path, history: list[dict[str, Any]]) -> dict[str, Any]:
-    logged = [r for r in metric_records(history, stage) if r["step"] <= step]
+def _checkpoint_meta(stage: str, step: int, tag: str, source: Path, records: list[dict[str, Any]]) -> dict[str, Any]:
+    """meta.json of a view checkpoint; `records` are the stage's metric records (`metric_records`)."""
+    logged = [r for r in records if r["step"] <= step]
     metrics = {k: v for k, v in logged[-1].items() if k not in ("stage", "step", "time")} if logged else {}
     weights = safetensors_weight_files(source)
     return {
@@ -184,11 +186,7 @@ def _prompt_records(path: Path) -> list[dict[str, Any]]:
 
 def _check_reference(reference: Path, policy_folder: Path) -> None:
     safetensors_weight_files(reference)
-    config_path = reference / MODEL_CONFIG_JSON
-    if not config_path.is_file():
-        raise FileNotFoundError(f"reference {reference} has no {MODEL_CONFIG_JSON}: pass the HF folder of the model TRL started from")
-    ours = json.loads(config_path.read_text(encoding="utf-8")).get("vocab_size")
-    theirs = json.loads((policy_folder / MODEL_CONFIG_JSON).read_text(encoding="utf-8")).get("vocab_size")
+    ours, theirs = read_model_config(reference).get("vocab_size"), read_model_config(policy_folder).get("vocab_size")
     if ours != theirs:
         raise ValueError(
             f"reference {reference} has a vocabulary of {ours} tokens but the TRL policy has {theirs}: they do not share a tokenizer"
@@ -252,8 +250,9 @@ def trl_view(
         env=_env(),
         created=_iso_mtime(sources[-1][2] / MODEL_CONFIG_JSON),
     )
+    records = metric_records(history, stage)
     for step, tag, source in sources:
-        _link_checkpoint(source, checkpoint_dir(view, stage, tag), _checkpoint_meta(stage, step, tag, source, history))
+        _link_checkpoint(source, checkpoint_dir(view, stage, tag), _checkpoint_meta(stage, step, tag, source, records))
     _remove_stale_checkpoints(view, {tag for _, tag, _ in sources})
     manifest["stages"] = [
         {"name": stage, "kind": "policy", "status": "done", "checkpoints": [tag for _, tag, _ in sources], "init_from": None}
@@ -264,7 +263,7 @@ def trl_view(
         lines = b"".join(dump_jsonl_line(r, Path(prompts)) for r in _prompt_records(Path(prompts)))
         atomic_write_bytes(data_path(view, "prompts"), lines)
         manifest["data"]["prompts.jsonl"] = {"path": "data/prompts.jsonl", "sha256": sha256_bytes(lines), "records": lines.count(b"\n")}
-    metrics = b"".join(dump_jsonl_line(r, metrics_path(view)) for r in metric_records(history, stage))
+    metrics = b"".join(dump_jsonl_line(r, metrics_path(view)) for r in records)
     atomic_write_bytes(metrics_path(view), metrics)
     write_manifest(view, manifest)
     return view
