@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# GRPO throughput on one NVIDIA GPU: our policy stage against TRL's GRPOTrainer, side by side,
-# GPT-2-small-sized policy (12 layers, d_model 768, 12 heads, context 96), CUDA, bf16 autocast.
+# On one NVIDIA GPU, side by side: (1) generation only, the lean decoder (bf16, CUDA graphs) against HF `generate`
+# (eager sampling) and `models.sample`, on a random GPT-2-small-sized model (batch $GEN_BATCH x $TOKENS tokens);
+# (2) GRPO throughput, our policy stage against TRL's GRPOTrainer, GPT-2-small-sized policy (12 layers, d_model 768,
+# 12 heads, context 96), CUDA, bf16 autocast; (3) the `gpu`-marked tests (the CUDA decoder and policy stage).
 #
 # Run from anywhere:   benchmarks/gpu_policy.sh
 # Writes:              benchmarks/results/gpu_policy.json (and prints the GRPO table: steps/s, completion tokens/s, ours/TRL)
@@ -16,6 +18,7 @@
 #     # from another platform add: --python-version 3.11 --platform manylinux_2_28_x86_64 --only-binary=:all:
 # (PyPI's Linux torch wheel is the CUDA build; it and its nvidia-* dependencies are a few GB.)
 # Knobs (environment): VENV, STEPS (GRPO steps, default 12), PROMPTS (B, 16), GROUP (G, 8), TOKENS (T, 64),
+# GEN_BATCH (generation-only batch, 512), SKIP_GRPO / SKIP_TESTS (set to 1 to leave a part out),
 # THREADS (timed part, 4), SETUP_THREADS (setup, number of cores).
 set -euo pipefail
 
@@ -26,6 +29,9 @@ STEPS=${STEPS:-12}
 PROMPTS=${PROMPTS:-16}
 GROUP=${GROUP:-8}
 TOKENS=${TOKENS:-64}
+GEN_BATCH=${GEN_BATCH:-512}
+SKIP_GRPO=${SKIP_GRPO:-0}
+SKIP_TESTS=${SKIP_TESTS:-0}
 THREADS=${THREADS:-4}
 SETUP_THREADS=${SETUP_THREADS:-$(nproc)}
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_DISABLED=true TOKENIZERS_PARALLELISM=false
@@ -53,9 +59,20 @@ print(f"torch {torch.__version__} (CUDA {torch.version.cuda}), transformers {tra
 EOF
 
 mkdir -p benchmarks/results
-echo "== GRPO: ours vs TRL on CUDA, bf16, gpt2small, $STEPS steps of $PROMPTS prompts x $GROUP completions x <= $TOKENS tokens"
-start=$(date +%s)
-"$PY" benchmarks/policy_vs_trl.py --device cuda --bf16 --sizes gpt2small --only grpo \
-    --grpo-steps "$STEPS" --prompts-per-step "$PROMPTS" --group-size "$GROUP" --max-new-tokens "$TOKENS" \
-    --threads "$THREADS" --setup-threads "$SETUP_THREADS" --out benchmarks/results/gpu_policy.json
-echo "== done in $(( $(date +%s) - start ))s; results in benchmarks/results/gpu_policy.json"
+echo "== generation only: lean decoder vs HF generate vs models.sample, random gpt2small, bf16, $GEN_BATCH x $TOKENS tokens"
+"$PY" benchmarks/decode_rates.py --random gpt2small --device cuda --bf16 --batch "$GEN_BATCH" --max-new-tokens "$TOKENS" \
+    | tee benchmarks/results/gpu_decode_rates.txt
+
+if [[ "$SKIP_TESTS" != 1 ]]; then
+    echo "== gpu-marked tests"
+    "$PY" -m pytest -q -m gpu -p no:cacheprovider tests/integration/test_decoding_gpu.py tests/integration/test_gpu.py
+fi
+
+if [[ "$SKIP_GRPO" != 1 ]]; then
+    echo "== GRPO: ours vs TRL on CUDA, bf16, gpt2small, $STEPS steps of $PROMPTS prompts x $GROUP completions x <= $TOKENS tokens"
+    start=$(date +%s)
+    "$PY" benchmarks/policy_vs_trl.py --device cuda --bf16 --sizes gpt2small --only grpo \
+        --grpo-steps "$STEPS" --prompts-per-step "$PROMPTS" --group-size "$GROUP" --max-new-tokens "$TOKENS" \
+        --threads "$THREADS" --setup-threads "$SETUP_THREADS" --out benchmarks/results/gpu_policy.json
+    echo "== done in $(( $(date +%s) - start ))s; results in benchmarks/results/gpu_policy.json"
+fi

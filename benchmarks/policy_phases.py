@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/policy_phases.py --run runs/quick [--prompts 8] [--group 4] [--repeats 5]
 
 On the run's SFT policy and reward model, one GRPO step of grpo_quick.toml's shape (8 prompts x 4 completions, 32
-new tokens) split into its phases, each timed on its own: sampling (the policy's decode, keeping the drawn tokens'
+new tokens) split into its phases, each timed on its own: sampling (the lean decoder, `rlhf_lens.decoding.sample`, keeping the drawn tokens'
 log-probabilities), the reference's packed pass, the reward model, and the update (one epoch, one minibatch:
 forward and backward of the policy, clipped surrogate and k3 KL). Prints the median milliseconds of each and its
 share of the step.
@@ -23,7 +23,8 @@ from pathlib import Path
 
 import torch
 
-from rlhf_lens.models import encode_prompts, sample
+from rlhf_lens.decoding import sample
+from rlhf_lens.models import encode_prompts
 from rlhf_lens.runs import Run
 from rlhf_lens.training.config import PolicyStageConfig
 from rlhf_lens.training.distributed import World

@@ -162,6 +162,75 @@ def _returned_cache(output):
     return cache if cache is not None else output.past_key_values
 
 
+def check_sampling_arguments(
+    prompt_ids: Sequence, seeds: Sequence[int], temperature: float, top_k: int | None, with_logprobs: bool
+) -> None:
+    """The checks every sampler makes before drawing anything."""
+    if with_logprobs and (temperature == 0 or top_k is not None):
+        raise ValueError("with_logprobs needs temperature > 0 and no top_k: the tokens are then drawn from softmax(logits / T)")
+    if len(prompt_ids) != len(seeds):
+        raise ValueError(f"got {len(prompt_ids)} prompts but {len(seeds)} seeds; pass one seed per prompt")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+
+
+def fit_prompts(model: torch.nn.Module, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int, eos_id: int) -> list[list[int]]:
+    """Prompts as a sampler feeds them: an empty one becomes [EOS], a long one keeps its last tokens so that
+    `max_new_tokens` more fit in the context."""
+    budget = context_length(model) - max_new_tokens
+    return [fit_to_context(p, budget) if len(p) else [eos_id] for p in prompt_ids]
+
+
+def gumbel(uniform: torch.Tensor) -> torch.Tensor:
+    """Standard Gumbel noise from uniform noise of the same shape."""
+    return -torch.log(-torch.log(uniform.clamp(1e-20, 1.0 - 1e-7)))
+
+
+def choose_tokens(logits: torch.Tensor, noise: torch.Tensor | None, temperature: float, top_k: int | None) -> torch.Tensor:
+    """The drawn token of each row: logits (batch, vocab) float32, noise (batch, vocab) Gumbel -> (batch,).
+
+    Gumbel-max: argmax(logits / T + G) is distributed as softmax(logits / T); temperature 0 is greedy (noise unused).
+    """
+    if top_k is not None:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if temperature == 0:
+        return logits.argmax(-1)
+    return (logits / temperature + noise).argmax(-1)
+
+
+def drawn_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probability of each drawn token and the entropy of the distribution it was drawn from, softmax(logits / T):
+    logits (batch, vocab), tokens (batch,) -> two (batch,)."""
+    logp = torch.log_softmax(logits / temperature, dim=-1)  # (batch, vocab)
+    return logp.gather(-1, tokens[:, None]).squeeze(-1), -(logp.exp() * logp).sum(-1)
+
+
+def samples_from(
+    tokenizer,
+    prompts: list[list[int]],
+    new_tokens: torch.Tensor,
+    logprobs: torch.Tensor | None = None,
+    entropy: torch.Tensor | None = None,
+) -> Samples:
+    """`Samples` from the drawn tokens (batch, max_new_tokens), pad after each row's EOS: completions end at EOS."""
+    eos_id = tokenizer.eos_token_id
+    completions, finished = [], []
+    for row in new_tokens.tolist():
+        ended = eos_id in row
+        completions.append(row[: row.index(eos_id) + 1] if ended else row)
+        finished.append(ended)
+    texts = tokenizer.batch_decode(completions, skip_special_tokens=True)
+    return Samples(
+        prompt_ids=[list(p) for p in prompts],
+        completion_ids=completions,
+        finished=finished,
+        texts=texts,
+        logprobs=logprobs,
+        entropy=entropy,
+    )
+
+
 @torch.no_grad()
 def sample(
     model: torch.nn.Module,
@@ -181,17 +250,13 @@ def sample(
     left-padded; prompts too long for the context keep their last tokens.
     `with_logprobs` keeps each drawn token's log-probability and each position's entropy
     (`Samples.logprobs`, `.entropy`): the policy's own figures at sampling time, with no second pass.
+    This is the reference sampler, through the HF model's own forward; `rlhf_lens.decoding.sample` draws the
+    same samples faster.
     """
-    if with_logprobs and (temperature == 0 or top_k is not None):
-        raise ValueError("with_logprobs needs temperature > 0 and no top_k: the tokens are then drawn from softmax(logits / T)")
-    if len(prompt_ids) != len(seeds):
-        raise ValueError(f"got {len(prompt_ids)} prompts but {len(seeds)} seeds; pass one seed per prompt")
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    check_sampling_arguments(prompt_ids, seeds, temperature, top_k, with_logprobs)
     device = next(model.parameters()).device
     eos_id, pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
-    budget = context_length(model) - max_new_tokens
-    prompts = [fit_to_context(p, budget) if len(p) else [eos_id] for p in prompt_ids]
+    prompts = fit_prompts(model, prompt_ids, max_new_tokens, eos_id)
     generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
 
     ids, mask = pad_left(prompts, pad_id)
@@ -201,29 +266,22 @@ def sample(
     batch = len(prompts)
     done = torch.zeros(batch, dtype=torch.bool, device=device)
     new_tokens = torch.full((batch, max_new_tokens), pad_id, dtype=torch.long, device=device)
-    drawn_logprobs = torch.zeros((batch, max_new_tokens), device=device) if with_logprobs else None
-    drawn_entropy = torch.zeros((batch, max_new_tokens), device=device) if with_logprobs else None
+    kept_logprobs = torch.zeros((batch, max_new_tokens), device=device) if with_logprobs else None
+    kept_entropy = torch.zeros((batch, max_new_tokens), device=device) if with_logprobs else None
     step_ids, step_pos = ids, positions
     for t in range(max_new_tokens):
         kwargs = {cache_kw: cache} if cache is not None else {}
         out = model(input_ids=step_ids, attention_mask=mask, position_ids=step_pos, use_cache=True, **kwargs)
         cache = _returned_cache(out)
         logits = out.logits[:, -1, :].float()  # (batch, vocab)
-        if top_k is not None:
-            kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
-            logits = logits.masked_fill(logits < kth, float("-inf"))
-        if temperature == 0:
-            token = logits.argmax(-1)
-        else:
-            # Gumbel-max trick with per-row generators: argmax(logits/T + G) ~ softmax(logits/T).
-            uniform = torch.stack([torch.rand(logits.shape[-1], generator=g) for g in generators]).to(device)
-            gumbel = -torch.log(-torch.log(uniform.clamp(1e-20, 1.0 - 1e-7)))
-            token = (logits / temperature + gumbel).argmax(-1)  # (batch,)
+        noise = None
+        if temperature > 0:  # each row's noise from its own generator
+            noise = gumbel(torch.stack([torch.rand(logits.shape[-1], generator=g) for g in generators]).to(device))
+        token = choose_tokens(logits, noise, temperature, top_k)  # (batch,)
         if with_logprobs:
-            logp = torch.log_softmax(logits / temperature, dim=-1)  # (batch, vocab)
             live = (~done).float()
-            drawn_logprobs[:, t] = logp.gather(-1, token[:, None]).squeeze(-1) * live
-            drawn_entropy[:, t] = -(logp.exp() * logp).sum(-1) * live
+            logprob, entropy = drawn_logprobs(logits, token, temperature)
+            kept_logprobs[:, t], kept_entropy[:, t] = logprob * live, entropy * live
         token = torch.where(done, torch.full_like(token, pad_id), token)
         new_tokens[:, t] = token
         done |= token == eos_id
@@ -232,24 +290,7 @@ def sample(
         step_ids = token[:, None]
         step_pos = step_pos[:, -1:] + 1
         mask = torch.cat([mask, torch.ones((batch, 1), dtype=mask.dtype, device=device)], dim=1)
-
-    completions, finished = [], []
-    for row in new_tokens.tolist():
-        if eos_id in row:
-            completions.append(row[: row.index(eos_id) + 1])
-            finished.append(True)
-        else:
-            completions.append(row)
-            finished.append(False)
-    texts = tokenizer.batch_decode(completions, skip_special_tokens=True)
-    return Samples(
-        prompt_ids=[list(p) for p in prompts],
-        completion_ids=completions,
-        finished=finished,
-        texts=texts,
-        logprobs=drawn_logprobs,
-        entropy=drawn_entropy,
-    )
+    return samples_from(tokenizer, prompts, new_tokens, kept_logprobs, kept_entropy)
 
 
 # --------------------------------------------------------------------------- log-probabilities

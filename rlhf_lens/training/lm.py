@@ -8,7 +8,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from rlhf_lens.models import completion_logprobs, encode_prompts, sample
+from rlhf_lens.decoding import sample
+from rlhf_lens.models import completion_logprobs, encode_prompts
 from rlhf_lens.training.data import PromptCompletions
 from rlhf_lens.training.loop import Objective, mean_over_batches
 

@@ -3,7 +3,7 @@ against the checkpoint it started from (run.json's `policy_from`), on its own fi
 
 from __future__ import annotations
 
-from rlhf_lens import models
+from rlhf_lens import decoding, models
 from rlhf_lens.analyses._reference import final_tag, policy_reference_folder, reference_missing
 from rlhf_lens.analyses.attribution.over_training import policy_reference
 from rlhf_lens.analyses.core.registry import Needs, analysis, register_section
@@ -64,7 +64,7 @@ def _models_and_texts(run: Run, stage: str):
         final = samples[samples["step"] == samples["step"].max()].sort_values("prompt_id").head(TEXTS)
         return policy, reference, tokenizer, list(final["prompt"]), list(final["completion_ids"]), meta
     prompts = _eval_prompt_texts(run)[:TEXTS]
-    drawn = models.sample(
+    drawn = decoding.sample(
         policy, tokenizer, models.encode_prompts(tokenizer, prompts), range(len(prompts)), max_new_tokens=_max_new_tokens(run, stage)
     )
     meta["completions"] = "sampled by the analysis (the stage logged no evaluation samples)"

@@ -2,7 +2,7 @@
 LLM generalisation and diversity".)
 
 Both policies sample `samples_per_prompt` completions of each prompt with the same per-sample seeds
-(`models.sample`: a sample depends only on its prompt and seed). Embedding-free measures on words:
+(`decoding.sample`, as `models.sample`: a sample depends only on its prompt and seed). Embedding-free measures on words:
 
     distinct-n        unique n-grams / all n-grams in a set of texts (1: no n-gram repeats)
     overlap           mean Jaccard similarity of the n-gram sets of every pair of texts (0: nothing shared);
@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 from markupsafe import Markup
 
-from rlhf_lens import models, views
+from rlhf_lens import decoding, models, views
 from rlhf_lens.analyses.core.result import Result
 
 __all__ = ["DiversityResult", "distinct_n", "diversity_diff", "ngram_overlap"]
@@ -57,7 +57,7 @@ def _sample_texts(model, tokenizer, prompt_ids, k: int, seed: int, max_new_token
     """k completions of each prompt, sample j of prompt i with seed `seed + i * k + j`: (prompts, k) texts."""
     repeated = [ids for ids in prompt_ids for _ in range(k)]
     seeds = [seed + i for i in range(len(repeated))]
-    texts = list(models.sample(model, tokenizer, repeated, seeds, max_new_tokens=max_new_tokens).texts)
+    texts = list(decoding.sample(model, tokenizer, repeated, seeds, max_new_tokens=max_new_tokens).texts)
     return [texts[i * k : (i + 1) * k] for i in range(len(prompt_ids))]
 
 

@@ -20,7 +20,8 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from rlhf_lens.models import TokenValues, context_length, encode_prompts, load_tokenizer, sample
+from rlhf_lens.decoding import sample
+from rlhf_lens.models import TokenValues, context_length, encode_prompts, load_tokenizer
 from rlhf_lens.runs import checkpoint_tag, load_hf_folder, read_model_config, value_dir
 from rlhf_lens.training.data import batch_indices
 from rlhf_lens.training.losses import adaptive_kl_coef, kl_k3, sequence_token_mean

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rlhf_lens.models import completion_logits, encode_prompts, sample
+from rlhf_lens.decoding import sample
+from rlhf_lens.models import completion_logits, encode_prompts
 from rlhf_lens.packing import packed_completion_logits
 from rlhf_lens.training.losses import entropy_from_logits
 from rlhf_lens.training.policy.reward_source import RewardError, RewardSource

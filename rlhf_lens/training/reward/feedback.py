@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from rlhf_lens.models import encode_prompts, sample
+from rlhf_lens.decoding import sample
+from rlhf_lens.models import encode_prompts
 from rlhf_lens.tasks import read_feedback, simulate_feedback
 from rlhf_lens.tasks.agreement import comparisons_from
 from rlhf_lens.training.data import is_heldout_prompt

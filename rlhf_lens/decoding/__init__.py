@@ -1,0 +1,7 @@
+"""A lean decoder for sampling: the HF model's own weights, a preallocated key/value cache and a decode loop with
+little Python per token. `sample` draws exactly `models.sample`'s samples for the same prompts and seeds."""
+
+from rlhf_lens.decoding.sampler import sample
+from rlhf_lens.decoding.weights import UnsupportedModel, read_weights
+
+__all__ = ["UnsupportedModel", "read_weights", "sample"]
