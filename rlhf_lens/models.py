@@ -183,7 +183,7 @@ def fit_prompts(model: torch.nn.Module, prompt_ids: Sequence[Sequence[int]], max
 
 def gumbel(uniform: torch.Tensor) -> torch.Tensor:
     """Standard Gumbel noise from uniform noise of the same shape."""
-    return -torch.log(-torch.log(uniform.clamp(1e-20, 1.0 - 1e-7)))
+    return uniform.clamp(1e-20, 1.0 - 1e-7).log_().neg_().log_().neg_()  # -log(-log(u)), in place on the clamped copy
 
 
 def choose_tokens(logits: torch.Tensor, noise: torch.Tensor | None, temperature: float, top_k: int | None) -> torch.Tensor:

@@ -2,8 +2,8 @@
 
 Pure functions of tensors, no module dispatch: each block is a handful of `F.linear` calls and one
 `F.scaled_dot_product_attention`. Keys and values are written into preallocated caches at slots
-[start, start + seq) and attention reads slots [0, start + seq) under a boolean mask, True where a query
-may attend a key.
+[start, start + seq) and attention reads slots [0, start + seq) under an additive mask (`attention_bias`: 0 where
+a query may attend a key, -inf where not), built once per call and shared by every layer.
 
 Shape glossary: batch, seq (new positions this call), slots (cache length), d_model, n_head, n_kv_head,
 head_dim, rot (rotary dims), vocab.
@@ -16,7 +16,12 @@ import torch.nn.functional as F
 
 from rlhf_lens.decoding.weights import DecoderWeights, LayerWeights
 
-__all__ = ["block", "embed", "final_logits", "rotary_at"]
+__all__ = ["attention_bias", "block", "embed", "final_logits", "rotary_at"]
+
+
+def attention_bias(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The additive attention mask of a boolean one (True: may attend): 0 or -inf, same shape."""
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, float("-inf"))
 
 
 def embed(weights: DecoderWeights, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -70,6 +75,17 @@ def _write(cache: tuple[torch.Tensor, torch.Tensor], k: torch.Tensor, v: torch.T
     return keys[:, :, :end], values[:, :, :end]
 
 
+def _one_query_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, bias: torch.Tensor, scale: float) -> torch.Tensor:
+    """Attention of one new position per row, as two batched matmuls: on the CPU these beat SDPA's kernels, which are
+    built for many queries. The query heads that share a key/value head (GQA) become that head's query rows.
+    q (batch, n_head, 1, head_dim), keys/values (batch, n_kv_head, slots, head_dim), bias (batch, 1, 1, slots)
+    -> (batch, n_head, 1, head_dim)."""
+    batch, n_head, _, head_dim = q.shape
+    grouped = q.reshape(batch, keys.shape[1], n_head // keys.shape[1], head_dim)  # (batch, n_kv_head, group, head_dim)
+    scores = torch.matmul(grouped, keys.transpose(-1, -2)).mul_(scale).add_(bias)  # (batch, n_kv_head, group, slots)
+    return torch.matmul(scores.softmax(-1), values).reshape(batch, n_head, 1, head_dim)
+
+
 def _attention(
     weights: DecoderWeights,
     layer: LayerWeights,
@@ -88,10 +104,11 @@ def _attention(
     if rotary is not None:
         q, k = _rotate(q, *rotary), _rotate(k, *rotary)
     keys, values = _write(cache, k, v, start)
-    out = F.scaled_dot_product_attention(
-        q, keys, values, attn_mask=mask, scale=weights.scale, enable_gqa=n_kv != n_q
-    )  # (batch, n_head, seq, head_dim)
-    out = out.transpose(1, 2).reshape(h.shape[0], h.shape[1], n_q)
+    if q.shape[2] == 1 and q.device.type == "cpu":
+        out = _one_query_attention(q, keys, values, mask, weights.scale)
+    else:
+        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=weights.scale, enable_gqa=n_kv != n_q)
+    out = out.transpose(1, 2).reshape(h.shape[0], h.shape[1], n_q)  # (batch, seq, n_head * head_dim)
     return F.linear(out, layer.out, layer.out_bias)
 
 
@@ -105,7 +122,8 @@ def block(
     mask: torch.Tensor,
 ) -> torch.Tensor:
     """One transformer block on the residual stream x (batch, seq, d_model) at cache slots [start, start + seq);
-    mask (batch, 1, seq, start + seq) bool, or (batch, 1, 1, slots) with a tensor `start` -> (batch, seq, d_model)."""
+    mask (batch, 1, seq, start + seq) additive (`attention_bias`), or (batch, 1, 1, slots) with a tensor `start`
+    -> (batch, seq, d_model)."""
     attended = _attention(weights, layer, layer.attn_norm(x), rotary, cache, start, mask)
     if weights.parallel_residual:
         return x + attended + _mlp(layer, layer.mlp_norm(x))

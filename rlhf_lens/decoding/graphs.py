@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from rlhf_lens.decoding.forward import block, embed, final_logits, rotary_at
+from rlhf_lens.decoding.forward import attention_bias, block, embed, final_logits, rotary_at
 from rlhf_lens.decoding.weights import DecoderWeights
 
 __all__ = ["StaticDecodeStep"]
@@ -50,7 +50,7 @@ class StaticDecodeStep:
         """One decode step on the buffers, advancing slot and position in place -> logits (batch, vocab)."""
         positions = self.position[:, None]  # (batch, 1)
         x, rotary = embed(self.weights, self.tokens[:, None], positions), rotary_at(self.weights, positions)
-        attend = (self.key_valid & (self.slot_ids <= self.slot))[:, None, None, :]  # (batch, 1, 1, slots)
+        attend = attention_bias((self.key_valid & (self.slot_ids <= self.slot))[:, None, None, :], self.weights.dtype)
         for layer, layer_cache in zip(self.weights.layers, self.cache):
             x = block(self.weights, layer, x, rotary, layer_cache, self.slot, attend)
         self.slot += 1

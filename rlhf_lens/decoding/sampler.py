@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from rlhf_lens import models
-from rlhf_lens.decoding.forward import block, embed, final_logits, rotary_at
+from rlhf_lens.decoding.forward import attention_bias, block, embed, final_logits, rotary_at
 from rlhf_lens.decoding.graphs import StaticDecodeStep
 from rlhf_lens.decoding.weights import DecoderWeights, UnsupportedModel, cast_weights, read_weights
 
@@ -27,8 +27,11 @@ __all__ = ["sample"]
 log = logging.getLogger(__name__)
 _noted: set[str] = set()
 
+NOISE_STEPS = 8
+"""Steps of noise drawn at once per row: few enough that rows which end early waste little, many enough that the
+per-row generator calls are rare."""
 NOISE_BUDGET = 1 << 24
-"""Most uniform draws held at once (64 MB of float32): the noise is drawn this many at a time, whole steps per row."""
+"""Most uniform draws held at once (64 MB of float32)."""
 
 
 @dataclass
@@ -48,7 +51,7 @@ class RowNoise:
     def __init__(self, seeds: Sequence[int], vocab: int, max_steps: int):
         self.generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
         self.vocab = vocab
-        self.steps_per_draw = max(1, min(max_steps, NOISE_BUDGET // max(1, len(seeds) * vocab)))
+        self.steps_per_draw = max(1, min(max_steps, NOISE_STEPS, NOISE_BUDGET // max(1, len(seeds) * vocab)))
         self.drawn = torch.empty(0)  # (len(drawn_rows), steps_per_draw, vocab)
         self.drawn_rows: dict[int, int] = {}
         self.offset = self.steps_per_draw
@@ -80,7 +83,8 @@ def prefill(
 ) -> tuple[DecodeState, torch.Tensor]:
     """Run each distinct prompt once and give every row its prompt's cache -> state, last-position logits (rows, vocab)."""
     distinct = list(dict.fromkeys(tuple(p) for p in prompts))
-    which = torch.tensor([distinct.index(tuple(p)) for p in prompts], device=device) if len(distinct) < len(prompts) else None
+    number = {key: n for n, key in enumerate(distinct)}
+    which = torch.tensor([number[tuple(p)] for p in prompts], device=device) if len(distinct) < len(prompts) else None
     ids, mask = models.pad_left([list(p) for p in distinct], pad_id)
     ids, mask = ids.to(device), mask.to(device).bool()  # (distinct, width)
     width = ids.shape[1]
@@ -88,11 +92,12 @@ def prefill(
     key_valid = torch.cat([mask, torch.ones((len(distinct), max_new_tokens), dtype=torch.bool, device=device)], dim=1)
     causal = torch.ones((width, width), dtype=torch.bool, device=device).tril()
     # A left-padding query attends only itself, so that no row of the attention is empty (NaN); its output is unused.
-    attend = (causal & mask[:, None, :]) | torch.eye(width, dtype=torch.bool, device=device)  # (distinct, width, width)
+    allowed = (causal & mask[:, None, :]) | torch.eye(width, dtype=torch.bool, device=device)  # (distinct, width, width)
+    attend = attention_bias(allowed[:, None], weights.dtype)  # (distinct, 1, width, width)
     cache = _new_cache(weights, len(distinct), width + max_new_tokens, device)
     x, rotary = embed(weights, ids, positions), rotary_at(weights, positions)
     for layer, layer_cache in zip(weights.layers, cache):
-        x = block(weights, layer, x, rotary, layer_cache, 0, attend[:, None])
+        x = block(weights, layer, x, rotary, layer_cache, 0, attend)
     logits = final_logits(weights, x[:, -1])  # (distinct, vocab)
     next_position = positions[:, -1] + 1
     if which is not None:  # one cache row per sample
@@ -107,7 +112,7 @@ def decode_step(weights: DecoderWeights, state: DecodeState, tokens: torch.Tenso
     positions = state.next_position[:, None]  # (batch, 1)
     x, rotary = embed(weights, tokens[:, None], positions), rotary_at(weights, positions)
     slot = state.next_slot
-    attend = state.key_valid[:, None, None, : slot + 1]  # (batch, 1, 1, slot + 1)
+    attend = attention_bias(state.key_valid[:, None, None, : slot + 1], weights.dtype)  # (batch, 1, 1, slot + 1)
     for layer, layer_cache in zip(weights.layers, state.cache):
         x = block(weights, layer, x, rotary, layer_cache, slot, attend)
     state.next_position = state.next_position + 1
