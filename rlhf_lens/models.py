@@ -487,14 +487,17 @@ def score_rewards(reward_model: torch.nn.Module, input_ids: Sequence[Sequence[in
 def score_texts(
     reward_model: torch.nn.Module, tokenizer, prompts: Sequence[str], completions: Sequence[str], *, batch_size: int = 64
 ) -> torch.Tensor:
-    """Rewards of (prompt, completion) pairs in batches: -> (n,)."""
-    ids = reward_input_ids(tokenizer, prompts, completions, context_length(reward_model))
+    """Rewards of (prompt, completion) pairs, `batch_size` texts per pass: -> (n,).
+
+    The texts of one prompt are packed after a single copy of it (`packing.packed_rewards`): the values of a padded
+    pass (`score_rewards`) to float rounding, for about half the tokens when a prompt has several completions.
+    """
+    from rlhf_lens.packing import pack_texts, packed_rewards  # packing builds on this module
+
+    parts = reward_input_parts(tokenizer, prompts, completions, context_length(reward_model))
     pad_id = tokenizer.pad_token_id
-    return (
-        torch.cat([score_rewards(reward_model, ids[i : i + batch_size], pad_id) for i in range(0, len(ids), batch_size)])
-        if ids
-        else torch.zeros(0)
-    )
+    chunks = [packed_rewards(reward_model, pack_texts(parts[i : i + batch_size], pad_id)) for i in range(0, len(parts), batch_size)]
+    return torch.cat(chunks) if chunks else torch.zeros(0)
 
 
 # --------------------------------------------------------------------------- generative reward models

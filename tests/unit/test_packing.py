@@ -220,3 +220,19 @@ def test_packed_values_and_gradients_equal_the_padded_pass(arch):
     assert torch.allclose(packed, padded, atol=1e-5)
     for name in padded_grads:
         assert torch.allclose(packed_grads[name], padded_grads[name], atol=1e-5), name
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "neox"])
+def test_score_texts_packs_shared_prompts_and_equals_the_padded_pass(arch, tiny_tokenizer):
+    from rlhf_lens.models import context_length, score_texts
+    from tests.tiny_models import tiny_model
+
+    model = tiny_model(arch, tiny_tokenizer, head="score")
+    model.config.reward_offset = 0.25
+    prompts = ["The soup was", "The soup was", "The soup was", "Service:", "Service:", "A long prompt about the pasta and"]
+    completions = [" great.", " cold and bland", "", " slow", " friendly and quick, we loved it", " the wine"]
+    ids = reward_input_ids(tiny_tokenizer, prompts, completions, context_length(model))
+    with torch.no_grad():
+        padded = score_rewards(model, ids, tiny_tokenizer.pad_token_id)
+    packed = score_texts(model, tiny_tokenizer, prompts, completions, batch_size=4)  # two passes: a group split across them
+    torch.testing.assert_close(packed, padded, atol=1e-5, rtol=1e-5)

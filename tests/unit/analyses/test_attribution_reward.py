@@ -268,7 +268,8 @@ def test_feature_ablation_on_the_linear_toy_equals_the_closed_form(tiny_tokenize
         b = torch.zeros_like(x) if baseline == "zero" else table[[tiny_tokenizer.pad_token_id] * len(seq)]
         got = result.df[result.df["text"] == i]["attribution"].to_numpy()
         np.testing.assert_allclose(got, ((x - b) @ w).numpy(), atol=1e-5)
-        assert abs(result.meta["texts"][i]["delta"]) < 1e-5  # a linear reward has no interactions
+        # A linear reward has no interactions: delta is float32 rounding of sums of this size (1.05e-5 seen on 1 thread).
+        assert abs(result.meta["texts"][i]["delta"]) < 1e-6 * max(1.0, float(np.abs(got).sum())) + 1e-5
 
 
 def test_feature_ablation_on_gpt2_is_a_one_token_occlusion(tiny_tokenizer):
