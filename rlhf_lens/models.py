@@ -55,6 +55,25 @@ def load_causal_lm(folder: str | Path) -> torch.nn.Module:
     return load_hf_folder(folder, "causal_lm")
 
 
+FUSED_ACTIVATIONS = {"NewGELUActivation": "gelu_pytorch_tanh"}
+"""HF activation modules computed op by op -> the transformers activation that computes the same function in one torch
+kernel. GPT-2's gelu_new, 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), is seven kernels forward and as many autograd
+nodes; F.gelu(approximate="tanh") is one, equal to 5e-7."""
+
+
+def fuse_activations(model: torch.nn.Module) -> torch.nn.Module:
+    """Swap each activation module of FUSED_ACTIVATIONS for its one-kernel form, in place; the config (what
+    save_pretrained writes) is untouched. Every loaded and every freshly built model gets this."""
+    from transformers.activations import ACT2FN
+
+    for module in list(model.modules()):
+        for name, child in module.named_children():
+            fused = FUSED_ACTIVATIONS.get(type(child).__name__)
+            if fused is not None:
+                setattr(module, name, ACT2FN[fused])
+    return model
+
+
 def load_tokenizer(folder: str | Path):
     """Load the tokenizer saved in a local folder, with a pad token set."""
     from transformers import AutoTokenizer

@@ -89,6 +89,7 @@ class DecoderWeights:
 
 FUSED_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "NewGELUActivation": lambda x: F.gelu(x, approximate="tanh"),  # GPT-2's gelu_new, in one kernel
+    "GELUTanh": lambda x: F.gelu(x, approximate="tanh"),  # the same, as `models.fuse_activations` leaves it
     "GELUActivation": F.gelu,
     "SiLUActivation": F.silu,
     "SiLU": F.silu,

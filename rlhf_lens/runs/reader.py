@@ -378,7 +378,8 @@ def read_checkpoint_meta(folder: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def load_hf_folder(folder: str | os.PathLike[str], head: str = "causal_lm", **kwargs: Any) -> Any:
-    """from_pretrained on a vetted safetensors folder, offline, eval mode.
+    """from_pretrained on a vetted safetensors folder, offline, eval mode, with one-kernel activations
+    (`models.fuse_activations`).
 
     `head` is "causal_lm" (AutoModelForCausalLM) or "score" (AutoModelForSequenceClassification);
     `kwargs` go to from_pretrained (e.g. num_labels=1 to put a fresh scalar head on a causal LM).
@@ -388,8 +389,10 @@ def load_hf_folder(folder: str | os.PathLike[str], head: str = "causal_lm", **kw
         from transformers import AutoModelForSequenceClassification as Auto
     else:
         from transformers import AutoModelForCausalLM as Auto
+    from rlhf_lens.models import fuse_activations  # models builds on this package
+
     model = Auto.from_pretrained(str(folder), use_safetensors=True, local_files_only=True, **kwargs)
-    return model.eval()
+    return fuse_activations(model).eval()
 
 
 def read_model_config(folder: str | os.PathLike[str]) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 
 import torch
 
-from rlhf_lens.models import check_vocab_fits, load_causal_lm, load_tokenizer
+from rlhf_lens.models import check_vocab_fits, fuse_activations, load_causal_lm, load_tokenizer
 from rlhf_lens.training.config import ModelConfig
 
 EOS = "<|endoftext|>"
@@ -38,7 +38,7 @@ def build_model(config: ModelConfig, tokenizer, *, seed: int) -> torch.nn.Module
     if config.arch not in ARCHITECTURES:  # guarded by ModelConfig validation
         raise ValueError(f"model.arch {config.arch!r} is not supported")
     hf_config, model_class = ARCHITECTURES[config.arch](config, len(tokenizer), ids)
-    return model_class(hf_config)
+    return fuse_activations(model_class(hf_config))
 
 
 def gpt2(config: ModelConfig, vocab: int, ids: dict):

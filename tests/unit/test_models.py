@@ -140,3 +140,19 @@ def test_generative_reward_is_the_verdict_log_odds(tiny_gpt2, tiny_tokenizer):
     good, bad = (tiny_tokenizer(v, add_special_tokens=False)["input_ids"] for v in VERDICTS)
     expected = sum(direct_logprobs(tiny_gpt2, prefix, good)) - sum(direct_logprobs(tiny_gpt2, prefix, bad))
     assert reward == pytest.approx(expected, abs=1e-4)
+
+
+def test_loaded_and_built_models_run_one_kernel_activations_with_the_same_outputs(tiny_tokenizer, tmp_path):
+    from rlhf_lens.models import fuse_activations, load_causal_lm
+    from tests.tiny_models import tiny_model
+
+    model = tiny_model("gpt2", tiny_tokenizer)
+    assert type(model.transformer.h[0].mlp.act).__name__ == "NewGELUActivation"
+    ids = torch.tensor([encode_prompts(tiny_tokenizer, ["The pasta was great and the service slow"])[0]])
+    expected = model(ids).logits
+    model.save_pretrained(tmp_path, safe_serialization=True)
+    loaded = load_causal_lm(tmp_path)
+    assert type(loaded.transformer.h[0].mlp.act).__name__ == "GELUTanh"
+    assert loaded.config.activation_function == "gelu_new"  # what a save writes is unchanged
+    torch.testing.assert_close(loaded(ids).logits, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fuse_activations(model)(ids).logits, expected, atol=1e-5, rtol=1e-5)
