@@ -511,11 +511,15 @@ def score_texts(
     The texts of one prompt are packed after a single copy of it (`packing.packed_rewards`): the values of a padded
     pass (`score_rewards`) to float rounding, for about half the tokens when a prompt has several completions.
     """
-    from rlhf_lens.packing import pack_texts, packed_rewards  # packing builds on this module
+    from rlhf_lens.packing import ROW_WIDTH, pack_texts, packed_rewards  # packing builds on this module
 
-    parts = reward_input_parts(tokenizer, prompts, completions, context_length(reward_model))
+    context = context_length(reward_model)
+    parts = reward_input_parts(tokenizer, prompts, completions, context)
     pad_id = tokenizer.pad_token_id
-    chunks = [packed_rewards(reward_model, pack_texts(parts[i : i + batch_size], pad_id)) for i in range(0, len(parts), batch_size)]
+    chunks = [
+        packed_rewards(reward_model, pack_texts(parts[i : i + batch_size], pad_id, max_segment=max(ROW_WIDTH, context)))
+        for i in range(0, len(parts), batch_size)
+    ]
     return torch.cat(chunks) if chunks else torch.zeros(0)
 
 

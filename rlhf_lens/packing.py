@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from rlhf_lens.models import require_score_head, rewards_at
+from rlhf_lens.models import context_length, require_score_head, rewards_at
 
 Text = tuple[Sequence[int], Sequence[int]]
 """(prefix ids, suffix ids): BOS + prompt, and the completion; either may be empty, not both."""
@@ -53,14 +53,29 @@ class PackedBatch:
         return self.input_ids.numel()
 
 
-def segments_by_prefix(texts: Sequence[Text]) -> list[tuple[tuple[int, ...], list[int]]]:
-    """Group texts with identical prefixes: [(prefix, [text indices])] in order of first appearance."""
+def segments_by_prefix(texts: Sequence[Text], max_segment: int | None = None) -> list[tuple[tuple[int, ...], list[int]]]:
+    """Group texts with identical prefixes: [(prefix, [text indices])] in order of first appearance. With
+    `max_segment`, a group whose prefix and suffixes would take more tokens is split into several segments, each
+    repeating the prefix (attention costs the square of a segment's length: 64 completions of one prompt in one
+    segment would cost far more than the padded pass)."""
     by_prefix: dict[tuple[int, ...], list[int]] = {}
     for i, (prefix, suffix) in enumerate(texts):
         if not len(prefix) and not len(suffix):
             raise ValueError(f"text {i} is empty: a reward model needs at least one token (BOS)")
         by_prefix.setdefault(tuple(prefix), []).append(i)
-    return list(by_prefix.items())
+    if max_segment is None:
+        return list(by_prefix.items())
+    segments = []
+    for prefix, members in by_prefix.items():
+        current, size = [], len(prefix)
+        for i in members:
+            if current and size + len(texts[i][1]) > max_segment:
+                segments.append((prefix, current))
+                current, size = [], len(prefix)
+            current.append(i)
+            size += len(texts[i][1])
+        segments.append((prefix, current))
+    return segments
 
 
 def first_fit_decreasing(lengths: Sequence[int], width: int) -> list[list[int]]:
@@ -82,9 +97,10 @@ ROW_WIDTH = 96
 """Default row width: wide enough to hold two or three comparisons, narrow enough that attention stays cheap."""
 
 
-def pack_texts(texts: Sequence[Text], pad_id: int, *, min_width: int = ROW_WIDTH) -> PackedBatch:
-    """Pack texts into rows of width max(min_width, longest segment), sharing equal prefixes."""
-    segments = segments_by_prefix(texts)
+def pack_texts(texts: Sequence[Text], pad_id: int, *, min_width: int = ROW_WIDTH, max_segment: int | None = None) -> PackedBatch:
+    """Pack texts into rows of width max(min_width, longest segment), sharing equal prefixes (in segments of at most
+    `max_segment` tokens, or of one text where a single text is longer)."""
+    segments = segments_by_prefix(texts, max_segment)
     sizes = [len(prefix) + sum(len(texts[i][1]) for i in members) for prefix, members in segments]
     width = max(max(sizes), min_width)
     rows = first_fit_decreasing(sizes, width)
@@ -149,10 +165,10 @@ def packed_rewards(reward_model: torch.nn.Module, batch: PackedBatch) -> torch.T
     return rewards_at(reward_model, last_hidden)
 
 
-def _pack_completions(prompt_ids, completion_ids, pad_id: int) -> PackedBatch:
+def _pack_completions(prompt_ids, completion_ids, pad_id: int, max_segment: int) -> PackedBatch:
     if any(not len(p) for p in prompt_ids) or any(not len(c) for c in completion_ids):
         raise ValueError("packed completion passes need a non-empty prompt (at least BOS) and completion for every text")
-    return pack_texts(list(zip(prompt_ids, completion_ids)), pad_id)
+    return pack_texts(list(zip(prompt_ids, completion_ids)), pad_id, max_segment=max_segment)
 
 
 def _packed_inputs(batch: PackedBatch, parameter: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -187,7 +203,7 @@ def packed_completion_logits(
     Returns logits (n, gen_len, vocab), targets (n, gen_len) and completion_mask (n, gen_len), gen_len the longest
     completion. Differentiable. Equal to the padded pass's up to float rounding.
     """
-    batch = _pack_completions(prompt_ids, completion_ids, pad_id)
+    batch = _pack_completions(prompt_ids, completion_ids, pad_id, max(ROW_WIDTH, context_length(model)))
     parameter = next(model.parameters())
     logits = model(**_packed_inputs(batch, parameter)).logits  # (rows, width, vocab)
     rows, columns, mask = completion_columns(batch, completion_ids)
@@ -201,7 +217,7 @@ def packed_completion_logits(
 def packed_completion_values(value_model: torch.nn.Module, prompt_ids, completion_ids, pad_id: int) -> torch.Tensor:
     """What `models.completion_values` returns (V(state before completion token j), 0 beyond each completion), from one
     packed pass of a `models.TokenValues` model: -> (n, gen_len). Differentiable."""
-    batch = _pack_completions(prompt_ids, completion_ids, pad_id)
+    batch = _pack_completions(prompt_ids, completion_ids, pad_id, max(ROW_WIDTH, context_length(value_model.model)))
     parameter = next(value_model.parameters())
     values = value_model(**_packed_inputs(batch, parameter))  # (rows, width)
     rows, columns, mask = completion_columns(batch, completion_ids)

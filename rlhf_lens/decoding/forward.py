@@ -13,10 +13,17 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch.torch_version import TorchVersion
 
 from rlhf_lens.decoding.weights import DecoderWeights, LayerWeights
 
 __all__ = ["attention_bias", "block", "embed", "final_logits", "rotary_at"]
+
+MATMUL_ONE_QUERY_ON_CPU = True
+"""Attend a single new position with two batched matmuls on the CPU (faster there than SDPA's kernels, which are
+built for many queries); SDPA everywhere else. The tests turn it off to check the SDPA path too."""
+SDPA_TAKES_GQA = TorchVersion(torch.__version__) >= (2, 5)
+"""`enable_gqa` arrived in torch 2.5; before it, grouped key/value heads are repeated for SDPA."""
 
 
 def attention_bias(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -57,7 +64,7 @@ def _heads(x: torch.Tensor, n: int, head_dim: int) -> torch.Tensor:
 
 def _mlp(layer: LayerWeights, h: torch.Tensor) -> torch.Tensor:
     up = F.linear(h, layer.up, layer.up_bias)  # (batch, seq, d_ff)
-    inner = layer.act(F.linear(h, layer.gate)) * up if layer.gate is not None else layer.act(up)
+    inner = layer.act(F.linear(h, layer.gate, layer.gate_bias)) * up if layer.gate is not None else layer.act(up)
     return F.linear(inner, layer.down, layer.down_bias)
 
 
@@ -86,6 +93,17 @@ def _one_query_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tens
     return torch.matmul(scores.softmax(-1), values).reshape(batch, n_head, 1, head_dim)
 
 
+def _sdpa(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, bias: torch.Tensor, scale: float) -> torch.Tensor:
+    """`F.scaled_dot_product_attention` with grouped key/value heads (GQA): (batch, n_head, seq, head_dim)."""
+    group = q.shape[1] // keys.shape[1]
+    if group == 1:
+        return F.scaled_dot_product_attention(q, keys, values, attn_mask=bias, scale=scale)
+    if SDPA_TAKES_GQA:
+        return F.scaled_dot_product_attention(q, keys, values, attn_mask=bias, scale=scale, enable_gqa=True)
+    keys, values = keys.repeat_interleave(group, dim=1), values.repeat_interleave(group, dim=1)
+    return F.scaled_dot_product_attention(q, keys, values, attn_mask=bias, scale=scale)
+
+
 def _attention(
     weights: DecoderWeights,
     layer: LayerWeights,
@@ -104,10 +122,10 @@ def _attention(
     if rotary is not None:
         q, k = _rotate(q, *rotary), _rotate(k, *rotary)
     keys, values = _write(cache, k, v, start)
-    if q.shape[2] == 1 and q.device.type == "cpu":
+    if q.shape[2] == 1 and q.device.type == "cpu" and MATMUL_ONE_QUERY_ON_CPU:
         out = _one_query_attention(q, keys, values, mask, weights.scale)
     else:
-        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=weights.scale, enable_gqa=n_kv != n_q)
+        out = _sdpa(q, keys, values, mask, weights.scale)
     out = out.transpose(1, 2).reshape(h.shape[0], h.shape[1], n_q)  # (batch, seq, n_head * head_dim)
     return F.linear(out, layer.out, layer.out_bias)
 

@@ -19,7 +19,8 @@ from rlhf_lens.decoding.weights import DecoderWeights
 __all__ = ["StaticDecodeStep"]
 
 WARMUP_STEPS = 2
-"""Eager runs on a side stream before capture, as CUDA graph capture requires (allocator and kernel warm-up)."""
+"""Eager runs on a side stream before capture, as CUDA graph capture requires (allocator and kernel warm-up); each
+rewinds the slot and position, so they touch only the slot the first real step overwrites."""
 
 
 class StaticDecodeStep:
@@ -62,13 +63,14 @@ class StaticDecodeStep:
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
-            for _ in range(WARMUP_STEPS):  # writes only slots the real steps overwrite before reading them
+            for _ in range(WARMUP_STEPS):
                 self._step()
+                self.slot.copy_(slot)
+                self.position.copy_(position)
         torch.cuda.current_stream().wait_stream(side)
-        self.slot.copy_(slot)
-        self.position.copy_(position)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):  # recorded, not run
+        # thread_local: other threads' CUDA calls (a DDP/NCCL watchdog) are not errors during capture
+        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):  # recorded, not run
             self.logits = self._step()
 
     def __call__(self, tokens: torch.Tensor) -> torch.Tensor:

@@ -133,10 +133,16 @@ def _note_fallback(model: torch.nn.Module, reason: UnsupportedModel) -> None:
         log.warning("rlhf_lens.decoding: sampling %s with models.sample (the HF forward): %s", type(model).__name__, reason)
 
 
+def _bf16_autocast_on_cuda() -> bool:
+    try:
+        return torch.is_autocast_enabled("cuda") and torch.get_autocast_dtype("cuda") == torch.bfloat16
+    except (TypeError, AttributeError):  # torch < 2.4 takes no device type and answers for CUDA
+        return torch.is_autocast_enabled() and torch.get_autocast_gpu_dtype() == torch.bfloat16
+
+
 def compute_dtype(weights: DecoderWeights) -> torch.dtype:
     """bf16 on CUDA under bf16 autocast (as the trainer's CUDA passes run), else the weights' own dtype."""
-    device = weights.embed.device
-    if device.type == "cuda" and torch.is_autocast_enabled("cuda") and torch.get_autocast_dtype("cuda") == torch.bfloat16:
+    if weights.embed.device.type == "cuda" and _bf16_autocast_on_cuda():
         return torch.bfloat16
     return weights.dtype
 
@@ -177,26 +183,40 @@ def sample(
     models.check_sampling_arguments(prompt_ids, seeds, temperature, top_k, with_logprobs)
     prompts = models.fit_prompts(model, prompt_ids, max_new_tokens, tokenizer.eos_token_id)
     weights = cast_weights(weights, compute_dtype(weights))
-    graphed = cuda_graphs and weights.embed.device.type == "cuda"
+    graphed = cuda_graphs and weights.embed.device.type == "cuda" and max_new_tokens > 1  # 1 token: no decode step
+    draw = Draw(temperature, top_k, with_logprobs)
     with torch.autocast(weights.embed.device.type, enabled=False):
-        return _decode(weights, tokenizer, prompts, seeds, max_new_tokens, temperature, top_k, with_logprobs, graphed)
+        return _decode(weights, tokenizer, prompts, seeds, max_new_tokens, draw, graphed=graphed)
 
 
-def _decode(weights, tokenizer, prompts, seeds, max_new_tokens, temperature, top_k, with_logprobs, graphed) -> models.Samples:
+@dataclass(frozen=True)
+class Draw:
+    """How tokens are drawn from the logits, and whether their log-probabilities are kept."""
+
+    temperature: float
+    top_k: int | None
+    with_logprobs: bool
+
+
+def _decode(
+    weights: DecoderWeights, tokenizer, prompts: list[list[int]], seeds: Sequence[int], max_new_tokens: int, draw: Draw, *, graphed: bool
+) -> models.Samples:
+    """The decode loop: prefill, then draw a token per live row and feed it back, up to `max_new_tokens`."""
     device = weights.embed.device
     eos_id, pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
-    new_tokens = torch.full((len(prompts), max_new_tokens), pad_id, dtype=torch.long, device=device)
-    kept = [torch.zeros((len(prompts), max_new_tokens), device=device) for _ in range(2)] if with_logprobs else None
-    noise = RowNoise(seeds, weights.unembed.shape[0], max_new_tokens) if temperature > 0 else None
+    new_tokens = torch.full((len(prompts), max_new_tokens), pad_id, dtype=torch.long, device=device)  # (rows, max_new_tokens)
+    logprobs = torch.zeros((len(prompts), max_new_tokens), device=device) if draw.with_logprobs else None
+    entropy = torch.zeros_like(logprobs) if draw.with_logprobs else None
+    noise = RowNoise(seeds, weights.unembed.shape[0], max_new_tokens) if draw.temperature > 0 else None
     state, logits = prefill(weights, prompts, pad_id, max_new_tokens, device)
     static = StaticDecodeStep(weights, state.cache, state.key_valid, state.next_position, state.next_slot) if graphed else None
+    rows = state.rows.tolist()
     done = torch.zeros(len(prompts), dtype=torch.bool, device=device)  # (batch,) the row has drawn EOS
     for t in range(max_new_tokens):
-        step_noise = noise.next(state.rows.tolist(), device) if noise is not None else None
-        tokens = models.choose_tokens(logits, step_noise, temperature, top_k)  # (batch,)
+        tokens = models.choose_tokens(logits, noise.next(rows, device) if noise else None, draw.temperature, draw.top_k)  # (batch,)
         new_tokens[state.rows, t] = tokens
-        if kept is not None:
-            kept[0][state.rows, t], kept[1][state.rows, t] = models.drawn_logprobs(logits, tokens, temperature)
+        if logprobs is not None:
+            logprobs[state.rows, t], entropy[state.rows, t] = models.drawn_logprobs(logits, tokens, draw.temperature)
         done = done | (tokens == eos_id)
         if t == max_new_tokens - 1 or bool(done.all()):
             break
@@ -206,10 +226,17 @@ def _decode(weights, tokenizer, prompts, seeds, max_new_tokens, temperature, top
         if int(done.sum()) >= max(1, len(done) // 4):  # compact once a quarter of the rows have ended
             live = ~done
             state, tokens, done = keep_rows(state, live), tokens[live], done[live]
+            rows = state.rows.tolist()
         logits = decode_step(weights, state, tokens)
-    # Rows that ended since the last compaction kept drawing: pad after each row's first EOS, as models.sample does.
-    ended = (new_tokens == eos_id).long().cumsum(1) - (new_tokens == eos_id).long()  # (rows, max_new_tokens) EOS so far, before
-    new_tokens = new_tokens.masked_fill(ended > 0, pad_id)
-    if kept is not None:
-        kept = [k.masked_fill(ended > 0, 0.0) for k in kept]
-    return models.samples_from(tokenizer, prompts, new_tokens, *(kept or ()))
+    return _samples_to_first_eos(tokenizer, prompts, new_tokens, logprobs, entropy)
+
+
+def _samples_to_first_eos(tokenizer, prompts, new_tokens: torch.Tensor, logprobs, entropy) -> models.Samples:
+    """Rows that ended since the last compaction kept drawing: pad after each row's first EOS (zero log-probability and
+    entropy there), as `models.sample` leaves them."""
+    eos = (new_tokens == tokenizer.eos_token_id).long()
+    after_eos = (eos.cumsum(1) - eos) > 0  # (rows, max_new_tokens)
+    new_tokens = new_tokens.masked_fill(after_eos, tokenizer.pad_token_id)
+    if logprobs is not None:
+        logprobs, entropy = logprobs.masked_fill(after_eos, 0.0), entropy.masked_fill(after_eos, 0.0)
+    return models.samples_from(tokenizer, prompts, new_tokens, logprobs, entropy)

@@ -56,6 +56,7 @@ class LayerWeights:
     up: torch.Tensor  # (d_ff, d_model)
     up_bias: torch.Tensor | None
     gate: torch.Tensor | None  # (d_ff, d_model): Llama's gated MLP, act(gate x) * (up x)
+    gate_bias: torch.Tensor | None
     down: torch.Tensor  # (d_model, d_ff)
     down_bias: torch.Tensor | None
     act: Callable[[torch.Tensor], torch.Tensor]
@@ -87,7 +88,7 @@ class DecoderWeights:
         return self.embed.dtype
 
 
-FUSED_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+ACTIVATION_KERNELS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "NewGELUActivation": lambda x: F.gelu(x, approximate="tanh"),  # GPT-2's gelu_new, in one kernel
     "GELUTanh": lambda x: F.gelu(x, approximate="tanh"),  # the same, as `models.fuse_activations` leaves it
     "GELUActivation": F.gelu,
@@ -98,15 +99,22 @@ FUSED_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 
 
 def _activation(module: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
-    return FUSED_ACTIVATIONS.get(type(module).__name__, module)
+    return ACTIVATION_KERNELS.get(type(module).__name__, module)
 
 
 def _layer_norm(module: torch.nn.Module) -> Norm:
     return Norm(module.weight, module.bias, float(module.eps))
 
 
+LENGTH_DEPENDENT_ROPE = ("dynamic", "longrope")
+"""Rotary scalings whose tables depend on the sequence length: one table for every position would be wrong."""
+
+
 def _rotary_tables(rotary_emb: torch.nn.Module, context: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The model's own cos and sin at positions 0..context-1 -> two (context, rot) tensors."""
+    rope_type = getattr(rotary_emb, "rope_type", "default")
+    if rope_type in LENGTH_DEPENDENT_ROPE:
+        raise UnsupportedModel(f"rotary scaling {rope_type!r} depends on the sequence length")
     positions = torch.arange(context, device=like.device)[None, :]
     cos, sin = rotary_emb(like, positions)  # (1, context, rot) each
     return cos[0].to(like.dtype), sin[0].to(like.dtype)
@@ -127,6 +135,7 @@ def read_gpt2(model: torch.nn.Module) -> DecoderWeights:
             up=block.mlp.c_fc.weight.t().contiguous(),
             up_bias=block.mlp.c_fc.bias,
             gate=None,
+            gate_bias=None,
             down=block.mlp.c_proj.weight.t().contiguous(),
             down_bias=block.mlp.c_proj.bias,
             act=_activation(block.mlp.act),
@@ -152,7 +161,7 @@ def read_gpt2(model: torch.nn.Module) -> DecoderWeights:
 def _concat_bias(*linears: torch.nn.Linear) -> torch.Tensor | None:
     if all(linear.bias is None for linear in linears):
         return None
-    return torch.cat([linear.bias if linear.bias is not None else torch.zeros(linear.out_features) for linear in linears])
+    return torch.cat([linear.bias if linear.bias is not None else linear.weight.new_zeros(linear.out_features) for linear in linears])
 
 
 def read_llama(model: torch.nn.Module) -> DecoderWeights:
@@ -172,6 +181,7 @@ def read_llama(model: torch.nn.Module) -> DecoderWeights:
                 up=mlp.up_proj.weight,
                 up_bias=mlp.up_proj.bias,
                 gate=mlp.gate_proj.weight,
+                gate_bias=mlp.gate_proj.bias,
                 down=mlp.down_proj.weight,
                 down_bias=mlp.down_proj.bias,
                 act=_activation(mlp.act_fn),
@@ -220,6 +230,7 @@ def read_gpt_neox(model: torch.nn.Module) -> DecoderWeights:
                 up=block.mlp.dense_h_to_4h.weight,
                 up_bias=block.mlp.dense_h_to_4h.bias,
                 gate=None,
+                gate_bias=None,
                 down=block.mlp.dense_4h_to_h.weight,
                 down_bias=block.mlp.dense_4h_to_h.bias,
                 act=_activation(block.mlp.act),
@@ -254,9 +265,18 @@ def _hooked_modules(model: torch.nn.Module) -> list[str]:
     hooked = []
     for name, module in model.named_modules():
         hooks = [*module._forward_hooks.values(), *module._forward_pre_hooks.values()]
-        if any(not getattr(hook, "__module__", "").startswith("transformers.") for hook in hooks):
+        if any(not (getattr(hook, "__module__", None) or "").startswith("transformers.") for hook in hooks):
             hooked.append(name or type(model).__name__)
     return hooked
+
+
+DROPOUT_SETTINGS = ("attention_dropout", "hidden_dropout", "attn_pdrop", "resid_pdrop", "embd_pdrop")
+"""Config fields HF models read as dropout probabilities in train mode (Llama's attention dropout is no module)."""
+
+
+def _dropout_on(model: torch.nn.Module) -> bool:
+    modules = any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in model.modules())
+    return modules or any(float(getattr(model.config, name, 0.0) or 0.0) > 0 for name in DROPOUT_SETTINGS)
 
 
 def read_weights(model: torch.nn.Module) -> DecoderWeights:
@@ -267,7 +287,7 @@ def read_weights(model: torch.nn.Module) -> DecoderWeights:
     hooked = _hooked_modules(model)
     if hooked:
         raise UnsupportedModel(f"forward hooks on {', '.join(hooked[:3])}{' ...' if len(hooked) > 3 else ''} would be skipped")
-    if model.training and any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in model.modules()):
+    if model.training and _dropout_on(model):
         raise UnsupportedModel(f"{type(model).__name__} is in train mode with dropout on; call .eval() first")
     with torch.no_grad():
         return reader(model)

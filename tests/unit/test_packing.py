@@ -236,3 +236,15 @@ def test_score_texts_packs_shared_prompts_and_equals_the_padded_pass(arch, tiny_
         padded = score_rewards(model, ids, tiny_tokenizer.pad_token_id)
     packed = score_texts(model, tiny_tokenizer, prompts, completions, batch_size=4)  # two passes: a group split across them
     torch.testing.assert_close(packed, padded, atol=1e-5, rtol=1e-5)
+
+
+def test_a_large_group_is_split_into_segments_of_bounded_length():
+    """64 completions of one prompt: segments of at most max_segment tokens, each repeating the prompt, same rewards."""
+    model = scorers()["gpt2"]
+    prefix = [1, 5, 6, 7]
+    texts = [(prefix, [10 + (i % 40), 11, 12 + (i % 7)][: 1 + i % 3]) for i in range(64)]
+    whole, split = pack_texts(texts, PAD, min_width=1), pack_texts(texts, PAD, min_width=1, max_segment=40)
+    assert whole.input_ids.shape[1] == 4 + sum(len(t[1]) for t in texts) and split.input_ids.shape[1] <= 40
+    assert int((split.input_ids == 5).sum()) > 1  # the prompt is written once per segment
+    with torch.no_grad():
+        torch.testing.assert_close(packed_rewards(model, split), packed_rewards(model, whole), atol=1e-5, rtol=1e-5)

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from rlhf_lens import decoding, models
+from rlhf_lens.decoding import forward
 from rlhf_lens.decoding.sampler import decode_step, prefill
 from rlhf_lens.decoding.weights import read_weights
 from tests.tiny_models import ARCHITECTURES, tiny_model
@@ -17,17 +18,17 @@ PROMPTS = ["The pasta was", "I ordered the soup and the service was", "", "Great
 
 
 def likely_to_end(model: torch.nn.Module, tokenizer) -> torch.nn.Module:
-    """Raise the EOS logit until about 4% of the next-token probability is on EOS, so that some rows end early and
-    others run on: every residual stream gets a shared component that the EOS unembedding row reads."""
-    eos_id = tokenizer.eos_token_id
-    ids, mask = models.pad_left(models.encode_prompts(tokenizer, PROMPTS), tokenizer.pad_token_id)
+    """Raise the EOS logit until about a third of `PROMPTS * 4`'s samples end within 12 tokens (with `models.sample`,
+    seeds 100...), so that rows end early and the batch is compacted while others run on: every residual stream gets
+    a shared component that the EOS unembedding row reads."""
+    prompts = models.encode_prompts(tokenizer, PROMPTS * 4)
     with torch.no_grad():
         model.get_input_embeddings().weight[:, 0] += 2.0
-        for _ in range(60):
-            logits = model(input_ids=ids, attention_mask=mask, position_ids=models.position_ids(mask)).logits
-            if logits.softmax(-1)[..., eos_id][mask.bool()].mean() > 0.04:
+        for _ in range(80):
+            drawn = models.sample(model, tokenizer, prompts, list(range(100, 100 + len(prompts))), max_new_tokens=12)
+            if sum(drawn.finished) >= len(prompts) // 3:
                 break
-            model.get_output_embeddings().weight[eos_id, 0] += 0.25
+            model.get_output_embeddings().weight[tokenizer.eos_token_id, 0] += 0.25
     return model
 
 
@@ -59,6 +60,8 @@ def test_samples_equal_models_sample(model, tiny_tokenizer, temperature):
     if keep:
         ended = sum(expected.finished)
         assert 0 < ended < len(prompts), f"{ended} of {len(prompts)} rows ended: the test needs early EOS and rows that run on"
+        early = sum(f and len(c) <= 12 for f, c in zip(expected.finished, expected.completion_ids))
+        assert early >= len(prompts) // 4, "the test needs a quarter of the rows to end early, so that the batch is compacted"
         torch.testing.assert_close(got.logprobs, expected.logprobs, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(got.entropy, expected.entropy, atol=1e-5, rtol=1e-5)
 
@@ -71,8 +74,15 @@ def test_a_sample_does_not_depend_on_its_batch(model, tiny_tokenizer):
     assert together.completion_ids == alone
 
 
+@pytest.fixture(params=["matmul", "sdpa"])
+def attention(request, monkeypatch):
+    """The CPU's one-query matmul attention, and the SDPA path CUDA takes."""
+    monkeypatch.setattr(forward, "MATMUL_ONE_QUERY_ON_CPU", request.param == "matmul")
+    return request.param
+
+
 @torch.no_grad()
-def test_logits_equal_hf_at_every_step(model, tiny_tokenizer):
+def test_logits_equal_hf_at_every_step(model, tiny_tokenizer, attention):
     """Teacher-forced through the lean decoder's own cache: prefill, then one decode step per completion token."""
     pad_id = tiny_tokenizer.pad_token_id
     prompts = models.encode_prompts(tiny_tokenizer, PROMPTS)
@@ -130,6 +140,50 @@ def test_a_hooked_model_is_sampled_through_its_hooks(tiny_tokenizer):
     assert steered != plain
 
 
+@torch.no_grad()
+def test_llama_biases_are_read(tiny_tokenizer):
+    """Llama with attention and MLP biases (gate, up, down): logits at every step and samples."""
+    import transformers
+
+    from tests.tiny_models import tiny_config
+
+    torch.manual_seed(1)
+    model = transformers.LlamaForCausalLM(tiny_config("llama", tiny_tokenizer, attention_bias=True, mlp_bias=True)).eval()
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith("bias"):
+                parameter.normal_(0.0, 0.5)
+    model = likely_to_end(model, tiny_tokenizer)
+    prompts = models.encode_prompts(tiny_tokenizer, PROMPTS * 2)
+    seeds = list(range(len(prompts)))
+    expected = models.sample(model, tiny_tokenizer, prompts, seeds, max_new_tokens=16, with_logprobs=True)
+    got = decoding.sample(model, tiny_tokenizer, prompts, seeds, max_new_tokens=16, with_logprobs=True)
+    assert got.completion_ids == expected.completion_ids
+    torch.testing.assert_close(got.logprobs, expected.logprobs, atol=1e-5, rtol=1e-5)
+
+
+def test_length_dependent_rotary_scaling_falls_back(tiny_tokenizer):
+    import transformers
+
+    from tests.tiny_models import tiny_config
+
+    config = tiny_config("llama", tiny_tokenizer, rope_parameters={"rope_type": "dynamic", "factor": 2.0, "rope_theta": 10000.0})
+    with pytest.raises(decoding.UnsupportedModel, match="dynamic"):
+        read_weights(transformers.LlamaForCausalLM(config).eval())
+
+
+def test_attention_dropout_set_in_the_config_is_refused_in_train_mode(tiny_tokenizer):
+    """Llama applies its attention dropout from the config, with no Dropout module to see."""
+    import transformers
+
+    from tests.tiny_models import tiny_config
+
+    model = transformers.LlamaForCausalLM(tiny_config("llama", tiny_tokenizer, attention_dropout=0.1)).train()
+    with pytest.raises(decoding.UnsupportedModel, match=r"\.eval\(\)"):
+        read_weights(model)
+    read_weights(model.eval())  # eval mode: no dropout, the decoder runs it
+
+
 def test_a_model_with_dropout_on_is_refused_with_the_fix(tiny_tokenizer):
     model = tiny_model("gpt2", tiny_tokenizer).train()
     model.config.resid_pdrop = 0.1
@@ -141,7 +195,7 @@ def test_a_model_with_dropout_on_is_refused_with_the_fix(tiny_tokenizer):
 
 
 @torch.no_grad()
-def test_the_static_step_for_cuda_graphs_equals_the_dynamic_step(model, tiny_tokenizer):
+def test_the_static_step_for_cuda_graphs_equals_the_dynamic_step(model, tiny_tokenizer, attention):
     """The graphed step's arithmetic (every slot under a mask, a tensor slot index), run eagerly on the CPU."""
     from rlhf_lens.decoding.graphs import StaticDecodeStep
 
