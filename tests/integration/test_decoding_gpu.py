@@ -21,12 +21,14 @@ def _pair(arch: str, tokenizer):
 
 @torch.no_grad()
 @pytest.mark.parametrize("arch", ARCHITECTURES)
-def test_graphed_float32_samples_equal_models_sample_on_the_cpu(arch, tiny_tokenizer):
+@pytest.mark.parametrize("cuda_graphs", [True, False])
+@pytest.mark.parametrize("max_new_tokens", [1, 2, 24])
+def test_float32_samples_on_cuda_equal_models_sample_on_the_cpu(arch, cuda_graphs, max_new_tokens, tiny_tokenizer):
     cpu, cuda = _pair(arch, tiny_tokenizer)
     prompts = models.encode_prompts(tiny_tokenizer, PROMPTS * 4)
     seeds = list(range(len(prompts)))
-    expected = models.sample(cpu, tiny_tokenizer, prompts, seeds, max_new_tokens=24, with_logprobs=True)
-    got = decoding.sample(cuda, tiny_tokenizer, prompts, seeds, max_new_tokens=24, with_logprobs=True, cuda_graphs=True)
+    expected = models.sample(cpu, tiny_tokenizer, prompts, seeds, max_new_tokens=max_new_tokens, with_logprobs=True)
+    got = decoding.sample(cuda, tiny_tokenizer, prompts, seeds, max_new_tokens=max_new_tokens, with_logprobs=True, cuda_graphs=cuda_graphs)
     assert got.completion_ids == expected.completion_ids
     torch.testing.assert_close(got.logprobs.cpu(), expected.logprobs, atol=1e-4, rtol=1e-4)
 
