@@ -165,6 +165,15 @@ def packed_rewards(reward_model: torch.nn.Module, batch: PackedBatch) -> torch.T
     return rewards_at(reward_model, last_hidden)
 
 
+def _segment_cap(model: torch.nn.Module) -> int:
+    """The longest packed segment for `model`: its context, looking through a DistributedDataParallel or
+    `models.TokenValues` wrapper."""
+    inner = getattr(model, "module", model)  # DistributedDataParallel
+    if not hasattr(inner, "config"):
+        inner = inner.model  # TokenValues
+    return max(ROW_WIDTH, context_length(inner))
+
+
 def _pack_completions(prompt_ids, completion_ids, pad_id: int, max_segment: int) -> PackedBatch:
     if any(not len(p) for p in prompt_ids) or any(not len(c) for c in completion_ids):
         raise ValueError("packed completion passes need a non-empty prompt (at least BOS) and completion for every text")
@@ -203,7 +212,7 @@ def packed_completion_logits(
     Returns logits (n, gen_len, vocab), targets (n, gen_len) and completion_mask (n, gen_len), gen_len the longest
     completion. Differentiable. Equal to the padded pass's up to float rounding.
     """
-    batch = _pack_completions(prompt_ids, completion_ids, pad_id, max(ROW_WIDTH, context_length(model)))
+    batch = _pack_completions(prompt_ids, completion_ids, pad_id, _segment_cap(model))
     parameter = next(model.parameters())
     logits = model(**_packed_inputs(batch, parameter)).logits  # (rows, width, vocab)
     rows, columns, mask = completion_columns(batch, completion_ids)
@@ -217,7 +226,7 @@ def packed_completion_logits(
 def packed_completion_values(value_model: torch.nn.Module, prompt_ids, completion_ids, pad_id: int) -> torch.Tensor:
     """What `models.completion_values` returns (V(state before completion token j), 0 beyond each completion), from one
     packed pass of a `models.TokenValues` model: -> (n, gen_len). Differentiable."""
-    batch = _pack_completions(prompt_ids, completion_ids, pad_id, max(ROW_WIDTH, context_length(value_model.model)))
+    batch = _pack_completions(prompt_ids, completion_ids, pad_id, _segment_cap(value_model))
     parameter = next(value_model.parameters())
     values = value_model(**_packed_inputs(batch, parameter))  # (rows, width)
     rows, columns, mask = completion_columns(batch, completion_ids)

@@ -91,3 +91,30 @@ def test_dpo_loss_packed_equals_padded(tiny_gpt2, tiny_tokenizer, monkeypatch):
     packed = loss_and_grads()
     padded(monkeypatch)
     assert_same(packed, loss_and_grads())
+
+
+def test_packed_passes_take_models_wrapped_for_distributed_training(tiny_gpt2, tiny_scorer, tiny_tokenizer):
+    """torchrun wraps the policy and the value model in DistributedDataParallel: the packed passes look through it."""
+    import socket
+
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from rlhf_lens.packing import packed_completion_logits, packed_completion_values
+
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    try:
+        prompt_ids, completion_ids = [[0, 5, 6], [0, 5, 6], [0, 7]], [[8, 9], [10], [11, 12, 13]]
+        policy, values = copy.deepcopy(tiny_gpt2), TokenValues(copy.deepcopy(tiny_scorer))
+        with torch.no_grad():
+            expected = packed_completion_logits(policy, prompt_ids, completion_ids, 0)[0]
+            got = packed_completion_logits(DistributedDataParallel(policy), prompt_ids, completion_ids, 0)[0]
+            torch.testing.assert_close(got, expected)
+            expected_values = packed_completion_values(values, prompt_ids, completion_ids, 0)
+            got_values = packed_completion_values(DistributedDataParallel(values), prompt_ids, completion_ids, 0)
+            torch.testing.assert_close(got_values, expected_values)
+    finally:
+        dist.destroy_process_group()
