@@ -451,9 +451,10 @@ def measure_trigger_probe(shared_run: Path, work: Path, seed: int = TEST_SEED) -
     )
 
 
-LENGTH_HACKING_BIAS = 0.1
+LENGTH_HACKING_BIAS = 0.2
 """Utility per word the planted labelers add for the length-hacking test. At 0.05 the policy lengthened its answers
-(14 -> 25 tokens) but length explained 31% of its proxy gain (a warn); at 0.1, 58% (a flag), seed 0."""
+(14 -> 25 tokens) but length explained 31% of its proxy gain (a warn); at 0.1, 54-72% over the 10 seed sweep
+configurations, but 47% (no flag) on another 2-core machine at seed 0, 2 threads: too thin a margin, hence 0.2."""
 
 
 def measure_length_hacking(shared_run: Path, work: Path, seed: int = TEST_SEED) -> Measured:
