@@ -14,12 +14,19 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import signal
 from pathlib import Path
 from typing import Any
 
+from .safe_fs import write_bytes
+
 CRASH_ENV = "RLHF_LENS_CRASH_AFTER"
+_written = 0
+
+
+def files_written() -> int:
+    """How many files this process has put in place through `rlhf_lens.runs` (what an interrupted command kept)."""
+    return _written
 
 
 def maybe_crash_after(path: str | os.PathLike[str]) -> None:
@@ -27,6 +34,8 @@ def maybe_crash_after(path: str | os.PathLike[str]) -> None:
 
     Called by every write in `rlhf_lens.runs` right after the file is in place.
     """
+    global _written
+    _written += 1
     target = os.environ.get(CRASH_ENV)
     if target and Path(path).name == target:
         os.kill(os.getpid(), signal.SIGKILL)
@@ -55,35 +64,29 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Write `data` to `path` atomically (temp file, fsync, `os.replace`, fsync folder)."""
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, root: str | os.PathLike[str] | None = None) -> Path:
+    """Write `data` to `path` atomically (temp file, fsync, `os.replace`, fsync folder).
+
+    No link is followed below `root` (default: `path`'s folder), and a link at `path` itself is refused
+    rather than replaced (`rlhf_lens.runs.safe_fs`); a full disk is a `DiskFullError` leaving no partial file.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
+    root = Path(root) if root is not None else path.parent
+    write_bytes(root, path.relative_to(root), data)
     maybe_crash_after(path)
     return path
 
 
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
-    """Write UTF-8 `text` to `path` atomically."""
-    return atomic_write_bytes(path, text.encode("utf-8"))
+def atomic_write_text(path: str | os.PathLike[str], text: str, *, root: str | os.PathLike[str] | None = None) -> Path:
+    """Write UTF-8 `text` to `path` atomically (see `atomic_write_bytes`)."""
+    return atomic_write_bytes(path, text.encode("utf-8"), root=root)
 
 
-def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> Path:
+def atomic_write_json(path: str | os.PathLike[str], obj: Any, *, root: str | os.PathLike[str] | None = None) -> Path:
     """Write `obj` as indented JSON to `path` atomically.
 
     NaN and infinities are refused (they are not JSON); convert them first, e.g.
     with `rlhf_lens.runs.jsonsafe.to_jsonable(..., nonfinite="null")`.
     """
     text = json.dumps(obj, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
-    return atomic_write_text(path, text)
+    return atomic_write_text(path, text, root=root)

@@ -186,15 +186,16 @@ def analyses_dir(run_dir: str | os.PathLike[str]) -> Path:
     return Path(run_dir) / ANALYSES_DIR
 
 
-def analysis_paths(run_dir: str | os.PathLike[str], key: str) -> tuple[Path, Path]:
-    """(<run>/analyses/<key>.parquet, <run>/analyses/<key>.json)"""
-    base = analyses_dir(run_dir) / validate_name("analysis key", key)
+def cache_entry_paths(cache_dir: str | os.PathLike[str], key: str) -> tuple[Path, Path]:
+    """(<cache>/<key>.parquet, <cache>/<key>.json): one cached analysis result (the cache is <run>/analyses unless
+    the run is read-only or another folder was chosen)."""
+    base = Path(cache_dir) / validate_name("analysis key", key)
     return base.with_name(f"{key}.parquet"), base.with_name(f"{key}.json")
 
 
-def analysis_dir(run_dir: str | os.PathLike[str], key: str) -> Path:
-    """<run>/analyses/<key>/: bulky intermediates of one analysis."""
-    return analyses_dir(run_dir) / validate_name("analysis key", key)
+def cache_entry_dir(cache_dir: str | os.PathLike[str], key: str) -> Path:
+    """<cache>/<key>/: bulky intermediates of one analysis."""
+    return Path(cache_dir) / validate_name("analysis key", key)
 
 
 def report_path(run_dir: str | os.PathLike[str]) -> Path:
@@ -202,16 +203,17 @@ def report_path(run_dir: str | os.PathLike[str]) -> Path:
     return Path(run_dir) / REPORT_HTML
 
 
-def analysis_key(name: str, params: dict[str, Any], checkpoint_tags: Iterable[str]) -> str:
+def analysis_key(name: str, params: dict[str, Any], input_fingerprints: Iterable[str]) -> str:
     """Cache key of an analysis: `name` + "-" + first 12 hex digits of sha256(canonical JSON).
 
-    The canonical JSON covers `params` and the checkpoint tags the analysis read,
-    so a change in either gives a new key. `params` must be JSON-serialisable.
+    The canonical JSON covers `params` (the stage, version and settings) and the fingerprints of every
+    input the analysis read (`Run.fingerprints`), so a change in either gives a new key. `params` must be
+    JSON-serialisable.
     """
     validate_name("analysis name", name)
     try:
         canonical = json.dumps(
-            {"params": params, "checkpoints": list(checkpoint_tags)},
+            {"params": params, "inputs": list(input_fingerprints)},
             sort_keys=True,
             separators=(",", ":"),
             ensure_ascii=True,

@@ -142,7 +142,7 @@ def read_manifest(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def write_manifest(run_dir: str | os.PathLike[str], manifest: dict[str, Any]) -> None:
-    """Validate `manifest`, then replace <run>/run.json with it atomically."""
+    """Validate `manifest`, then replace <run>/run.json with it atomically (a link there is refused, not followed)."""
     path = run_json_path(run_dir)
     validate_manifest(manifest, source=f"{path} (about to be written)")
     atomic_write_json(path, copy.deepcopy(manifest))

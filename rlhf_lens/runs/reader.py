@@ -10,20 +10,24 @@ import io
 import json
 import os
 import warnings
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any
 
 from .atomic import atomic_write_bytes, atomic_write_json
+from .cache_dirs import is_writable, user_cache_dir
 from .errors import RunFormatError, RunLookupError
-from .hashing import sha256_file
+from .hashing import sha256_bytes, sha256_file
 from .info import CheckpointInfo, StageInfo
 from .jsonl import read_jsonl
 from .jsonsafe import to_jsonable
 from .layout import (
+    ANALYSES_DIR,
     FINAL_TAG,
+    REPORT_HTML,
     TOKENIZER_FILES,
-    analysis_dir,
-    analysis_paths,
+    analyses_dir,
+    cache_entry_dir,
+    cache_entry_paths,
     checkpoints_dir,
     data_file_name,
     data_path,
@@ -31,12 +35,14 @@ from .layout import (
     meta_path,
     metrics_path,
     model_config_path,
+    report_path,
     rollouts_dir,
     rollouts_root,
     state_paths,
     value_dir,
 )
 from .manifest import read_manifest
+from .safe_fs import ensure_dir, refuse_links
 from .state import load_state
 from .weights import safetensors_weight_files
 
@@ -52,16 +58,22 @@ class Run:
     torn_metric_lines: int
     """Torn last lines skipped by the latest `metrics()` / `events()` call (0 or 1)."""
 
-    def __init__(self, path: Path, manifest: dict[str, Any]) -> None:
+    def __init__(self, path: Path, manifest: dict[str, Any], cache_dir: str | os.PathLike[str] | None = None) -> None:
         self._path = path
         self._manifest = manifest
+        self._cache_dir = Path(cache_dir).absolute() if cache_dir is not None else None
+        self._cache_checked = False
         self.torn_metric_lines = 0
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str]) -> Run:
-        """Open the run at `path`, validating run.json (RunFormatError / FileNotFoundError)."""
+    def open(cls, path: str | os.PathLike[str], *, cache_dir: str | os.PathLike[str] | None = None) -> Run:
+        """Open the run at `path`, validating run.json (RunFormatError / FileNotFoundError).
+
+        `cache_dir`: where the analyses' cache goes (default: <run>/analyses, or a per-user cache folder when the
+        run cannot be written; see `cache_dir`).
+        """
         path = Path(path).absolute()
-        return cls(path, read_manifest(path))
+        return cls(path, read_manifest(path), cache_dir)
 
     def __repr__(self) -> str:
         return f"Run({str(self._path)!r}, task={self.task!r}, stages={[s.name for s in self.stages()]})"
@@ -291,23 +303,51 @@ class Run:
 
     # ------------------------------------------------------------------ analysis cache
 
+    @property
+    def cache_dir(self) -> Path:
+        """Where the analyses' cache of this run lives: the `cache_dir` it was opened with, else <run>/analyses when
+        the run folder can be written, else `<user cache>/runs/<name>-<hash of its path>` (see `cache_dirs`)."""
+        if self._cache_dir is not None:
+            return self._cache_dir
+        if is_writable(self._path):
+            return analyses_dir(self._path)
+        return user_cache_dir() / "runs" / f"{self._path.name}-{sha256_bytes(str(self._path).encode('utf-8'))[:12]}"
+
+    @property
+    def report_path(self) -> Path:
+        """Where the run's report goes by default: <run>/report.html, or into the cache folder when the run cannot be
+        written."""
+        return report_path(self._path) if is_writable(self._path) else self.cache_dir / REPORT_HTML
+
+    def _cache_root(self) -> tuple[Path, PurePath]:
+        """(root, prefix): cache files are written below `root` at `prefix`/<name>, no link below `root` followed.
+        A link anywhere in the cache is refused once, before the first read or write (UnsafePathError)."""
+        inside = self.cache_dir == analyses_dir(self._path)
+        root, prefix = (self._path, PurePath(ANALYSES_DIR)) if inside else (self.cache_dir, PurePath(""))
+        if not self._cache_checked:
+            refuse_links(root, prefix)
+            self._cache_checked = True
+        return root, prefix
+
     def save_analysis(self, key: str, df: pd.DataFrame, meta: dict[str, Any]) -> None:
-        """Cache an analysis result as analyses/<key>.parquet + <key>.json (written last)."""
+        """Cache an analysis result as <cache>/<key>.parquet + <key>.json (written last)."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        parquet_path, json_path = analysis_paths(self._path, key)
+        root, prefix = self._cache_root()
+        parquet_path, json_path = cache_entry_paths(self.cache_dir, key)
         clean_meta = to_jsonable(meta, where=f"analysis {key!r} meta", nonfinite="null")
         buffer = io.BytesIO()
         pq.write_table(pa.Table.from_pandas(df), buffer)
-        atomic_write_bytes(parquet_path, buffer.getvalue())
-        atomic_write_json(json_path, clean_meta)
+        atomic_write_bytes(root / prefix / parquet_path.name, buffer.getvalue(), root=root)
+        atomic_write_json(root / prefix / json_path.name, clean_meta, root=root)
 
     def load_analysis(self, key: str) -> tuple[pd.DataFrame, dict[str, Any]] | None:
         """(df, meta) cached under `key`, or None when there is no complete cache entry."""
         import pyarrow.parquet as pq
 
-        parquet_path, json_path = analysis_paths(self._path, key)
+        self._cache_root()
+        parquet_path, json_path = cache_entry_paths(self.cache_dir, key)
         if not (json_path.is_file() and parquet_path.is_file()):
             return None
         try:
@@ -331,10 +371,9 @@ class Run:
         return input_fingerprints(self, **inputs)
 
     def analysis_dir(self, key: str) -> Path:
-        """analyses/<key>/ for bulky intermediates (created if missing)."""
-        folder = analysis_dir(self._path, key)
-        folder.mkdir(parents=True, exist_ok=True)
-        return folder
+        """<cache>/<key>/ for bulky intermediates (created if missing, no link followed)."""
+        root, prefix = self._cache_root()
+        return ensure_dir(root, prefix / cache_entry_dir(self.cache_dir, key).name)
 
 
 def _read_shards(folders: list[Path]) -> pd.DataFrame:
@@ -400,7 +439,13 @@ def read_model_config(folder: str | os.PathLike[str]) -> dict[str, Any]:
     path = model_config_path(folder)
     if not path.is_file():
         raise RunLookupError(f"{path} is missing: {folder} is not a Hugging Face model folder (save_pretrained writes config.json)")
-    return json.loads(path.read_text(encoding="utf-8"))
+    try:
+        config = json.loads(path.read_bytes().decode("utf-8"))
+    except (ValueError, UnicodeDecodeError, RecursionError) as err:
+        raise RunFormatError(f"{path}: not valid JSON ({err}); restore the model's config.json (save_pretrained writes it)") from err
+    if not isinstance(config, dict):
+        raise RunFormatError(f"{path}: expected a JSON object (a model config), found {type(config).__name__}")
+    return config
 
 
 def has_training_state(folder: str | os.PathLike[str]) -> bool:

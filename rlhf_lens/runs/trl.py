@@ -1,63 +1,33 @@
-"""Read a TRL output folder as if it were a run: the adapter `open_run` uses.
+"""Read a TRL output folder: its checkpoints, its trainer state and log history, which trainer wrote it.
 
 A TRL trainer (GRPOTrainer, DPOTrainer, RLOOTrainer, ...) writes `checkpoint-N/` HF folders, each with
 a `trainer_state.json` holding the log history, and `trainer.save_model(output_dir)` puts the final
-model at the top. The adapter writes a *view* of that folder, `<folder>/rlhf-lens/`, laid out as a run
-directory:
+model at the top. `rlhf_lens.runs.trl_view` writes a run-directory view of such a folder from what is
+read here. Only JSON is read: `training_args.bin`, `rng_state*.pth`, `optimizer.pt`, `scheduler.pt`
+and any other pickle in the folder are never opened.
 
-```
-<folder>/rlhf-lens/
-  run.json                                 task, the trainer, the reference policy and prompts chosen
-  data/prompts.jsonl                       only when prompts were given (split "eval" unless they say)
-  checkpoints/<trainer>/step-00000N/       links to checkpoint-N's safetensors, JSON and text files,
-  checkpoints/<trainer>/final/             and the top-level model; meta.json written by the adapter
-  logs/metrics.jsonl                       trainer_state.json's log history, keys mapped by TRL_TO_OURS
-  analyses/, report.html                   what the analyses and the report write, as for any run
-```
-
-Only `*.safetensors`, `*.json`, `*.txt`, `*.model` and `*.jinja` files are linked, and
-`trainer_state.json` is read as JSON, so `training_args.bin`, `rng_state*.pth`, `optimizer.pt`,
-`scheduler.pt` and any other pickle in the folder are never opened, not even by `from_pretrained`.
+Folders handed over by others are checked as they are read: a checkpoint folder (or a file in one)
+that is a link to somewhere outside the TRL folder is refused, and a trainer state with a step that is
+not an integer, or log records that are not objects, gets a RunFormatError naming the file and field.
+NaN and infinite values, which the Trainer writes when a run diverges, are kept as NaN.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
-import shutil
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .atomic import atomic_write_bytes, atomic_write_json
-from .env import collect_env
 from .errors import RunFormatError
-from .hashing import sha256_bytes
-from .jsonl import dump_jsonl_line
 from .keys import TRL_TO_OURS
-from .layout import (
-    FINAL_TAG,
-    MODEL_CONFIG_JSON,
-    checkpoint_dir,
-    checkpoint_tag,
-    data_path,
-    meta_path,
-    metrics_path,
-    run_json_path,
-)
-from .manifest import build_manifest, write_manifest
-from .reader import read_model_config
-from .weights import safetensors_weight_files
 
 TRAINER_STATE = "trainer_state.json"
-VIEW_DIR = "rlhf-lens"
-"""The run-directory view inside a TRL output folder."""
-LINKED_SUFFIXES = (".safetensors", ".json", ".txt", ".model", ".jinja")
-"""The only files a view links to: weights, configs, tokenizer files. Never a pickle."""
 _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
-_TASK = "external"
-"""The task of a TRL run unless one is named: no built-in prompts, labels or gold reward."""
+_MAX_STEP = 10**12
+"""Largest step accepted from a trainer state: far beyond any real run, small enough for every int field."""
 
 
 def is_trl_output(folder: str | os.PathLike[str]) -> bool:
@@ -68,32 +38,76 @@ def is_trl_output(folder: str | os.PathLike[str]) -> bool:
 
 
 def trl_checkpoints(folder: str | os.PathLike[str]) -> list[tuple[int, Path]]:
-    """(step, checkpoint-N folder) of `folder`, by step."""
+    """(step, checkpoint-N folder) of `folder`, by step. A checkpoint folder that is a link to somewhere outside
+    `folder` is a RunFormatError (a folder handed over must not make rlhf-lens read elsewhere)."""
     folder = Path(folder)
-    found = (
-        [(int(m.group(1)), p) for p in folder.iterdir() if p.is_dir() and (m := _CHECKPOINT_RE.match(p.name))] if folder.is_dir() else []
-    )
+    if not folder.is_dir():
+        return []
+    found = []
+    for path in folder.iterdir():
+        match = _CHECKPOINT_RE.match(path.name)
+        if match and path.is_dir():
+            refuse_outside_link(path, folder)
+            found.append((int(match.group(1)), path))
     return sorted(found)
 
 
+def refuse_outside_link(path: Path, folder: Path) -> None:
+    """RunFormatError when `path` (inside `folder`) is a link that resolves outside `folder`."""
+    if not path.is_symlink():
+        return
+    target, inside = path.resolve(), folder.resolve()
+    if target != inside and inside not in target.parents:
+        raise RunFormatError(
+            f"{path} is a symbolic link to {target}, outside the TRL folder {folder}; rlhf-lens reads only what is inside "
+            f"the folder it is given. Copy the checkpoint into {folder} (or point rlhf-lens at the folder that holds it)"
+        )
+
+
 def read_trainer_state(folder: str | os.PathLike[str]) -> dict[str, Any]:
-    """The newest trainer_state.json of a TRL output folder (the one with the highest global_step), as JSON."""
+    """The newest trainer_state.json of a TRL output folder (the one with the highest global_step), checked:
+    `global_step` (and `max_steps`, `seed` where present) integers, `log_history` a list of objects."""
     folder = Path(folder)
     paths = [cp / TRAINER_STATE for _, cp in trl_checkpoints(folder)] + [folder / TRAINER_STATE]
-    states = []
-    for path in paths:
-        if not path.is_file():
-            continue
-        try:
-            state = json.loads(path.read_text(encoding="utf-8"))
-        except (ValueError, UnicodeDecodeError) as err:
-            raise RunFormatError(f"{path}: not valid JSON ({err}); restore the file or delete that checkpoint folder") from err
-        if not isinstance(state, dict) or not isinstance(state.get("log_history", []), list):
-            raise RunFormatError(f"{path}: expected an object with a `log_history` list, as transformers' Trainer writes")
-        states.append(state)
+    states = [_read_state(path, folder) for path in paths if path.is_file()]
     if not states:
         raise FileNotFoundError(f"{folder} holds no {TRAINER_STATE} (nor checkpoint-N/{TRAINER_STATE}): it is not a TRL output folder")
-    return max(states, key=lambda s: int(s.get("global_step") or 0))
+    return max(states, key=lambda s: s["global_step"])
+
+
+def _read_state(path: Path, folder: Path) -> dict[str, Any]:
+    refuse_outside_link(path, folder)
+    try:
+        state = json.loads(path.read_bytes().decode("utf-8"))  # NaN and Infinity parse (to float), as the Trainer writes them
+    except (ValueError, UnicodeDecodeError, RecursionError) as err:
+        raise RunFormatError(f"{path}: not valid JSON ({err}); restore the file or delete that checkpoint folder") from err
+    if not isinstance(state, dict) or not isinstance(state.get("log_history", []), list):
+        raise RunFormatError(f"{path}: expected an object with a `log_history` list, as transformers' Trainer writes")
+    for index, record in enumerate(state.get("log_history", [])):
+        if not isinstance(record, dict):
+            raise RunFormatError(
+                f"{path}: log_history[{index}] is {type(record).__name__} {record!r:.40}, expected an object of logged values; "
+                "restore the file or delete that record"
+            )
+    state["global_step"] = _step_field(state, "global_step", path, default=0)
+    for field in ("max_steps", "seed"):
+        if state.get(field) is not None:
+            state[field] = _step_field(state, field, path, default=0)
+    return state
+
+
+def _step_field(state: dict[str, Any], field: str, path: Path, *, default: int) -> int:
+    """`state[field]` as a non-negative integer (an integral float is accepted); RunFormatError naming it otherwise."""
+    value = state.get(field, default)
+    if value is None:
+        return default
+    integral = isinstance(value, int) or (isinstance(value, float) and math.isfinite(value) and value.is_integer())
+    if isinstance(value, bool) or not integral or not 0 <= value <= _MAX_STEP:
+        raise RunFormatError(
+            f"{path}: field {field!r} is {value!r}, expected an integer from 0 to {_MAX_STEP:.0e}; restore the file "
+            "from the training run (transformers' Trainer writes the step count there)"
+        )
+    return int(value)
 
 
 def trainer_kind(history: list[dict[str, Any]]) -> str:
@@ -111,188 +125,49 @@ def trainer_kind(history: list[dict[str, Any]]) -> str:
 def metric_records(history: list[dict[str, Any]], stage: str) -> list[dict[str, Any]]:
     """trainer_state.json's log history as our metric records: {"stage", "step", "time", <metric>: value}.
 
-    Keys TRL shares with us are renamed through TRL_TO_OURS; the others keep TRL's name. Records without a
-    step are left out; "time" is the summed `step_time` where TRL logs it (seconds), else null.
+    Keys TRL shares with us are renamed through TRL_TO_OURS; the others keep TRL's name. Records without an
+    integer step are left out; "time" is the summed `step_time` where TRL logs it (seconds), else null.
+    NaN and infinite values stay floats here (`nonfinite_events` lists them; the metrics file stores them
+    as null, which reads back as NaN).
     """
     out, elapsed = [], 0.0
     for record in history:
         step = record.get("step")
         if isinstance(step, bool) or not isinstance(step, int):
             continue
-        if isinstance(record.get("step_time"), int | float):
+        if _is_number(record.get("step_time")) and math.isfinite(record["step_time"]):
             elapsed += float(record["step_time"])
         metrics = {
-            TRL_TO_OURS.get(k, k): v for k, v in record.items() if k != "step" and isinstance(v, int | float) and not isinstance(v, bool)
+            TRL_TO_OURS.get(k, k): float(v) if isinstance(v, float) else v for k, v in record.items() if k != "step" and _is_number(v)
         }
         out.append({"stage": stage, "step": step, "time": elapsed if "step_time" in record else None, **metrics})
     return out
 
 
-def _iso_mtime(path: Path) -> str:
-    return datetime.fromtimestamp(path.stat().st_mtime, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+def nonfinite_events(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A "nonfinite_metric" event for each metric record holding NaN or an infinity: {"event", "stage", "step", "time",
+    "what", "keys", "values"} (values as strings: "nan", "inf", "-inf"), so the report shows where a run diverged."""
+    events = []
+    for record in records:
+        bad = {k: v for k, v in record.items() if isinstance(v, float) and not math.isfinite(v)}
+        if bad:
+            what = ", ".join(f"{k} = {bad[k]}" for k in sorted(bad))
+            event = {"event": "nonfinite_metric", "stage": record["stage"], "step": record["step"], "time": record["time"]}
+            events.append(event | {"what": what, "keys": sorted(bad), "values": [str(bad[k]) for k in sorted(bad)]})
+    return events
 
 
-def _link_checkpoint(source: Path, target: Path, meta: dict[str, Any]) -> None:
-    """Make `target` a checkpoint of the view: links to `source`'s vetted weights and JSON/text files, meta.json
-    last. An unchanged checkpoint (same meta.json) is left as it is."""
-    safetensors_weight_files(source)  # vet the weights before anything links to them
-    if meta_path(target).is_file() and json.loads(meta_path(target).read_text(encoding="utf-8")) == meta:
-        return
-    if target.exists():
-        shutil.rmtree(target)
-    target.mkdir(parents=True)
-    for path in sorted(source.iterdir()):
-        if path.is_file() and path.suffix in LINKED_SUFFIXES and path.name != TRAINER_STATE:
-            (target / path.name).symlink_to(path.absolute())
-    atomic_write_json(meta_path(target), meta)
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _checkpoint_meta(stage: str, step: int, tag: str, source: Path, records: list[dict[str, Any]]) -> dict[str, Any]:
-    """meta.json of a view checkpoint; `records` are the stage's metric records (`metric_records`)."""
-    logged = [r for r in records if r["step"] <= step]
-    metrics = {k: v for k, v in logged[-1].items() if k not in ("stage", "step", "time")} if logged else {}
-    weights = safetensors_weight_files(source)
-    return {
-        "stage": stage,
-        "kind": "policy",
-        "step": step,
-        "tag": tag,
-        "created": _iso_mtime(weights[0]),
-        "metrics": metrics,
-        "source": str(source),
-    }
-
-
-def _prompt_records(path: Path) -> list[dict[str, Any]]:
-    """The records of a prompts JSONL file as data/prompts.jsonl records: {"id", "split", "prompt"}."""
-    records = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except ValueError as err:
-            raise RunFormatError(f"{path}, line {number}: not valid JSON ({err}); write one JSON object per line") from err
-        if not isinstance(record, dict) or not isinstance(record.get("prompt"), str):
-            raise RunFormatError(
-                f'{path}, line {number}: expected an object with a string "prompt" field, e.g. {{"prompt": "The food was"}}'
-            )
-        split = record.get("split", "eval")
-        records.append({"id": len(records), "split": split if split in ("train", "eval") else "eval", "prompt": record["prompt"]})
-    if not records:
-        raise RunFormatError(f'{path} holds no prompts; write one JSON object per line with a "prompt" field')
-    return records
-
-
-def _check_reference(reference: Path, policy_folder: Path) -> None:
-    safetensors_weight_files(reference)
-    ours, theirs = read_model_config(reference).get("vocab_size"), read_model_config(policy_folder).get("vocab_size")
-    if ours != theirs:
-        raise ValueError(
-            f"reference {reference} has a vocabulary of {ours} tokens but the TRL policy has {theirs}: they do not share a tokenizer"
-        )
-
-
-def trl_view(
-    folder: str | os.PathLike[str],
-    *,
-    reference: str | os.PathLike[str] | None = None,
-    prompts: str | os.PathLike[str] | None = None,
-    task: str | None = None,
-) -> Path:
-    """Write (or refresh) the run-directory view of TRL output `folder` and return its path.
-
-    `reference`: the HF folder of the policy TRL started from (the policy diff compares against it);
-    `prompts`: a JSONL file of {"prompt": ...} records the analyses sample (the split is "eval" unless a record
-    says otherwise); `task`: a built-in task the run trained on (for its gold reward), else "external".
-    Each left as None keeps what an earlier call recorded in the view. The analysis cache and report of the view
-    are kept.
-    """
-    folder = Path(folder).absolute()
-    state = read_trainer_state(folder)
-    history = state.get("log_history", [])
-    stage = trainer_kind(history)
-    view = folder / VIEW_DIR
-    if not os.access(view if view.is_dir() else folder, os.W_OK):
-        raise ValueError(f"{view} cannot be written (the analyses' cache and the report go there): copy {folder} somewhere writable")
-    previous = _previous_choices(view)
-    reference = Path(reference).absolute() if reference is not None else previous.get("reference")
-    prompts = Path(prompts).absolute() if prompts is not None else previous.get("prompts")
-    task = task or previous.get("task") or _TASK
-
-    sources = [(step, tag, path) for step, path in trl_checkpoints(folder) for tag in [checkpoint_tag(step)]]
-    sources = [s for s in sources if (s[2] / MODEL_CONFIG_JSON).is_file()]
-    if (folder / MODEL_CONFIG_JSON).is_file():
-        final_step = int(state.get("max_steps") or state.get("global_step") or 0)
-        sources.append((max([final_step] + [s[0] for s in sources]), FINAL_TAG, folder))
-    if not sources:
-        raise FileNotFoundError(
-            f"{folder} holds no model: neither checkpoint-N/ folders with {MODEL_CONFIG_JSON} nor a saved model at the top"
-        )
-    if reference is not None:
-        _check_reference(Path(reference), sources[-1][2])
-
-    config = {
-        "source": "trl",
-        "trl_folder": str(folder),
-        "trainer": stage,
-        "reference": str(reference) if reference is not None else None,
-        "prompts": str(prompts) if prompts is not None else None,
-        "task": task,
-        "trainer_state": {k: v for k, v in state.items() if k != "log_history" and isinstance(v, int | float | str | bool | None)},
-        "stages": [{"name": stage, "kind": "policy"}],
-    }
-    manifest = build_manifest(
-        name=folder.name,
-        task=task,
-        seed=int(state.get("seed", 0) or 0),
-        config=config,
-        env=_env(),
-        created=_iso_mtime(sources[-1][2] / MODEL_CONFIG_JSON),
-    )
-    records = metric_records(history, stage)
-    for step, tag, source in sources:
-        _link_checkpoint(source, checkpoint_dir(view, stage, tag), _checkpoint_meta(stage, step, tag, source, records))
-    _remove_stale_checkpoints(view, {tag for _, tag, _ in sources})
-    manifest["stages"] = [
-        {"name": stage, "kind": "policy", "status": "done", "checkpoints": [tag for _, tag, _ in sources], "init_from": None}
-    ]
-    if reference is not None:
-        manifest["results"] = {stage: {"policy_from": str(reference)}}
-    if prompts is not None:
-        lines = b"".join(dump_jsonl_line(r, Path(prompts)) for r in _prompt_records(Path(prompts)))
-        atomic_write_bytes(data_path(view, "prompts"), lines)
-        manifest["data"]["prompts.jsonl"] = {"path": "data/prompts.jsonl", "sha256": sha256_bytes(lines), "records": lines.count(b"\n")}
-    metrics = b"".join(dump_jsonl_line(r, metrics_path(view)) for r in records)
-    atomic_write_bytes(metrics_path(view), metrics)
-    write_manifest(view, manifest)
-    return view
-
-
-def _previous_choices(view: Path) -> dict[str, Any]:
-    path = run_json_path(view)
-    if not path.is_file():
-        return {}
-    config = json.loads(path.read_text(encoding="utf-8")).get("config", {})
-    return {
-        "reference": Path(config["reference"]) if config.get("reference") else None,
-        "prompts": Path(config["prompts"]) if config.get("prompts") else None,
-        "task": config.get("task"),
-    }
-
-
-def _remove_stale_checkpoints(view: Path, tags: set[str]) -> None:
-    for stage_dir in (view / "checkpoints").iterdir() if (view / "checkpoints").is_dir() else []:
-        for entry in stage_dir.iterdir():
-            if entry.is_dir() and entry.name not in tags:
-                shutil.rmtree(entry)
-
-
-def _env() -> dict[str, Any]:
-    env = collect_env()
-    env["device"] = "unknown (trained by TRL)"
-    env["git_commit"] = None  # the commit of rlhf-lens's own checkout says nothing about the TRL run
-    return env
-
-
-__all__ = ["VIEW_DIR", "is_trl_output", "metric_records", "read_trainer_state", "trainer_kind", "trl_checkpoints", "trl_view"]
+__all__ = [
+    "TRAINER_STATE",
+    "is_trl_output",
+    "metric_records",
+    "nonfinite_events",
+    "read_trainer_state",
+    "refuse_outside_link",
+    "trainer_kind",
+    "trl_checkpoints",
+]

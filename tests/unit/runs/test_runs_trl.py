@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from rlhf_lens.runs import RunFormatError, open_run
-from rlhf_lens.runs.trl import metric_records, trainer_kind, trl_view
+from rlhf_lens.runs.trl import metric_records, trainer_kind
+from rlhf_lens.runs.trl_view import trl_view
 
 HISTORY = [
     {"step": 1, "loss": 0.5, "reward": 0.1, "reward_std": 0.2, "kl": 0.0, "step_time": 0.5, "epoch": 0.1},
