@@ -25,12 +25,20 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _open(args: argparse.Namespace, path: str):
-    """The run at `path`: a run directory, or a TRL output folder read through its view (with the adapter's options)."""
+    """The run at `path`: a run directory, or a TRL output folder read through its view (with the adapter's options).
+    Says so on stderr when the analyses' cache cannot go inside the run."""
     from rlhf_lens.runs import open_run
 
-    return open_run(
-        path, reference=getattr(args, "reference", None), prompts=getattr(args, "prompts", None), task=getattr(args, "task", None)
+    run = open_run(
+        path,
+        reference=getattr(args, "reference", None),
+        prompts=getattr(args, "prompts", None),
+        task=getattr(args, "task", None),
+        cache_dir=getattr(args, "cache_dir", None),
     )
+    if args.command != "inspect" and getattr(args, "cache_dir", None) is None and not run.cache_dir.is_relative_to(run.path):
+        print(f"note: {run.path} cannot be written; the analyses' cache goes to {run.cache_dir}", file=sys.stderr)
+    return run
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
@@ -45,32 +53,50 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
 
     run = _open(args, args.run)
     started = time.perf_counter()
-    outcomes = analyze(run, _names(args.only), force=args.force, quiet=args.quiet)
+    outcomes = analyze(run, _names(args.only), force=args.force, quiet=args.quiet, settings=_settings(args.set))
     print(_outcome_table(run, outcomes, time.perf_counter() - started))
     print(f"next: rlhf-lens report {args.run}")
     return 0
 
 
+def _cmd_settings(args: argparse.Namespace) -> int:
+    import json
+
+    from rlhf_lens.analyses import all_analyses, get_analysis
+
+    chosen = [get_analysis(name) for name in _names(args.only)] if args.only else all_analyses()
+    for analysis in chosen:
+        settings = ", ".join(f"{name}={json.dumps(value)}" for name, value in analysis.params.items()) or "(no settings)"
+        print(f"{analysis.name:<36} {settings}")
+    return 0
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     started = time.perf_counter()
-    path, outcomes = write_run_report(_open(args, args.run), args.out, force=args.force, quiet=args.quiet)
+    path, outcomes = write_run_report(_open(args, args.run), args.out, force=args.force, quiet=args.quiet, settings=_settings(args.set))
     size = path.stat().st_size / 1e6
     print(f"wrote {path} ({size:.1f} MB) in {time.perf_counter() - started:.1f} s: {_status_counts(outcomes)}")
     return 0
 
 
-def write_run_report(run, out: str | os.PathLike[str] | None = None, *, force: bool = False, quiet: bool = False) -> tuple[Path, list]:
-    """Analyse what the cache lacks, then write `run`'s report (default: <run>/report.html) atomically.
+def write_run_report(
+    run, out: str | os.PathLike[str] | None = None, *, force: bool = False, quiet: bool = False, settings=None
+) -> tuple[Path, list]:
+    """Analyse what the cache lacks, then write `run`'s report (default: `run.report_path`, <run>/report.html
+    unless the run cannot be written) atomically.
 
+    `settings` overrides analyses' settings ({"attribution.reward_words": {"texts": 64}}).
     Returns (the report's path, the analysis outcomes). What `rlhf-lens report` does; notebooks call it too.
     """
     from rlhf_lens.analyses import analyze
     from rlhf_lens.report import render_report, write_report
-    from rlhf_lens.runs import report_path
+    from rlhf_lens.runs.safe_fs import refuse_links
 
-    outcomes = analyze(run, force=force, quiet=quiet)
+    path = Path(out or run.report_path).absolute()
+    refuse_links(path.parent, path.name)  # before the analyses: a link there is never written through
+    outcomes = analyze(run, force=force, quiet=quiet, settings=settings)
     html = render_report(run, _report_sections(outcomes))  # everything is computed before anything is written
-    return write_report(out or report_path(run.path), html), outcomes
+    return write_report(path, html), outcomes
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
@@ -105,6 +131,18 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 def _names(only: str | None) -> list[str] | None:
     return [name.strip() for name in only.split(",") if name.strip()] if only else None
+
+
+def _settings(pairs: list[str] | None) -> dict[str, dict[str, str]]:
+    """`--set NAME.PARAM=VALUE` options as {analysis name: {setting: value as typed}} (typed by `Analysis.resolve_params`)."""
+    settings: dict[str, dict[str, str]] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        name, dot, param = key.strip().rpartition(".")
+        if not (sep and dot and name and param):
+            raise ValueError(f"--set {pair!r}: expected ANALYSIS.SETTING=VALUE, e.g. attribution.reward_words.texts=64")
+        settings.setdefault(name, {})[param] = value.strip()
+    return settings
 
 
 def _status_counts(outcomes) -> str:
@@ -180,15 +218,30 @@ EXAMPLES = """examples:
   rlhf-lens inspect runs/quick
   rlhf-lens analyze runs/quick                     compute every analysis that applies (cached in runs/quick/analyses/)
   rlhf-lens analyze runs/quick --only curves.training,provenance.data --force
+  rlhf-lens analyze runs/quick --set attribution.reward_words.texts=64   recompute one analysis with another setting
+  rlhf-lens settings                               every analysis's settings and their defaults
   rlhf-lens report runs/quick                      writes runs/quick/report.html
   rlhf-lens compare runs/quick runs/quick-seed1    writes runs/compare-quick-vs-quick-seed1.html
   rlhf-lens report trl-out --reference sft-model --prompts prompts.jsonl
                                                    a TRL output folder: writes trl-out/rlhf-lens/report.html
 
-exit status: 0 done, 1 a problem with the run or recipe (the message names the file or field), 2 bad usage."""
+exit status: 0 done, 1 a problem with the run, recipe or disk (the message names the file or field and the fix),
+2 bad usage, 3 an internal error (a bug: the message says where its traceback was saved), 130 interrupted."""
 
 
 RUN_HELP = "run directory, or a TRL output folder (checkpoint-N/ + trainer_state.json)"
+SET_HELP = (
+    "change one analysis setting, e.g. attribution.reward_words.texts=64 (repeatable); only that analysis is recomputed. "
+    "`rlhf-lens settings` lists them"
+)
+
+
+def _add_cache_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--cache-dir",
+        metavar="DIR",
+        help="where the analyses' cache goes (default: RUN/analyses, or a per-user cache folder when RUN cannot be written)",
+    )
 
 
 def _add_adapter_options(parser: argparse.ArgumentParser) -> None:
@@ -231,9 +284,18 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("run", help=RUN_HELP)
     analyze.add_argument("--only", metavar="NAME,...", help="only these analyses, e.g. provenance.data,curves.training")
     analyze.add_argument("--force", action="store_true", help="recompute even what the cache holds")
+    analyze.add_argument("--set", action="append", metavar="NAME.SETTING=VALUE", help=SET_HELP)
     analyze.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_cache_option(analyze)
     _add_adapter_options(analyze)
     analyze.set_defaults(func=_cmd_analyze)
+
+    settings = sub.add_parser(
+        "settings",
+        help="list every analysis's settings and their defaults (change one with analyze/report --set NAME.SETTING=VALUE)",
+    )
+    settings.add_argument("--only", metavar="NAME,...", help="only these analyses")
+    settings.set_defaults(func=_cmd_settings)
 
     report = sub.add_parser(
         "report",
@@ -242,9 +304,13 @@ def build_parser() -> argparse.ArgumentParser:
         "then a section per analysis. Nothing in it loads from the network or runs a script.",
     )
     report.add_argument("run", help=RUN_HELP)
-    report.add_argument("--out", metavar="FILE", help="where to write it (default: RUN/report.html)")
+    report.add_argument(
+        "--out", metavar="FILE", help="where to write it (default: RUN/report.html, or the cache folder when RUN cannot be written)"
+    )
     report.add_argument("--force", action="store_true", help="recompute every analysis first")
+    report.add_argument("--set", action="append", metavar="NAME.SETTING=VALUE", help=SET_HELP)
     report.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_cache_option(report)
     _add_adapter_options(report)
     report.set_defaults(func=_cmd_report)
 
@@ -258,6 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("run_b", metavar="RUN_B", help="second run directory (or TRL output folder)")
     compare.add_argument("--out", metavar="FILE", help="where to write it (default: compare-A-vs-B.html beside RUN_A)")
     compare.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_cache_option(compare)
     compare.set_defaults(func=_cmd_compare)
     return parser
 
@@ -275,16 +342,68 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)  # bad usage exits with status 2
     if getattr(args, "quiet", False):
         os.environ["TQDM_DISABLE"] = "1"  # the analyses' own progress bars too
-    quiet_transformers()
+    try:
+        quiet_transformers()
+        return args.func(args)
+    except KeyboardInterrupt:
+        print(f"\nrlhf-lens {args.command}: interrupted; {_what_was_kept(args)}", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - every failure becomes one line; only bugs leave a traceback, in a file
+        return _report_failure(args.command, exc)
+
+
+def _report_failure(command: str, exc: Exception) -> int:
+    """Print one line for `exc` and return the exit status: 1 for what a user can cause and fix, 3 for a bug."""
     from rlhf_lens.runs import RunLookupError
+    from rlhf_lens.runs.safe_fs import DiskFullError
     from rlhf_lens.training.policy.reward_source import RewardError
 
-    try:
-        return args.func(args)
-    except (ValueError, FileNotFoundError, NotADirectoryError, FloatingPointError, RunLookupError, RewardError) as exc:
+    if isinstance(
+        exc, DiskFullError | ValueError | FileNotFoundError | NotADirectoryError | FloatingPointError | RunLookupError | RewardError
+    ):
         # Errors a user can cause carry a message meant for them (file or field, and the fix); no traceback needed.
-        print(f"rlhf-lens {args.command}: error: {exc}", file=sys.stderr)
+        print(f"rlhf-lens {command}: error: {exc}", file=sys.stderr)
         return 1
+    if isinstance(exc, OSError) and exc.filename is not None:
+        print(f"rlhf-lens {command}: error: {exc.filename}: {exc.strerror}; check the path and its permissions", file=sys.stderr)
+        return 1
+    if os.environ.get(TRACEBACK_ENV):
+        raise exc
+    saved = _save_traceback(exc)
+    print(
+        f"rlhf-lens {command}: internal error: {type(exc).__name__}: {exc}. This is a bug in rlhf-lens; its traceback is in "
+        f"{saved} (set {TRACEBACK_ENV}=1 to print it)",
+        file=sys.stderr,
+    )
+    return 3
+
+
+TRACEBACK_ENV = "RLHF_LENS_TRACEBACK"
+
+
+def _save_traceback(exc: Exception) -> str:
+    import tempfile
+    import traceback
+
+    fd, path = tempfile.mkstemp(prefix="rlhf-lens-error-", suffix=".txt")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write("".join(traceback.format_exception(exc)))
+    return path
+
+
+def _what_was_kept(args: argparse.Namespace) -> str:
+    """What an interrupted command leaves behind: every file is written whole or not at all."""
+    from rlhf_lens.runs.atomic import files_written
+
+    written = files_written()
+    if not written:
+        return "nothing was written"
+    if args.command == "train":
+        run = args.resume or args.out or "the run folder"
+        return f"the run keeps every complete checkpoint; continue with: rlhf-lens train {args.recipe} --resume {run}"
+    return (
+        f"{written} complete file(s) were written and are kept (the analyses finished so far stay cached); run the command again to go on"
+    )
 
 
 if __name__ == "__main__":

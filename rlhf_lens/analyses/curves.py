@@ -24,7 +24,7 @@ register_section(
 EXTRA_KEYS = ("grad_norm", "learning_rate", "rm/ece", "rm/labeler_agreement", "rm/label_accuracy_gold")
 """Logged keys outside DESIGN.md's table that are still worth a curve."""
 
-WARNING_EVENTS = ("nan_skip", "kl_warning")
+WARNING_EVENTS = ("nan_skip", "nonfinite_metric", "kl_warning")
 
 
 class CurvesResult(Result):
@@ -142,6 +142,6 @@ def _events_verdict(events: list[dict]) -> Verdict:
         "training events",
         "warn" if warnings else "ok",
         ", ".join(f"{n} {name} event(s)" for name, n in counts.items()),
-        "warn on any skipped step (non-finite loss or reward) or KL warning",
+        "warn on any skipped step (non-finite loss or reward), any NaN or infinite logged metric (a diverged run), or KL warning",
         value=float(len(warnings)),
     )

@@ -1,16 +1,17 @@
-"""Running registered analyses on a run, through the analysis cache under <run>/analyses/.
+"""Running registered analyses on a run, through the analysis cache (`Run.cache_dir`, <run>/analyses/).
 
-The cache key covers the analysis name and version, its parameters (the stage), and the
-fingerprints of every checkpoint and file it reads (`Needs.fingerprints`): a retrained
-stage, a new rollout shard or a changed data file gives a new key, so a stale result is
-never served. An unchanged run is served entirely from the cache.
+The cache key covers the analysis name and version, the stage, its settings (`Analysis.params`,
+with any override), and the fingerprints of every checkpoint and file it reads (`Needs.fingerprints`):
+a retrained stage, a new rollout shard, a changed data file or another setting gives a new key, so a
+stale result is never served. An unchanged run is served entirely from the cache.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
 
 from rlhf_lens.analyses.core.registry import Analysis, all_analyses, get_analysis
 from rlhf_lens.analyses.core.result import Result
@@ -45,53 +46,74 @@ class Outcome:
 
 @dataclass(frozen=True)
 class Task:
-    """One analysis to run on one target."""
+    """One analysis to run on one target, with its settings."""
 
     analysis: Analysis
     stage: str | None
+    params: Mapping[str, Any] = field(default_factory=dict)
+    """Overrides of the analysis's settings (`Analysis.params`); the rest keep their defaults."""
 
 
-def cache_key(run: Run, analysis: Analysis, stage: str | None) -> str:
-    """The analysis-cache key of `analysis` on `stage` of `run` in its current state."""
-    params = {"stage": stage, "version": analysis.version}
-    return analysis_key(analysis.name, params, analysis.needs.fingerprints(run, stage))
+Settings = Mapping[str, Mapping[str, Any]]
+"""Overrides of analyses' settings by analysis name: {"attribution.reward_words": {"texts": 64}}."""
 
 
-def plan(run: Run, only: Iterable[str] | None = None) -> list[Task]:
+def cache_key(run: Run, analysis: Analysis, stage: str | None, params: Mapping[str, Any] | None = None) -> str:
+    """The analysis-cache key of `analysis` on `stage` of `run` in its current state, with settings `params`
+    (overrides of its defaults)."""
+    settings = {"stage": stage, "version": analysis.version, "params": analysis.resolve_params(params)}
+    return analysis_key(analysis.name, settings, analysis.needs.fingerprints(run, stage))
+
+
+def plan(run: Run, only: Iterable[str] | None = None, settings: Settings | None = None) -> list[Task]:
     """Every (analysis, stage) the registry has for `run`, in report order; `only` limits it to some names.
 
     An analysis of a stage kind the run lacks is planned once with stage None, so it is reported as skipped.
+    `settings` overrides analyses' settings (ValueError for an unknown analysis, setting or value type).
     """
+    settings = dict(settings or {})
+    for name, overrides in settings.items():
+        get_analysis(name).resolve_params(overrides)  # refuse a bad setting before anything runs
     chosen = [get_analysis(name) for name in only] if only else all_analyses()
-    return [Task(a, stage) for a in chosen for stage in (a.needs.targets(run) or [None])]
+    return [Task(a, stage, dict(settings.get(a.name, {}))) for a in chosen for stage in (a.needs.targets(run) or [None])]
 
 
 def run_task(run: Run, task: Task, *, force: bool = False) -> Outcome:
-    """Compute one task, or load it from the cache when its inputs are unchanged (unless `force`)."""
+    """Compute one task, or load it from the cache when its inputs and settings are unchanged (unless `force`)."""
     analysis, stage = task.analysis, task.stage
     started = time.perf_counter()
     reason = analysis.needs.missing(run, stage)
     if reason is not None:
         return Outcome(analysis, stage, "skipped", None, reason)
-    key = cache_key(run, analysis, stage)
+    params = analysis.resolve_params(task.params)
+    key = cache_key(run, analysis, stage, task.params)
     cached = None if force else run.load_analysis(key)
     if cached is not None:
         df, stored = cached
         return Outcome(analysis, stage, "cached", analysis.result_type.from_cache(df, stored), seconds=time.perf_counter() - started)
-    result = analysis.function(run, stage=stage) if stage is not None else analysis.function(run)
+    result = analysis.function(run, stage=stage, **params) if stage is not None else analysis.function(run, **params)
     if not isinstance(result, analysis.result_type):
         raise TypeError(f"analysis {analysis.name} returned {type(result).__name__}, not {analysis.result_type.__name__}")
     seconds = time.perf_counter() - started
-    stored = result.cache_meta() | {"analysis": analysis.name, "stage": stage, "version": analysis.version, "seconds": round(seconds, 3)}
+    stored = result.cache_meta() | {
+        "analysis": analysis.name,
+        "stage": stage,
+        "version": analysis.version,
+        "params": params,
+        "seconds": round(seconds, 3),
+    }
     run.save_analysis(key, result.df, stored)
     return Outcome(analysis, stage, "computed", result, seconds=seconds)
 
 
-def analyze(run: Run, only: Iterable[str] | None = None, *, force: bool = False, quiet: bool = False) -> list[Outcome]:
-    """Run every applicable analysis on `run` (or those in `only`), through the cache, with a progress bar."""
+def analyze(
+    run: Run, only: Iterable[str] | None = None, *, force: bool = False, quiet: bool = False, settings: Settings | None = None
+) -> list[Outcome]:
+    """Run every applicable analysis on `run` (or those in `only`), through the cache, with a progress bar.
+    `settings` overrides analyses' settings ({"attribution.reward_words": {"texts": 64}})."""
     from tqdm.auto import tqdm
 
-    tasks = plan(run, only)
+    tasks = plan(run, only, settings)
     outcomes = []
     with tqdm(tasks, desc="analyses", unit="analysis", disable=quiet, leave=False) as bar:
         for task in bar:

@@ -3,15 +3,29 @@
 Adding an analysis is adding a module under `rlhf_lens.analyses` that calls `register_section`
 and decorates its `analyze_*` functions with `@analysis(...)`; the CLI and the report find it
 here (`all_analyses`, `sections`), nothing else is edited.
+
+An analysis's settings are its keyword-only parameters, each with a default:
+
+    @analysis("attribution.reward_words", ...)
+    def analyze_reward_words(run: Run, stage: str, *, texts: int = 128, min_count: int = 5) -> RewardWordsResult:
+
+The registry reads them from the signature (`Analysis.params`), the cache key hashes them, so a direct call
+and `rlhf-lens analyze` compute with the same values, and `rlhf-lens analyze --set NAME.PARAM=VALUE`
+overrides one (`resolve_params`). A setting left as a module constant would change results without
+changing the key; `tests/unit/analyses/test_core.py` checks that none is.
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
+import json
+import math
 import pkgutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
 
 from rlhf_lens.analyses.core.result import Result
 
@@ -120,6 +134,20 @@ class Analysis:
     """Position within the section."""
     version: int = 1
     """Bump when the computation changes, so cached results of the old code are not reused."""
+    params: Mapping[str, Any] = field(default_factory=dict)
+    """The analysis's settings and their defaults: the keyword-only parameters of `function` (see the module
+    docstring). Every value is JSON (numbers, strings, bools, None, lists of them)."""
+
+    def resolve_params(self, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The settings to compute with: the defaults, with `overrides` (by name) put in their place. ValueError
+        names an unknown setting, or a value of another type than its default's."""
+        resolved = dict(self.params)
+        for name, value in (overrides or {}).items():
+            if name not in self.params:
+                known = ", ".join(sorted(self.params)) or "none"
+                raise ValueError(f"analysis {self.name!r} has no setting {name!r}; its settings: {known}")
+            resolved[name] = _coerce(self.name, name, value, self.params[name])
+        return resolved
 
 
 _ANALYSES: dict[str, Analysis] = {}
@@ -139,10 +167,62 @@ def analysis(name: str, *, result: type[Result], section: str, needs: Needs | No
     def register(function: Callable[..., Result]) -> Callable[..., Result]:
         if name in _ANALYSES and _ANALYSES[name].function.__qualname__ != function.__qualname__:
             raise ValueError(f"analysis {name!r} is registered twice ({_ANALYSES[name].function.__module__} and {function.__module__})")
-        _ANALYSES[name] = Analysis(name, function, result, section, needs or Needs(), order, version)
+        params = MappingProxyType(declared_params(name, function))
+        _ANALYSES[name] = Analysis(name, function, result, section, needs or Needs(), order, version, params)
         return function
 
     return register
+
+
+def declared_params(name: str, function: Callable[..., Result]) -> dict[str, Any]:
+    """The keyword-only parameters of an analysis function and their defaults; ValueError (at import) for one
+    without a default or with a default that is not JSON, since the cache key could not hold it."""
+    params = {}
+    for parameter in inspect.signature(function).parameters.values():
+        if parameter.kind is not inspect.Parameter.KEYWORD_ONLY:
+            continue
+        default = parameter.default
+        if default is inspect.Parameter.empty or not _is_json_value(default):
+            raise ValueError(
+                f"analysis {name!r}: setting {parameter.name!r} needs a default that JSON can hold (number, string, bool, None, "
+                f"or a list of them), got {default!r}"
+            )
+        params[parameter.name] = default
+    return params
+
+
+def _is_json_value(value: Any) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, list | tuple):
+        return all(_is_json_value(v) for v in value)
+    return value is None or isinstance(value, bool | int | str)
+
+
+def _coerce(analysis: str, name: str, value: Any, default: Any) -> Any:
+    """`value` as the type of `default` (a string from the command line is read as JSON first)."""
+    if isinstance(value, str) and not isinstance(default, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            pass
+    kind = type(default)
+    ok = (
+        default is None
+        or (kind is bool and isinstance(value, bool))
+        or (kind is int and isinstance(value, int) and not isinstance(value, bool))
+        or (kind is float and isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value))
+        or (kind is str and isinstance(value, str))
+        or (kind in (list, tuple) and isinstance(value, list | tuple) and _is_json_value(value))
+    )
+    if not ok or not _is_json_value(value):
+        raise ValueError(f"setting {analysis}.{name} expects {_type_word(default)} like its default {json.dumps(default)}, got {value!r}")
+    return float(value) if kind is float else kind(value) if kind in (list, tuple) else value
+
+
+def _type_word(default: Any) -> str:
+    words = {bool: "true or false", int: "an integer", float: "a number", str: "a string", list: "a JSON list", tuple: "a JSON list"}
+    return words.get(type(default), "a value")
 
 
 def load_all() -> None:
