@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,7 +18,9 @@ import torch
 
 from rlhf_lens.models import check_vocab_fits, context_length, load_causal_lm, load_tokenizer
 from rlhf_lens.runs import FINAL_TAG, Run, RunWriter, has_training_state, load_hf_folder, load_state, resolve_init_from
+from rlhf_lens.runs.weights import safetensors_weight_files
 from rlhf_lens.tasks import get_task
+from rlhf_lens.tasks.feedback import read_feedback
 from rlhf_lens.training.build import build_model, load_base_model, train_tokenizer
 from rlhf_lens.training.config import ConfigError, LMStageConfig, RewardStageConfig, RunConfig, to_dict
 from rlhf_lens.training.data import pack_blocks, split_heldout, tokenize_pairs
@@ -63,18 +66,20 @@ class RunContext:
     """All feedback records of the run so far (data/feedback.jsonl)."""
 
 
-def generate_data(config: RunConfig, task, writer: RunWriter) -> RunData:
-    """Generate the task's corpus, SFT pairs and prompts and copy them into the run."""
+def generate_data(config: RunConfig, task) -> RunData:
+    """Generate the task's corpus, SFT pairs and prompts (in memory; `write_run_data` copies them into the run)."""
     seed = config.seed
-    data = RunData(
+    return RunData(
         corpus=task.corpus(config.data.corpus_size, seed),
         sft=task.sft_pairs(config.data.sft_size, seed + 1),
         prompts=task.prompts(config.data.train_prompts, config.data.eval_prompts, seed + 2),
     )
+
+
+def write_run_data(writer: RunWriter, data: RunData) -> None:
     writer.write_data("corpus", data.corpus)
     writer.write_data("sft", data.sft)
     writer.write_data("prompts", data.prompts)
-    return data
 
 
 def starting_model(stage: LMStageConfig, ctx: RunContext):
@@ -272,8 +277,12 @@ def train(config: RunConfig, out: str | Path, *, quiet: bool = False, overwrite:
         writer = open_for_resume(config, out) if world.is_main else NullWriter(Path(out).absolute())
         data = read_run_data(out)
     else:
+        # Everything the recipe decides is checked and generated before the run folder exists (or an old one
+        # is overwritten), so a refusal leaves nothing behind: `config` was validated when it was built.
+        data = generate_data(config, task)
+        check_input_files(config)
         writer = new_writer(config, out, overwrite, sources) if world.is_main else NullWriter(Path(out).absolute())
-        data = generate_data(config, task, writer)
+        write_run_data(writer, data)
     ctx = RunContext(config=config, writer=writer, data=data, quiet=quiet, sources=sources, task=task)
     for stage in config.stages:
         resume_from = None
@@ -293,6 +302,18 @@ def train(config: RunConfig, out: str | Path, *, quiet: bool = False, overwrite:
         writer.update_results(stage.name, results | {"seconds": round(time.perf_counter() - started, 1)})
         writer.set_stage_status(stage.name, "done")
     return Path(out).absolute() if not world.is_main else writer.path
+
+
+def check_input_files(config: RunConfig) -> None:
+    """Read the files a recipe names (feedback files, a local base model) before the run folder exists, so a bad
+    one is refused with its own message and nothing is left behind (FeedbackError, RunFormatError)."""
+    if config.model.base_model:
+        safetensors_weight_files(config.model.base_model)
+    for stage in config.stages:
+        if getattr(stage, "feedback", ""):
+            with warnings.catch_warnings():  # a file's warnings (repeated records) are given once, by its stage
+                warnings.simplefilter("ignore")
+                read_feedback(stage.feedback)
 
 
 def new_writer(config: RunConfig, out, overwrite: bool, sources: dict) -> RunWriter:
