@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import csv
 import json
+import warnings
 from pathlib import Path
 
 import pytest
 
-from rlhf_lens.tasks.feedback import FeedbackError, read_feedback, split_hh_pair, validate_record
+from rlhf_lens.tasks.feedback import MAX_CSV_CELL, FeedbackError, read_feedback, read_feedback_file, split_hh_pair, validate_record
 
 GOOD = [
     {"kind": "rating", "prompt": "The room was", "completion": " clean.", "rating": 4, "labeler": "a"},
@@ -147,3 +149,153 @@ def test_csv_errors_name_line_and_field(tmp_path):
 def test_missing_file_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.jsonl"):
         read_feedback(tmp_path / "nope.jsonl")
+
+
+# --- files as users hand them over: every problem is one line naming file, line (and field) and the fix ----------
+
+
+def one_line(err: Exception) -> str:
+    message = str(err)
+    assert "\n" not in message and "\r" not in message
+    return message
+
+
+def test_directory_is_a_clear_error(tmp_path):
+    with pytest.raises(FeedbackError) as info:
+        read_feedback(tmp_path)
+    assert one_line(info.value) == f"{tmp_path}: is a directory, not a feedback file. Give the path of a .jsonl or .csv file."
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "problem"),
+    [
+        ("fb.jsonl", "", "holds no feedback records (it is empty or blank). Point to a file with one JSON record per line."),
+        ("fb.jsonl", "\n  \n", "holds no feedback records (it is empty or blank)"),
+        ("fb.csv", "", "is empty. A ratings CSV needs a header line prompt,completion,rating[,labeler]"),
+        ("fb.csv", "prompt,completion,rating\n\n", "has a header but no rating rows. Add rows"),
+    ],
+)
+def test_empty_files_are_refused_naming_the_file(tmp_path, name, text, problem):
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(FeedbackError) as info:
+        read_feedback(path)
+    assert one_line(info.value).startswith(f"{path}: {problem}")
+    assert info.value.line is None
+
+
+LATIN1 = '{"kind": "rating", "prompt": "Le café était", "completion": " bon.", "rating": 4}'
+
+
+def test_invalid_utf8_in_jsonl_names_line_and_column(tmp_path):
+    path = tmp_path / "fb.jsonl"  # far enough down that the bad byte is not in the text reader's first chunk
+    path.write_bytes(("\n".join([json.dumps(GOOD[0])] * 500) + "\n").encode() + LATIN1.encode("latin-1") + b"\n")
+    with pytest.raises(FeedbackError) as info:
+        read_feedback(path)
+    assert info.value.line == 501 and info.value.field is None
+    message = one_line(info.value)
+    assert message.startswith(f"{path}:501: not UTF-8: byte 0xe9 at column {LATIN1.index('é') + 1} (byte offset ")
+    assert "Re-save the file as UTF-8" in message
+
+
+def test_invalid_utf8_in_csv_names_the_physical_line(tmp_path):
+    path = tmp_path / "fb.csv"  # CRLF line ends and a quoted cell over two lines: the bad byte is on physical line 4
+    path.write_bytes('prompt,completion,rating\r\n"a"," b\r\nc",3\r\n"Le café",x,4\r\n'.encode("cp1252"))
+    with pytest.raises(FeedbackError) as info:
+        read_feedback(path)
+    assert one_line(info.value).startswith(f"{path}:4: not UTF-8: byte 0xe9 at column 8 ")
+    assert info.value.fix.startswith("Re-save the file as UTF-8")
+
+
+def test_utf16_file_is_named_as_such(tmp_path):
+    path = tmp_path / "fb.jsonl"
+    path.write_text(json.dumps(GOOD[0]) + "\n", encoding="utf-16")
+    with pytest.raises(FeedbackError, match=r"fb\.jsonl:1: the file is UTF-16 .* Re-save the file as UTF-8 \(e\.g\. iconv -f utf-16"):
+        read_feedback(path)
+
+
+def test_byte_order_mark_is_accepted(tmp_path):
+    jsonl = tmp_path / "fb.jsonl"
+    jsonl.write_text("\n".join(json.dumps(r) for r in GOOD) + "\n", encoding="utf-8-sig")
+    assert jsonl.read_bytes().startswith(b"\xef\xbb\xbf")
+    assert read_feedback(jsonl) == [{"labeler": None, **r} for r in GOOD]
+    table = tmp_path / "fb.csv"
+    table.write_text("prompt,completion,rating\na,b,3\n", encoding="utf-8-sig")
+    assert read_feedback(table) == [{"kind": "rating", "prompt": "a", "completion": "b", "rating": 3, "labeler": None}]
+
+
+def test_long_csv_cell_is_accepted_and_the_csv_limit_restored(tmp_path):
+    limit = csv.field_size_limit()
+    path = tmp_path / "fb.csv"
+    long = " " + "word " * 40_000  # 200 kB: over csv's default limit of 131,072
+    path.write_text(f'prompt,completion,rating\na,"{long}",3\n', encoding="utf-8")
+    [record] = read_feedback(path)
+    assert record["completion"] == long
+    assert csv.field_size_limit() == limit
+
+
+def test_csv_cell_over_the_cap_names_line_column_and_length(tmp_path):
+    limit = csv.field_size_limit()
+    path = tmp_path / "fb.csv"
+    path.write_text(f'prompt,completion,rating\na,b,3\nc,"{"x" * (MAX_CSV_CELL + 1)}",3\n', encoding="utf-8")
+    with pytest.raises(FeedbackError) as info:
+        read_feedback(path)
+    assert (info.value.line, info.value.field) == (3, "completion")
+    assert one_line(info.value) == (
+        f"{path}:3: field 'completion': the cell in column 2 is 10,000,001 characters long, over the 10,000,000 this reader "
+        "accepts (a quote left open runs a cell on to the next quote). Close the quote, or shorten the cell."
+    )
+    assert csv.field_size_limit() == limit
+
+
+def test_csv_quote_left_open_is_pointed_at(tmp_path):
+    path = tmp_path / "fb.csv"
+    path.write_text('prompt,completion,rating\na,b,3\n"c,d,4\ne,f,5\n', encoding="utf-8")
+    with pytest.raises(FeedbackError) as info:
+        read_feedback(path)
+    assert one_line(info.value) == (
+        f"{path}:3: expected 3 cells like the header, got 1 (a cell runs over several lines: is a quote left open?). "
+        "Fix the record or drop it."
+    )
+
+
+@pytest.mark.parametrize("line", ["[" * 100_000 + "]" * 100_000, json.dumps({**GOOD[0], "meta": json.loads("[" * 500 + "]" * 500)})])
+def test_deeply_nested_json_is_refused_naming_the_line(tmp_path, line):
+    path = write_jsonl(tmp_path / "fb.jsonl", [json.dumps(GOOD[0]), line])
+    with pytest.raises(FeedbackError) as info:
+        read_feedback(path)
+    assert one_line(info.value).startswith(f"{path}:2: nested too deeply (more than 100 levels of [ ] or {{ }}")
+    assert info.value.line == 2
+
+
+def test_nesting_within_the_limit_is_read(tmp_path):
+    record = {**GOOD[0], "meta": json.loads("[" * 99 + "]" * 99)}  # 100 levels with the record itself
+    assert read_feedback(write_jsonl(tmp_path / "fb.jsonl", [json.dumps(record)])) == [record]
+
+
+def test_repeated_records_are_kept_counted_and_warned_about(tmp_path):
+    same = json.dumps({"rating": 4.0, "completion": " clean.", "prompt": "The room was", "labeler": "a", "kind": "rating"})
+    second_round = json.dumps({**GOOD[0], "round": 2})  # an extra field tells a deliberate repeat apart
+    path = write_jsonl(tmp_path / "fb.jsonl", [json.dumps(GOOD[0]), json.dumps(GOOD[1]), same, second_round, json.dumps(GOOD[1])])
+    with pytest.warns(UserWarning) as caught:
+        read = read_feedback_file(path)
+    assert read.duplicates == ((3, 1), (5, 2))
+    assert len(read.records) == 5 and read.records[2] == GOOD[0]
+    [warning] = caught
+    assert warning.filename == __file__  # points at the caller
+    assert str(warning.message) == (
+        f"{path}: 2 records repeat an earlier record exactly, on lines 3 (= line 1), 5 (= line 2); kept, so each repeat "
+        'counts again. Delete the repeats if they are copies, or give repeated judgements a field that tells them apart (e.g. "round": 2).'
+    )
+    with pytest.warns(UserWarning, match=r"fb\.jsonl: 2 records repeat"):
+        assert read_feedback(path) == read.records
+
+
+def test_repeated_csv_rows_are_counted_and_distinct_files_read_silently(tmp_path):
+    path = tmp_path / "fb.csv"
+    path.write_text("prompt,completion,rating\na,b,3\na,b,3\na,b,4\n", encoding="utf-8")
+    with pytest.warns(UserWarning, match=r"fb\.csv: 1 record repeats an earlier record exactly, on line 3 \(= line 2\)"):
+        assert read_feedback_file(path).duplicates == ((3, 2),)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert read_feedback_file(write_jsonl(tmp_path / "fb.jsonl", [json.dumps(r) for r in GOOD])).duplicates == ()
