@@ -26,6 +26,7 @@ from typing import Any
 from .atomic import atomic_write_bytes, atomic_write_json
 from .errors import RunFormatError
 from .layout import state_paths
+from .weights import check_safetensors_header
 
 STATE_FORMAT = "rlhf-lens-state"
 STATE_VERSION = 1
@@ -158,6 +159,7 @@ def load_state(directory: str | os.PathLike[str]) -> Any:
             f"{json_path}: state version {doc.get('version')!r}, this rlhf-lens reads version {STATE_VERSION}; "
             "upgrade rlhf-lens (pip install -U rlhf-lens)"
         )
+    check_safetensors_header(tensor_path)  # a header that lies is refused before anything is allocated
     try:
         tensors = load_file(tensor_path)
     except Exception as err:  # safetensors raises its own error types for damaged headers
