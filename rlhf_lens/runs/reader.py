@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 from .atomic import atomic_write_bytes, atomic_write_json
 from .cache_dirs import is_writable, user_cache_dir
 from .errors import RunFormatError, RunLookupError
-from .hashing import sha256_bytes, sha256_file
+from .file_memo import HashIndex, memoised
+from .hashing import sha256_bytes
 from .info import CheckpointInfo, StageInfo
 from .jsonl import read_jsonl
 from .jsonsafe import to_jsonable
@@ -50,6 +51,8 @@ if TYPE_CHECKING:
     import pandas as pd
 
 HEADS: tuple[str, ...] = ("causal_lm", "score")
+HASH_INDEX = "file-hashes.json"
+"""The content hashes of the run's files, in the analyses' cache folder (`rlhf_lens.runs.file_memo`)."""
 
 
 class Run:
@@ -63,6 +66,7 @@ class Run:
         self._manifest = manifest
         self._cache_dir = Path(cache_dir).absolute() if cache_dir is not None else None
         self._cache_checked = False
+        self._hashes: HashIndex | None = None
         self.torn_metric_lines = 0
 
     @classmethod
@@ -229,8 +233,8 @@ class Run:
         if not path.is_file():
             self.torn_metric_lines = 0
             return []
-        records, self.torn_metric_lines = read_jsonl(path)
-        return records
+        records, self.torn_metric_lines = memoised("metrics", [path], lambda: read_jsonl(path))
+        return [dict(r) for r in records]
 
     def metrics(self, stage: str | None = None) -> pd.DataFrame:
         """Metric records of logs/metrics.jsonl as a DataFrame (stage, step, time, <metric>...).
@@ -285,15 +289,15 @@ class Run:
             raise RunLookupError(f"run {self._path} has no {path.relative_to(self._path)}; data files: {have}")
         if entry is None:
             warnings.warn(f"{path} is not recorded in run.json; reading it unchecked", stacklevel=2)
-        elif sha256_file(path) != entry["sha256"]:
+        elif self.file_sha256(path) != entry["sha256"]:
             raise RunFormatError(
                 f"{path} changed after the run was written: its sha256 differs from run.json's "
                 f"{entry['sha256'][:12]}...; restore the original file to analyse this run"
             )
-        records, torn = read_jsonl(path)
+        records, torn = memoised("data", [path], lambda: read_jsonl(path))
         if torn:
             raise RunFormatError(f"{path}: the last line is not valid JSON; data files are never appended to")
-        return records
+        return [dict(r) for r in records]
 
     def feedback(self) -> pd.DataFrame:
         """data/feedback.jsonl as a DataFrame, one row per judgement."""
@@ -368,7 +372,28 @@ class Run:
         """
         from .fingerprint import input_fingerprints
 
-        return input_fingerprints(self, **inputs)
+        fingerprints = input_fingerprints(self, **inputs)
+        self._hash_index().flush()
+        return fingerprints
+
+    def file_sha256(self, path: str | os.PathLike[str]) -> str:
+        """The sha256 of a file of this run, computed once per version of the file (`rlhf_lens.runs.file_memo`)."""
+        return self._hash_index().sha256(path)
+
+    def _hash_index(self) -> HashIndex:
+        if self._hashes is None:
+
+            def save(data: bytes) -> None:
+                root, prefix = self._cache_root()
+                atomic_write_bytes(root / prefix / HASH_INDEX, data, root=root)
+
+            self._hashes = HashIndex(self._path, self.cache_dir / HASH_INDEX, save)
+        return self._hashes
+
+    def has_rollouts(self, stage: str, *, evaluation: bool = False) -> bool:
+        """Whether `stage` logged any training rollout shard (or, with `evaluation`, evaluation shard); reads none."""
+        folder = (eval_rollouts_dir if evaluation else rollouts_dir)(self._path, self.stage(stage).name)
+        return folder.is_dir() and any(folder.glob("step-*.parquet"))
 
     def analysis_dir(self, key: str) -> Path:
         """<cache>/<key>/ for bulky intermediates (created if missing, no link followed)."""
@@ -377,18 +402,22 @@ class Run:
 
 
 def _read_shards(folders: list[Path]) -> pd.DataFrame:
-    """The step-*.parquet shards of `folders` as one DataFrame sorted by stage and step; a damaged shard is an
-    error naming it."""
+    """The step-*.parquet shards of `folders` as one DataFrame sorted by stage and step (each version of the shards
+    read once per process); a damaged shard is an error naming it."""
+    shards = [shard for folder in folders for shard in (sorted(folder.glob("step-*.parquet")) if folder.is_dir() else [])]
+    return memoised("shards", shards, lambda: _concat_shards(shards)).copy()
+
+
+def _concat_shards(shards: list[Path]) -> pd.DataFrame:
     import pandas as pd
     import pyarrow.parquet as pq
 
     frames = []
-    for folder in folders:
-        for shard in sorted(folder.glob("step-*.parquet")) if folder.is_dir() else []:
-            try:
-                frames.append(pq.read_table(shard).to_pandas())
-            except Exception as err:  # pyarrow raises several types for damaged files
-                raise RunFormatError(f"{shard}: not a readable parquet file ({err}); retrain the stage or restore the file") from err
+    for shard in shards:
+        try:
+            frames.append(pq.read_table(shard).to_pandas())
+        except Exception as err:  # pyarrow raises several types for damaged files
+            raise RunFormatError(f"{shard}: not a readable parquet file ({err}); retrain the stage or restore the file") from err
     if not frames:
         return pd.DataFrame(columns=["stage", "step"])
     df = pd.concat(frames, ignore_index=True)
@@ -430,7 +459,14 @@ def load_hf_folder(folder: str | os.PathLike[str], head: str = "causal_lm", **kw
         from transformers import AutoModelForCausalLM as Auto
     from rlhf_lens.models import fuse_activations  # models builds on this package
 
-    model = Auto.from_pretrained(str(folder), use_safetensors=True, local_files_only=True, **kwargs)
+    try:
+        model = Auto.from_pretrained(str(folder), use_safetensors=True, local_files_only=True, **kwargs)
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError) as err:  # config.json and weights that disagree, ...
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise RunFormatError(
+            f"{folder}: transformers could not load this model folder ({type(err).__name__}: {first_line[:300]}); check that "
+            "config.json and the weights belong together, or re-save the model with model.save_pretrained(folder)"
+        ) from err
     return fuse_activations(model).eval()
 
 

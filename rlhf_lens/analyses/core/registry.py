@@ -90,9 +90,9 @@ class Needs:
             return f"stage {stage!r} has no complete checkpoint"
         if self.metrics and run.metrics().empty:
             return "the run logged no metrics"
-        if stage is not None and self.rollouts and run.rollouts(stage).empty:
+        if stage is not None and self.rollouts and not run.has_rollouts(stage):
             return f"stage {stage!r} logged no rollouts"
-        if stage is not None and self.eval_rollouts and run.eval_rollouts(stage).empty:
+        if stage is not None and self.eval_rollouts and not run.has_rollouts(stage, evaluation=True):
             why = (
                 "TRL logs none"
                 if run.config.get("source") == "trl"

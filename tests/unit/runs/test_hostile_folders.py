@@ -259,3 +259,16 @@ def test_nan_and_infinity_in_a_diverged_trl_log_are_kept_as_nan_and_reported(trl
     (outcome,) = analyze(run, only=["curves.training"], quiet=True)
     verdict = outcome.result.verdicts[0]
     assert verdict.level == "warn" and "2 nonfinite_metric" in verdict.evidence
+
+
+def test_a_config_json_that_disagrees_with_its_weights_is_one_line(tmp_path, tiny):
+    from rlhf_lens.runs import RunFormatError, load_hf_folder
+
+    folder = tmp_path / "model"
+    tiny.lm().save_pretrained(folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps(config | {"n_embd": 32}))
+    with pytest.raises(RunFormatError) as refused:
+        load_hf_folder(folder)
+    assert str(folder) in str(refused.value) and "config.json and the weights belong together" in str(refused.value)
+    assert len(str(refused.value).splitlines()) == 1
