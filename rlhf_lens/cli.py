@@ -355,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
 def _report_failure(command: str, exc: Exception) -> int:
     """Print one line for `exc` and return the exit status: 1 for what a user can cause and fix, 3 for a bug."""
     from rlhf_lens.runs import RunLookupError
-    from rlhf_lens.runs.safe_fs import DiskFullError
+    from rlhf_lens.runs.safe_fs import DiskFullError, is_disk_full
     from rlhf_lens.training.policy.reward_source import RewardError
 
     if isinstance(
@@ -363,6 +363,9 @@ def _report_failure(command: str, exc: Exception) -> int:
     ):
         # Errors a user can cause carry a message meant for them (file or field, and the fix); no traceback needed.
         print(f"rlhf-lens {command}: error: {exc}", file=sys.stderr)
+        return 1
+    if is_disk_full(exc):
+        print(f"rlhf-lens {command}: error: no space left on the device ({exc}); free some space and run again", file=sys.stderr)
         return 1
     if isinstance(exc, OSError) and exc.filename is not None:
         print(f"rlhf-lens {command}: error: {exc.filename}: {exc.strerror}; check the path and its permissions", file=sys.stderr)

@@ -10,6 +10,7 @@ from typing import Any
 
 from .atomic import atomic_write_bytes, maybe_crash_after
 from .errors import RunFormatError
+from .safe_fs import DiskFullError, is_disk_full
 
 
 def dump_jsonl_line(record: Mapping[str, Any], path: Path) -> bytes:
@@ -67,9 +68,16 @@ def append_jsonl(path: str | os.PathLike[str], record: Mapping[str, Any]) -> Non
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+b") as f:
         _repair_tail(f)
-        f.write(line)
-        f.flush()
-        os.fsync(f.fileno())
+        end = f.tell()
+        try:
+            f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
+        except OSError as err:
+            f.truncate(end)  # no torn line left behind
+            if is_disk_full(err):
+                raise DiskFullError(path, len(line)) from err
+            raise
     maybe_crash_after(path)
 
 

@@ -43,7 +43,7 @@ from .layout import (
     value_dir,
 )
 from .manifest import read_manifest
-from .safe_fs import ensure_dir, refuse_links
+from .safe_fs import ensure_dir, refuse_links, remove
 from .state import load_state
 from .weights import safetensors_weight_files
 
@@ -344,7 +344,11 @@ class Run:
         buffer = io.BytesIO()
         pq.write_table(pa.Table.from_pandas(df), buffer)
         atomic_write_bytes(root / prefix / parquet_path.name, buffer.getvalue(), root=root)
-        atomic_write_json(root / prefix / json_path.name, clean_meta, root=root)
+        try:
+            atomic_write_json(root / prefix / json_path.name, clean_meta, root=root)  # last: it marks the entry complete
+        except BaseException:
+            remove(root, prefix / parquet_path.name)  # no half entry left behind
+            raise
 
     def load_analysis(self, key: str) -> tuple[pd.DataFrame, dict[str, Any]] | None:
         """(df, meta) cached under `key`, or None when there is no complete cache entry."""

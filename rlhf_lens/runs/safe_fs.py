@@ -53,6 +53,14 @@ class DiskFullError(OSError):
         return self.strerror
 
 
+def is_disk_full(err: BaseException) -> bool:
+    """Whether `err` says the device is full: an OSError with ENOSPC, or a library's wrapper of one (safetensors
+    raises its own error type, saying "No space left on device (os error 28)")."""
+    if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+        return True
+    return "No space left on device" in str(err) or "os error 28" in str(err)
+
+
 def _megabytes(n: int) -> str:
     return f"{n / 1e6:.1f} MB" if n >= 100_000 else f"{n} bytes"
 
@@ -231,6 +239,7 @@ def refuse_links(root: str | os.PathLike[str], relative: str | os.PathLike[str] 
 __all__ = [
     "DiskFullError",
     "UnsafePathError",
+    "is_disk_full",
     "ensure_dir",
     "links_under",
     "open_dir",

@@ -47,6 +47,7 @@ from .layout import (
     value_dir,
 )
 from .manifest import STAGE_KINDS, STAGE_STATUSES, build_manifest, read_manifest, utc_now, write_manifest
+from .safe_fs import DiskFullError, is_disk_full
 from .state import save_state
 from .weights import safetensors_weight_files
 
@@ -264,8 +265,10 @@ class RunWriter:
                 fsync_file(f)
             atomic_write_json(meta_path(tmp), meta)  # last: it marks the folder complete
             fsync_dir(tmp)
-        except BaseException:
+        except BaseException as err:
             shutil.rmtree(tmp, ignore_errors=True)
+            if is_disk_full(err) and not isinstance(err, DiskFullError):
+                raise DiskFullError(checkpoint_dir(self._path, stage, tag), _checkpoint_bytes(model, value_model, state)) from err
             raise
         final = checkpoint_dir(self._path, stage, tag)
         _swap_into_place(tmp, final, old_checkpoint_dir(self._path, stage, tag, pid))
@@ -393,6 +396,17 @@ class RunWriter:
                 fsync_dir(shard_dir)
         self.log_event("resume", stage=stage, step=step, dropped_records=dropped, torn_lines=torn)
         return dropped
+
+
+def _checkpoint_bytes(model: Any, value_model: Any, state: Any) -> int:
+    """About the bytes a checkpoint takes: the weights, the value model's, and (with training state) the optimizer's
+    two moments per parameter."""
+
+    def weights(m: Any) -> int:
+        return sum(p.numel() * p.element_size() for p in m.parameters()) if hasattr(m, "parameters") else 0
+
+    total = weights(model) + (weights(value_model) if value_model is not None else 0)
+    return total * 3 if state is not None else total
 
 
 def _save_pretrained(obj: Any, folder: Path) -> None:
