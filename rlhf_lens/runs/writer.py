@@ -27,6 +27,7 @@ from .jsonsafe import to_jsonable
 from .layout import (
     CHECKPOINTS_DIR,
     DATA_KINDS,
+    LOGS_DIR,
     checkpoint_dir,
     checkpoints_dir,
     data_file_name,
@@ -47,7 +48,7 @@ from .layout import (
     value_dir,
 )
 from .manifest import STAGE_KINDS, STAGE_STATUSES, build_manifest, read_manifest, utc_now, write_manifest
-from .safe_fs import DiskFullError, is_disk_full
+from .safe_fs import DiskFullError, is_disk_full, refuse_links
 from .state import save_state
 from .weights import safetensors_weight_files
 
@@ -84,6 +85,10 @@ class RunWriter:
         only a folder holding a run.json (an earlier run) is deleted.
         """
         path = Path(path).absolute()
+        if path.is_symlink():
+            raise FileExistsError(
+                f"cannot create a run at {path}: it is a symbolic link; rlhf-lens never writes through one. Pick another folder"
+            )
         if path.exists() and not path.is_dir():
             raise FileExistsError(f"cannot create a run at {path}: it is a file")
         if path.is_dir() and any(path.iterdir()):
@@ -114,6 +119,8 @@ class RunWriter:
         """
         path = Path(path).absolute()
         writer = cls(path, read_manifest(path))
+        for folder in (CHECKPOINTS_DIR, LOGS_DIR):  # resuming replaces and deletes there: never through a link
+            refuse_links(path, folder)
         writer._recover_checkpoint_folders()
         return writer
 

@@ -272,3 +272,19 @@ def test_a_config_json_that_disagrees_with_its_weights_is_one_line(tmp_path, tin
         load_hf_folder(folder)
     assert str(folder) in str(refused.value) and "config.json and the weights belong together" in str(refused.value)
     assert len(str(refused.value).splitlines()) == 1
+
+
+@pytest.mark.parametrize("rel", ["checkpoints/base", "logs"])
+def test_resuming_a_run_with_a_planted_link_is_refused(tmp_path, sentinel, rel):
+    from rlhf_lens.runs import RunFormatError
+
+    writer = RunWriter.create(tmp_path / "run", name="r", task="sentiment", seed=0, config={})
+    writer.add_stage("base", "base")
+    (sentinel / "checkpoints" / "grpo" / ".final.tmp-1").mkdir()  # what resuming tidies away in its own folders
+    plant(writer.path / rel, sentinel / "checkpoints" / "grpo")
+    before = tree_state(sentinel)
+    with pytest.raises(RunFormatError, match="symbolic link"):
+        RunWriter.open(writer.path)
+    assert tree_state(sentinel) == before
+    with pytest.raises(FileExistsError, match="symbolic link"):
+        RunWriter.create(writer.path / rel, name="r", task="sentiment", seed=0, config={}, overwrite=True)
