@@ -3,10 +3,11 @@ checkpoint's figures equal what the trainer wrote into its meta.json."""
 
 from __future__ import annotations
 
-import time
+import shutil
 
 import pytest
 
+from rlhf_lens.analyses import _heldout
 from rlhf_lens.analyses.feedback import analyze_disputed_feedback, analyze_feedback_counts, analyze_labelers
 from rlhf_lens.analyses.reward_model import analyze_reward_calibration, analyze_reward_checkpoints, analyze_reward_length
 from rlhf_lens.runs import Run, has_training_state
@@ -28,16 +29,50 @@ def stage(run):
 
 
 def test_the_final_checkpoints_figures_equal_the_trainers(run, stage):
-    started = time.perf_counter()
     result = analyze_reward_checkpoints(run, stage=stage)
-    seconds = time.perf_counter() - started
     final = result.df.set_index("tag").loc["final"]
     logged = run.checkpoint(stage).meta["metrics"]
     for figure in FIGURES:
         assert final[figure] == pytest.approx(logged[f"rm/{figure}"], abs=1e-6), figure
     assert final["accuracy"] > 0.7 and final["accuracy_gold"] > 0.75  # the quick recipe's reward model learned
     assert [v.level for v in result.verdicts] == ["ok", "ok"]
-    assert seconds < 60, f"scoring the held-out feedback took {seconds:.0f} s"
+
+
+@pytest.fixture
+def scored(monkeypatch) -> list[tuple[str, list[tuple[str, str]]]]:
+    """Every call of a reward checkpoint while the test runs: (its checkpoint folder, the (prompt, completion)s it
+    scored)."""
+    calls, load = [], _heldout.load_reward_function
+
+    def counting(folder, device="cpu"):
+        reward_fn = load(folder, device)
+
+        def score(prompts, completions):
+            calls.append((str(folder), list(zip(prompts, completions))))
+            return reward_fn(prompts, completions)
+
+        return score
+
+    monkeypatch.setattr(_heldout, "load_reward_function", counting)
+    return calls
+
+
+def test_each_checkpoint_scores_each_held_out_text_once(run, stage, scored, tmp_path):
+    # the work the analysis does; its time (budget 60 s on 2 cores) is benchmarks/budgets.py --only reward_scoring.
+    # On a copy: none of its checkpoints was scored in this process before (scores are kept by checkpoint folder)
+    run = Run.open(shutil.copytree(run.path, tmp_path / "run", ignore=shutil.ignore_patterns("analyses", "report.html")))
+    result = analyze_reward_checkpoints(run, stage=stage)
+    texts = run.checkpoint(stage).meta["audit"]["heldout_texts"]
+    assert result.df["texts"].tolist() == [texts] * len(run.checkpoints(stage))
+    by_checkpoint = {}
+    for folder, pairs in scored:
+        by_checkpoint.setdefault(folder, []).extend(pairs)
+    assert sorted(by_checkpoint) == sorted(str(c.path) for c in run.checkpoints(stage))
+    for folder, pairs in by_checkpoint.items():
+        assert len(pairs) == len(set(pairs)) == texts, folder  # each distinct text once, not once per pair it is in
+    scored.clear()
+    again = analyze_reward_checkpoints(run, stage=stage)
+    assert scored == [] and again.df.equals(result.df)  # a second analysis in the process rescored nothing
 
 
 def test_reward_stages_save_step_checkpoints_the_analyses_follow(run, stage):

@@ -9,7 +9,6 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -46,13 +45,12 @@ def copy_with_cache(source: Path, target: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def reported(shared_run, tmp_path_factory) -> tuple[Path, float, str]:
-    """A copy of the shared run after `analyze` and `report`: (run, seconds the two took, analyze's output)."""
+def reported(shared_run, tmp_path_factory) -> tuple[Path, str, str]:
+    """A copy of the shared run after `analyze` and `report`: (run, report's output, analyze's output)."""
     run = copy_run(shared_run, tmp_path_factory.mktemp("reported") / "quick")
-    started = time.perf_counter()
     analysed = cli("analyze", str(run), "--quiet")
-    cli("report", str(run), "--quiet")
-    return run, time.perf_counter() - started, analysed.stdout
+    reporting = cli("report", str(run), "--quiet")
+    return run, reporting.stdout, analysed.stdout
 
 
 # --------------------------------------------------------------------------- what the report holds
@@ -79,8 +77,8 @@ def parse(html: str) -> Elements:
     return parser
 
 
-def test_report_has_every_section_with_real_content_and_is_fast(reported):
-    run, seconds, _ = reported
+def test_report_has_every_section_with_real_content_and_recomputes_nothing(reported):
+    run, reporting, analysed = reported
     html = (run / "report.html").read_text(encoding="utf-8")
     page = parse(html)
     ids = {attrs.get("id") for _, attrs in page.tags}
@@ -91,9 +89,13 @@ def test_report_has_every_section_with_real_content_and_is_fast(reported):
     assert html.count('class="verdict v-') >= 5
     text = " ".join(page.text)
     assert "sentiment-quick" in text and "base (260 steps) → sft (120 steps) → reward (ranking" in text
-    # 60 s until issues 12 and 13 added 13 analyses (the probes' cross-validated fits take most of it: about 50 s on
-    # the quick run; the policy diff about 12 s). Measured 85 s on the fresh clone's CI run before the policy diff.
-    assert seconds < 150, f"analyze + report took {seconds:.1f} s"
+    # analyze computes each analysis once; report reuses all of it. Their time (budget 150 s on 2 cores) is measured by
+    # benchmarks/budgets.py --only analyze_report, not here: a loaded CI machine is no evidence of a slow report.
+    first = re.search(r": (\d+) computed, 0 reused from the cache, (\d+) skipped", analysed.splitlines()[0])
+    assert first, analysed.splitlines()[0]
+    labels = re.findall(r"^  computed +(.+?) +[\d.]+ s$", analysed, re.MULTILINE)
+    assert len(labels) == len(set(labels)) == int(first[1]) > 0, analysed
+    assert f": 0 computed, {first[1]} reused from the cache, {first[2]} skipped" in reporting, reporting
 
 
 def test_the_probe_and_policy_diff_analyses_ran_on_every_stage_they_apply_to(reported):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import time
 from pathlib import Path
 
 import nbformat
@@ -12,8 +11,6 @@ import pytest
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 WRITES = {"01_quickstart.ipynb": ("report.html",)}
 """Files a notebook writes into the run."""
-SECONDS = {"02_attribution.ipynb": 60, "03_probes_and_hacking.ipynb": 60, "04_policy_diff.ipynb": 60}
-"""Time limits beyond the executor's own (issues 11, 12 and 13: these notebooks run in under a minute)."""
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in NOTEBOOKS.glob("*.ipynb")))
@@ -34,15 +31,16 @@ def test_notebook_executes_without_error(name, shared_run, tmp_path, monkeypatch
     monkeypatch.setenv("TQDM_DISABLE", "1")
     monkeypatch.setenv("MPLBACKEND", "Agg")
     notebook = nbformat.read(NOTEBOOKS / name, as_version=4)
-    started = time.perf_counter()
+    # timeout guards a hung cell; how long each notebook takes (issues 11-13: 02-04 in under a minute on 2 cores) is
+    # benchmarks/budgets.py --only notebooks, not a test: a loaded machine is no evidence of a slow notebook
     NotebookClient(notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()
-    seconds = time.perf_counter() - started
+    code = [cell for cell in notebook.cells if cell.cell_type == "code"]
+    assert [cell.execution_count for cell in code] == list(range(1, len(code) + 1)), f"{name}: not every cell ran, in order"
     outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     assert any("text/html" in o.get("data", {}) for o in outputs), "no Result displayed itself"
     for produced in WRITES.get(name, ()):
         assert (Path(run) / produced).is_file(), produced
-    assert seconds < SECONDS.get(name, 600), f"{name} took {seconds:.0f} s to run"
 
 
 def test_the_walkthroughs_are_there():
