@@ -28,16 +28,15 @@ from rlhf_lens.tasks.agreement import (
     sigmoid,
 )
 
-SCORE_CHUNK = 128
-"""Texts per progress-bar step. A multiple of the scorers' batch of 64, so the batches (and their padding)
-are the trainer's own and the figures match its meta.json to the last digits."""
-
-_REWARDS: OrderedDict[tuple, np.ndarray] = OrderedDict()
+# Per-process caches (mutable state, not constants: lower case, so they are not taken for settings).
+_rewards_cache: OrderedDict[tuple, np.ndarray] = OrderedDict()
+"""Rewards of the checkpoints scored in this process, by checkpoint, feedback file, stage and chunk."""
 _REWARDS_KEPT = 16
 """Scored checkpoints kept in memory (a few KB each)."""
 
 
-_FEEDBACK: dict[tuple, list[dict]] = {}
+_feedback_cache: dict[tuple, list[dict]] = {}
+"""data/feedback.jsonl of the run read last, by path, size, mtime and recorded digest."""
 
 
 def feedback_records(run: Run) -> list[dict]:
@@ -53,13 +52,13 @@ def feedback_records(run: Run) -> list[dict]:
         stat.st_mtime_ns if stat else None,
         run.manifest["data"].get("feedback.jsonl", {}).get("sha256"),
     )
-    if key not in _FEEDBACK:
-        _FEEDBACK.clear()  # one run's feedback at a time
-        _FEEDBACK[key] = [
+    if key not in _feedback_cache:
+        _feedback_cache.clear()  # one run's feedback at a time
+        _feedback_cache[key] = [
             {**r, "labeler": _text(r.get("labeler")), "split": _text(r.get("split")), "stage": _text(r.get("stage"))}
             for r in run.data("feedback")
         ]
-    return _FEEDBACK[key]
+    return _feedback_cache[key]
 
 
 def _text(value) -> str:
@@ -136,29 +135,36 @@ def heldout(run: Run, stage: str) -> HeldOut:
     return HeldOut(stage, pairs, texts, chosen, rejected, gold_of(run, texts))
 
 
-def checkpoint_rewards(run: Run, stage: str, tag: str, data: HeldOut) -> np.ndarray:
+def checkpoint_rewards(run: Run, stage: str, tag: str, data: HeldOut, *, chunk: int = 128) -> np.ndarray:
     """(texts,) rewards of `data.texts` from checkpoint `tag` of `stage`, read as the policy stage reads it
     (`rlhf_lens.models.load_reward_function`: centring offset applied, generative models write their critique
-    first). Each distinct text is scored once; a checkpoint already scored in this process is not scored again."""
+    first). Each distinct text is scored once; a checkpoint already scored in this process (with the same `chunk`)
+    is not scored again.
+
+    `chunk` texts go to the reward model per call (one progress-bar step). It batches them by 64, padding each
+    batch, so a multiple of 64 gives the trainer's own batches and reproduces its meta.json figures to the last
+    digits; another chunk changes the padding and the rewards in their last digits."""
     from tqdm.auto import tqdm
 
+    if chunk < 1:
+        raise ValueError(f"checkpoint_rewards: chunk must be a positive number of texts, got {chunk}")
     cp = run.checkpoint(stage, tag)
-    key = (str(cp.path), cp.meta.get("created"), run.manifest["data"].get("feedback.jsonl", {}).get("sha256"), stage)
-    if key in _REWARDS:
-        _REWARDS.move_to_end(key)
-        return _REWARDS[key]
+    key = (str(cp.path), cp.meta.get("created"), run.manifest["data"].get("feedback.jsonl", {}).get("sha256"), stage, chunk)
+    if key in _rewards_cache:
+        _rewards_cache.move_to_end(key)
+        return _rewards_cache[key]
     reward_fn = load_reward_function(cp.path, "cpu")
-    chunks = [data.texts[i : i + SCORE_CHUNK] for i in range(0, len(data.texts), SCORE_CHUNK)]
+    chunks = [data.texts[i : i + chunk] for i in range(0, len(data.texts), chunk)]
     parts = [
-        np.asarray(reward_fn([p for p, _ in chunk], [c for _, c in chunk]), dtype=float).reshape(-1)
-        for chunk in tqdm(chunks, desc=f"scoring {stage}/{tag}", unit="chunk", leave=False, disable=True if len(chunks) < 4 else None)
+        np.asarray(reward_fn([p for p, _ in part], [c for _, c in part]), dtype=float).reshape(-1)
+        for part in tqdm(chunks, desc=f"scoring {stage}/{tag}", unit="chunk", leave=False, disable=True if len(chunks) < 4 else None)
     ]
     rewards = np.concatenate(parts) if parts else np.zeros(0)
     if rewards.shape != (len(data.texts),):
         raise ValueError(f"{cp.path}: the reward model returned {rewards.size} rewards for {len(data.texts)} texts")
-    _REWARDS[key] = rewards
-    while len(_REWARDS) > _REWARDS_KEPT:
-        _REWARDS.popitem(last=False)
+    _rewards_cache[key] = rewards
+    while len(_rewards_cache) > _REWARDS_KEPT:
+        _rewards_cache.popitem(last=False)
     return rewards
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import pandas as pd
 from markupsafe import Markup
@@ -21,10 +22,12 @@ register_section(
     "and the events the trainer recorded: skipped steps, KL warnings, resumes.",
 )
 
-EXTRA_KEYS = ("grad_norm", "learning_rate", "rm/ece", "rm/labeler_agreement", "rm/label_accuracy_gold")
-"""Logged keys outside DESIGN.md's table that are still worth a curve."""
-
-WARNING_EVENTS = ("nan_skip", "nonfinite_metric", "kl_warning")
+_EVENT_WORDS = {
+    "nan_skip": "skipped step (non-finite loss or reward)",
+    "nonfinite_metric": "NaN or infinite logged metric (a diverged run)",
+    "kl_warning": "KL warning",
+}
+"""What the trainer's warning events mean, for the verdict's rule."""
 
 
 class CurvesResult(Result):
@@ -102,14 +105,24 @@ def _grid(df: pd.DataFrame, metrics: list[str], *, title: str, ncols: int = 4):
 
 
 @analysis("curves.training", result=CurvesResult, section="curves", needs=Needs(metrics=True), order=1)
-def analyze_training_curves(run: Run) -> CurvesResult:
-    """Every stage's metrics (the DESIGN.md keys, plus gradient norm and learning rate) as (stage, step, metric, value)."""
+def analyze_training_curves(
+    run: Run,
+    *,
+    extra_keys: tuple[str, ...] = ("grad_norm", "learning_rate", "rm/ece", "rm/labeler_agreement", "rm/label_accuracy_gold"),
+    warning_events: tuple[str, ...] = ("nan_skip", "nonfinite_metric", "kl_warning"),
+) -> CurvesResult:
+    """Every stage's metrics (the DESIGN.md keys, plus gradient norm and learning rate) as (stage, step, metric, value).
+
+    Settings:
+    extra_keys: logged keys outside DESIGN.md's table that are still worth a curve.
+    warning_events: trainer events that make the "training events" verdict warn.
+    """
     metrics = run.metrics()
-    keys = [c for c in metrics.columns if c in ALL_METRIC_KEYS or c in EXTRA_KEYS]
+    keys = [c for c in metrics.columns if c in ALL_METRIC_KEYS or c in extra_keys]
     tidy = metrics.melt(id_vars=["stage", "step"], value_vars=keys, var_name="metric", value_name="value").dropna(subset=["value"])
     tidy = tidy.astype({"step": int, "value": float}).reset_index(drop=True)
     events = _events(run)
-    return CurvesResult(df=tidy, meta={"events": events}, verdicts=(_events_verdict(events),))
+    return CurvesResult(df=tidy, meta={"events": events}, verdicts=(_events_verdict(events, warning_events),))
 
 
 def _events(run: Run) -> list[dict]:
@@ -135,13 +148,18 @@ def _int(value) -> int | None:
     return int(value) if _present(value) else None
 
 
-def _events_verdict(events: list[dict]) -> Verdict:
-    warnings = [e for e in events if e["event"] in WARNING_EVENTS]
-    counts = {name: sum(e["event"] == name for e in warnings) for name in WARNING_EVENTS}
+def _events_verdict(events: list[dict], warning_events: Sequence[str]) -> Verdict:
+    warnings = [e for e in events if e["event"] in warning_events]
+    counts = {name: sum(e["event"] == name for e in warnings) for name in warning_events}
+    meanings = [_EVENT_WORDS.get(name, f"{name} event") for name in warning_events]
+    if len(meanings) > 1:
+        rule = f"warn on any {', any '.join(meanings[:-1])}, or {meanings[-1]}"
+    else:
+        rule = f"warn on any {meanings[0]}" if meanings else "never warn (no event is a warning)"
     return Verdict(
         "training events",
         "warn" if warnings else "ok",
         ", ".join(f"{n} {name} event(s)" for name, n in counts.items()),
-        "warn on any skipped step (non-finite loss or reward), any NaN or infinite logged metric (a diverged run), or KL warning",
+        rule,
         value=float(len(warnings)),
     )

@@ -31,28 +31,6 @@ register_section(
 KINDS = ("comparison", "ranking", "rating", "critique")
 """Feedback kinds in DESIGN.md's order."""
 
-MIN_PAIRS = 30
-"""A labeler is judged only on at least this many pairs: below it a share has a standard error above 0.09."""
-
-AGREEMENT_WARN, AGREEMENT_FLAG = 0.65, 0.55
-"""Inter-labeler agreement lower bounds. Human labelers of preference data agree on about 63-77% of pairs
-(InstructGPT: 73% between training labelers, Ouyang et al. 2022, sec. 5.1; summarization: 72-77%, Stiennon et
-al. 2020, appendix C.2), so below 0.65 the labels are noisier than usual human feedback; at 0.55 they are
-close to coin flips (0.5) and carry little preference to learn."""
-
-LONGER_WARN, LONGER_FLAG = 0.65, 0.8
-"""Upper bounds on how often a labeler's chosen answer is the longer one. Without a bias it is about 0.5; 0.65
-is odds of almost 2:1 for the longer answer, a bias a reward model trained on the labels learns and a policy then
-exploits by padding (Singhal et al. 2023, "A Long Way to Go"); at 0.8 length decides most of the labels."""
-
-ORACLE_WARN, ORACLE_FLAG = 0.7, 0.6
-"""Lower bounds on a labeler's agreement with the task's oracle (chance: 0.5). The planted labelers agree with it
-on 80-95% of held-out pairs; below 0.7 a labeler's labels are mostly not about what the oracle measures, below
-0.6 they are within a few standard errors of chance."""
-
-DISPUTED_TOP = 20
-"""Disputed held-out labels listed per reward stage."""
-
 
 # --------------------------------------------------------------------------- counts
 
@@ -181,9 +159,35 @@ class LabelersResult(Result):
         )
 
 
+# Why the defaults. min_pairs: below 30 pairs a share has a standard error above 0.09. agreement_*: human labelers
+# of preference data agree on about 63-77% of pairs (InstructGPT: 73% between training labelers, Ouyang et al. 2022,
+# sec. 5.1; summarization: 72-77%, Stiennon et al. 2020, appendix C.2), so below 0.65 the labels are noisier than
+# usual human feedback; at 0.55 they are close to coin flips (0.5) and carry little preference to learn. longer_*:
+# without a bias a labeler picks the longer answer about half the time; 0.65 is odds of almost 2:1, a bias a reward
+# model trained on the labels learns and a policy then exploits by padding (Singhal et al. 2023, "A Long Way to
+# Go"); at 0.8 length decides most of the labels. oracle_*: chance is 0.5 and the planted labelers agree with the
+# oracle on 80-95% of held-out pairs; below 0.7 a labeler's labels are mostly not about what the oracle measures,
+# below 0.6 they are within a few standard errors of chance.
 @analysis("feedback.labelers", result=LabelersResult, section="feedback", needs=Needs(data=("feedback",)), order=2)
-def analyze_labelers(run: Run) -> LabelersResult:
-    """Who gave the feedback, how they agree with each other and with the oracle, and whether they prefer longer answers."""
+def analyze_labelers(
+    run: Run,
+    *,
+    min_pairs: int = 30,
+    agreement_warn: float = 0.65,
+    agreement_flag: float = 0.55,
+    longer_warn: float = 0.65,
+    longer_flag: float = 0.8,
+    oracle_warn: float = 0.7,
+    oracle_flag: float = 0.6,
+) -> LabelersResult:
+    """Who gave the feedback, how they agree with each other and with the oracle, and whether they prefer longer answers.
+
+    Settings (why these defaults: the comment above):
+    min_pairs: a labeler is judged (longer answers, the oracle) only on at least this many pairs.
+    agreement_warn, agreement_flag: warn / flag when labelers agree with each other on less than this share.
+    longer_warn, longer_flag: warn / flag when a labeler chooses the longer answer more often than this.
+    oracle_warn, oracle_flag: warn / flag when a labeler agrees with the oracle on less than this share.
+    """
     records = feedback_records(run)
     groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
     for r in records:
@@ -220,8 +224,16 @@ def analyze_labelers(run: Run) -> LabelersResult:
         if (s.name, "eval") in pairs_by_group
     }
     ceiling = labeler_agreement_over(pairs_by_group.values())
-    meta = {"labeler_agreement": ceiling, "labeler_agreement_by_stage": by_stage, "has_oracle": gold is not None, "min_pairs": MIN_PAIRS}
-    return LabelersResult(df=df, meta=meta, verdicts=_labeler_verdicts(df, ceiling))
+    meta = {"labeler_agreement": ceiling, "labeler_agreement_by_stage": by_stage, "has_oracle": gold is not None, "min_pairs": min_pairs}
+    thresholds = {
+        "agreement_warn": agreement_warn,
+        "agreement_flag": agreement_flag,
+        "longer_warn": longer_warn,
+        "longer_flag": longer_flag,
+        "oracle_warn": oracle_warn,
+        "oracle_flag": oracle_flag,
+    }
+    return LabelersResult(df=df, meta=meta, verdicts=_labeler_verdicts(df, ceiling, min_pairs=min_pairs, **thresholds))
 
 
 def labeler_agreement_over(groups) -> float:
@@ -267,22 +279,33 @@ def _gold_prefers_longer(pairs: list[dict], gold: dict | None) -> float:
     return float(np.mean(longer)) if longer else float("nan")
 
 
-def _labeler_verdicts(df: pd.DataFrame, ceiling: float) -> tuple[Verdict, ...]:
+def _labeler_verdicts(
+    df: pd.DataFrame,
+    ceiling: float,
+    *,
+    min_pairs: int,
+    agreement_warn: float,
+    agreement_flag: float,
+    longer_warn: float,
+    longer_flag: float,
+    oracle_warn: float,
+    oracle_flag: float,
+) -> tuple[Verdict, ...]:
     verdicts = []
     if math.isfinite(ceiling):
         verdicts.append(
             Verdict(
                 "agreement between labelers",
-                judge(ceiling, warn=AGREEMENT_WARN, flag=AGREEMENT_FLAG, higher_is_worse=False),
+                judge(ceiling, warn=agreement_warn, flag=agreement_flag, higher_is_worse=False),
                 f"labelers agree on {ceiling:.1%} of the judgements of pairs judged by more than one",
-                f"warn below {AGREEMENT_WARN:.0%}, flag below {AGREEMENT_FLAG:.0%} (human labelers agree on 63-77%; 50% is chance)",
+                f"warn below {agreement_warn:.0%}, flag below {agreement_flag:.0%} (human labelers agree on 63-77%; 50% is chance)",
                 value=ceiling,
             )
         )
-    judged = df[df["pairs"] >= MIN_PAIRS]
+    judged = df[df["pairs"] >= min_pairs]
     longer = judged.dropna(subset=["prefers_longer"])
     if len(longer):
-        levels = [judge(v, warn=LONGER_WARN, flag=LONGER_FLAG) for v in longer["prefers_longer"]]
+        levels = [judge(v, warn=longer_warn, flag=longer_flag) for v in longer["prefers_longer"]]
         top = longer.loc[longer["prefers_longer"].idxmax()]
         named = [f"{n}: {v:.0%}" for n, v, lv in zip(longer["labeler"], longer["prefers_longer"], levels) if lv != "ok"]
         oracle = (
@@ -296,13 +319,13 @@ def _labeler_verdicts(df: pd.DataFrame, ceiling: float) -> tuple[Verdict, ...]:
                 worst(levels),
                 f"highest: {top['labeler'] or '(none)'} chose the longer answer in {top['prefers_longer']:.0%} of pairs of different length{oracle}"
                 + (f"; above the threshold: {', '.join(named)}" if named else ""),
-                f"per labeler with at least {MIN_PAIRS} pairs: warn above {LONGER_WARN:.0%}, flag above {LONGER_FLAG:.0%} (about 50% without a length bias)",
+                f"per labeler with at least {min_pairs} pairs: warn above {longer_warn:.0%}, flag above {longer_flag:.0%} (about 50% without a length bias)",
                 value=float(top["prefers_longer"]),
             )
         )
     oracle_judged = judged.dropna(subset=["gold_agreement"])
     if len(oracle_judged):
-        levels = [judge(v, warn=ORACLE_WARN, flag=ORACLE_FLAG, higher_is_worse=False) for v in oracle_judged["gold_agreement"]]
+        levels = [judge(v, warn=oracle_warn, flag=oracle_flag, higher_is_worse=False) for v in oracle_judged["gold_agreement"]]
         low = oracle_judged.loc[oracle_judged["gold_agreement"].idxmin()]
         named = [f"{n}: {v:.0%}" for n, v, lv in zip(oracle_judged["labeler"], oracle_judged["gold_agreement"], levels) if lv != "ok"]
         verdicts.append(
@@ -311,7 +334,7 @@ def _labeler_verdicts(df: pd.DataFrame, ceiling: float) -> tuple[Verdict, ...]:
                 worst(levels),
                 f"lowest: {low['labeler'] or '(none)'} agrees with the oracle on {low['gold_agreement']:.0%} of the pairs it does not tie"
                 + (f"; below the threshold: {', '.join(named)}" if named else ""),
-                f"per labeler with at least {MIN_PAIRS} pairs: warn below {ORACLE_WARN:.0%}, flag below {ORACLE_FLAG:.0%} (50% is chance)",
+                f"per labeler with at least {min_pairs} pairs: warn below {oracle_warn:.0%}, flag below {oracle_flag:.0%} (50% is chance)",
                 value=float(low["gold_agreement"]),
             )
         )
@@ -322,8 +345,8 @@ def _labeler_verdicts(df: pd.DataFrame, ceiling: float) -> tuple[Verdict, ...]:
 
 
 class DisputedFeedbackResult(Result):
-    """The held-out labels a reward stage's final reward model disputes most, strongest first (at most 20; only
-    pairs it scores the other way round). Columns: labeler, prompt, chosen, rejected, reward_chosen,
+    """The held-out labels a reward stage's final reward model disputes most, strongest first (at most `meta["top"]`,
+    20 by default; only pairs it scores the other way round). Columns: labeler, prompt, chosen, rejected, reward_chosen,
     reward_rejected, margin (reward of the rejected minus reward of the chosen: > 0), gold_chosen, gold_rejected
     (the oracle's scores; NaN without one), oracle_sides_with ("model" when the oracle also prefers the rejected
     side: a likely mislabel; "label", "tie", or "" without an oracle)."""
@@ -368,16 +391,21 @@ class DisputedFeedbackResult(Result):
     needs=Needs(stage_kind="reward", checkpoints=True, data=("feedback",), requires=missing_heldout),
     order=3,
 )
-def analyze_disputed_feedback(run: Run, stage: str) -> DisputedFeedbackResult:
-    """The held-out labels of reward stage `stage` that its final reward model most strongly disagrees with."""
+def analyze_disputed_feedback(run: Run, stage: str, *, top: int = 20, score_chunk: int = 128) -> DisputedFeedbackResult:
+    """The held-out labels of reward stage `stage` that its final reward model most strongly disagrees with.
+
+    Settings:
+    top: disputed labels listed (the strongest disagreements first).
+    score_chunk: texts per call of the reward model (a multiple of its batch of 64 reproduces the trainer's batches).
+    """
     tag = FINAL_TAG if any(c.tag == FINAL_TAG for c in run.checkpoints(stage)) else run.checkpoints(stage)[-1].tag
     data = heldout(run, stage)
-    rewards = checkpoint_rewards(run, stage, tag, data)
+    rewards = checkpoint_rewards(run, stage, tag, data, chunk=score_chunk)
     r_chosen, r_rejected = rewards[data.chosen], rewards[data.rejected]
-    top = disputed_records(data.pairs, r_chosen, r_rejected, top=DISPUTED_TOP)
+    disputed = disputed_records(data.pairs, r_chosen, r_rejected, top=top)
     index = {text: i for i, text in enumerate(data.texts)}
     rows = []
-    for record in top:
+    for record in disputed:
         i, j = index[(record["prompt"], record["chosen"])], index[(record["prompt"], record["rejected"])]
         g_chosen, g_rejected = (float(data.gold[i]), float(data.gold[j])) if data.gold is not None else (float("nan"), float("nan"))
         rows.append(
@@ -398,6 +426,7 @@ def analyze_disputed_feedback(run: Run, stage: str) -> DisputedFeedbackResult:
     meta = {
         "stage": stage,
         "tag": tag,
+        "top": top,
         "heldout_pairs": len(data.pairs),
         "disputed_pairs": int(np.sum(r_rejected > r_chosen)),
         "oracle_sides_with_model": int((df["oracle_sides_with"] == "model").sum()),

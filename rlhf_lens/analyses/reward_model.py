@@ -31,32 +31,6 @@ register_section(
 
 NEEDS = Needs(stage_kind="reward", checkpoints=True, data=("feedback",), requires=missing_heldout)
 
-REPRODUCED_WARN, REPRODUCED_FLAG = 1e-3, 0.02
-"""Largest difference from the trainer's rm/ figures. Scoring the same texts in the same batches reproduces them
-to about 1e-9; a share moves by 1/pairs (1.2e-4 on 8,640 pairs) per flipped pair, so 1e-3 allows a few pairs
-flipped by float noise on other hardware, and beyond 0.02 the checkpoint or the feedback is not what was evaluated."""
-
-GAP_WARN, GAP_FLAG = 0.1, 0.2
-"""How far held-out accuracy may fall below the labelers' agreement with each other (the ceiling: a model cannot
-be expected to agree with one labeler more than labelers agree among themselves). Ten points short, the model has
-learned clearly less than the labels hold (more feedback, epochs or capacity would help); twenty points short,
-at typical ceilings of 0.7-0.8, it is close to chance (0.5)."""
-
-ECE_WARN, ECE_FLAG = 0.05, 0.15
-"""Expected calibration error of P(chosen preferred) = sigmoid(r_chosen - r_rejected), symmetrised. Bradley-Terry
-reward models trained on enough comparisons are calibrated to within a few points (Bai et al. 2022, fig. 9):
-above 0.05 the stated probabilities are visibly off; above 0.15 they are not usable as confidences (e.g. to
-weight or filter pairs)."""
-
-LENGTH_WARN, LENGTH_FLAG = 0.15, 0.3
-"""Bounds on |reward-length correlation minus the oracle's| (the raw correlation without an oracle): the part
-of the reward's length preference quality does not explain. A policy optimising the reward follows its gradient
-in any direction that pays; a correlation of 0.3 (length alone explaining 9% of the reward's variance beyond
-quality) is enough for RLHF to grow answers (Singhal et al. 2023, "A Long Way to Go"); 0.15 is worth watching."""
-
-N_BINS = 10
-"""Calibration bins (the trainer's rm/ece uses 10)."""
-
 CURVE_METRICS = ("accuracy", "accuracy_gold", "label_accuracy_gold", "spearman_gold")
 """Figures on the agreement scale, drawn against the ceiling."""
 
@@ -133,13 +107,36 @@ class RewardCheckpointsResult(Result):
         )
 
 
+# Why the defaults. reproduced_*: scoring the same texts in the same batches reproduces the trainer's rm/ figures to
+# about 1e-9; a share moves by 1/pairs (1.2e-4 on 8,640 pairs) per flipped pair, so 1e-3 allows a few pairs flipped
+# by float noise on other hardware, and beyond 0.02 the checkpoint or the feedback is not what was evaluated.
+# gap_*: the labelers' agreement with each other is the ceiling (a model cannot be expected to agree with one labeler
+# more than labelers agree among themselves). Ten points short, the model has learned clearly less than the labels
+# hold (more feedback, epochs or capacity would help); twenty points short, at typical ceilings of 0.7-0.8, it is
+# close to chance (0.5). score_chunk: a multiple of the scorers' batch of 64 gives the trainer's own batches (and
+# padding), so the figures match its meta.json to the last digits.
 @analysis("reward_model.checkpoints", result=RewardCheckpointsResult, section="reward_model", needs=NEEDS, order=1)
-def analyze_reward_checkpoints(run: Run, stage: str) -> RewardCheckpointsResult:
-    """Every checkpoint of reward stage `stage` scored on its held-out feedback: the trainer's rm/ figures again."""
+def analyze_reward_checkpoints(
+    run: Run,
+    stage: str,
+    *,
+    reproduced_warn: float = 1e-3,
+    reproduced_flag: float = 0.02,
+    gap_warn: float = 0.1,
+    gap_flag: float = 0.2,
+    score_chunk: int = 128,
+) -> RewardCheckpointsResult:
+    """Every checkpoint of reward stage `stage` scored on its held-out feedback: the trainer's rm/ figures again.
+
+    Settings (why these defaults: the comment above):
+    reproduced_warn, reproduced_flag: warn / flag when a figure differs from the trainer's logged one by more.
+    gap_warn, gap_flag: warn / flag when the final accuracy is more than this below the labelers' agreement.
+    score_chunk: texts per call of the reward model (a multiple of 64 reproduces the trainer's batches).
+    """
     data = heldout(run, stage)
     rows, trainer, diffs = [], {}, []
     for cp in run.checkpoints(stage):
-        figures = reward_figures(checkpoint_rewards(run, stage, cp.tag, data), data)
+        figures = reward_figures(checkpoint_rewards(run, stage, cp.tag, data, chunk=score_chunk), data)
         rows.append({"tag": cp.tag, "step": cp.step, **figures, "pairs": len(data.pairs), "texts": len(data.texts)})
         logged = {name: cp.meta.get("metrics", {}).get(key) for name, key in METRIC_KEYS.items()}
         trainer[cp.tag] = {k: v for k, v in logged.items() if v is not None}
@@ -148,18 +145,21 @@ def analyze_reward_checkpoints(run: Run, stage: str) -> RewardCheckpointsResult:
     max_diff = max(diffs) if diffs else float("nan")
     meta = {"stage": stage, "reward_kind": run.checkpoint(stage, final_tag(run, stage)).meta.get("reward_kind", ""), "trainer": trainer}
     meta["max_abs_diff"] = max_diff
-    return RewardCheckpointsResult(df=df, meta=meta, verdicts=_checkpoint_verdicts(df, max_diff, len(diffs)))
+    thresholds = {"reproduced_warn": reproduced_warn, "reproduced_flag": reproduced_flag, "gap_warn": gap_warn, "gap_flag": gap_flag}
+    return RewardCheckpointsResult(df=df, meta=meta, verdicts=_checkpoint_verdicts(df, max_diff, len(diffs), **thresholds))
 
 
-def _checkpoint_verdicts(df: pd.DataFrame, max_diff: float, compared: int) -> tuple[Verdict, ...]:
+def _checkpoint_verdicts(
+    df: pd.DataFrame, max_diff: float, compared: int, *, reproduced_warn: float, reproduced_flag: float, gap_warn: float, gap_flag: float
+) -> tuple[Verdict, ...]:
     verdicts = []
     if compared:
         verdicts.append(
             Verdict(
                 "figures reproduce the trainer's",
-                judge(max_diff, warn=REPRODUCED_WARN, flag=REPRODUCED_FLAG),
+                judge(max_diff, warn=reproduced_warn, flag=reproduced_flag),
                 f"largest difference from the rm/ metrics in the checkpoints' meta.json: {max_diff:.2g} ({compared} figures compared)",
-                f"warn above {REPRODUCED_WARN:g}, flag above {REPRODUCED_FLAG:g} (a flipped pair moves a share by 1/pairs)",
+                f"warn above {reproduced_warn:g}, flag above {reproduced_flag:g} (a flipped pair moves a share by 1/pairs)",
                 value=max_diff,
             )
         )
@@ -170,9 +170,9 @@ def _checkpoint_verdicts(df: pd.DataFrame, max_diff: float, compared: int) -> tu
         verdicts.append(
             Verdict(
                 "held-out accuracy against the labelers' agreement",
-                judge(gap, warn=GAP_WARN, flag=GAP_FLAG),
+                judge(gap, warn=gap_warn, flag=gap_flag),
                 f"checkpoint {last['tag']}: accuracy {accuracy:.3f}, labelers agree on {ceiling:.3f}: {gap:+.3f} short of the ceiling",
-                f"warn when more than {GAP_WARN:g} below the ceiling, flag when more than {GAP_FLAG:g} below",
+                f"warn when more than {gap_warn:g} below the ceiling, flag when more than {gap_flag:g} below",
                 value=gap,
             )
         )
@@ -184,10 +184,10 @@ def _checkpoint_verdicts(df: pd.DataFrame, max_diff: float, compared: int) -> tu
 
 class RewardCalibrationResult(Result):
     """Reliability diagram of the final checkpoint of a reward stage on its held-out pairs: P(chosen preferred) =
-    sigmoid(r_chosen - r_rejected), each pair also mirrored, in 10 equal bins. Columns: bin_low, bin_high,
-    p_mean (mean predicted probability in the bin), frequency (share where the predicted side is the labelled
-    winner), count (predictions in the bin; empty bins are left out). `meta["ece"]` is the expected calibration
-    error (the trainer's rm/ece)."""
+    sigmoid(r_chosen - r_rejected), each pair also mirrored, in `meta["n_bins"]` equal bins (10 by default).
+    Columns: bin_low, bin_high, p_mean (mean predicted probability in the bin), frequency (share where the
+    predicted side is the labelled winner), count (predictions in the bin; empty bins are left out). `meta["ece"]`
+    is the expected calibration error (the trainer's rm/ece)."""
 
     columns = ("bin_low", "bin_high", "p_mean", "frequency", "count")
     heading = "Reward model calibration"
@@ -215,28 +215,41 @@ class RewardCalibrationResult(Result):
         return views.figure_html(self.plot().figure, f"reliability diagram of the reward model of {self.meta.get('stage')}")
 
 
+# Why the defaults. ece_*: Bradley-Terry reward models trained on enough comparisons are calibrated to within a few
+# points (Bai et al. 2022, fig. 9): above 0.05 the stated probabilities are visibly off; above 0.15 they are not
+# usable as confidences (e.g. to weight or filter pairs). bins: the trainer's rm/ece uses 10.
 @analysis("reward_model.calibration", result=RewardCalibrationResult, section="reward_model", needs=NEEDS, order=2)
-def analyze_reward_calibration(run: Run, stage: str) -> RewardCalibrationResult:
-    """The reliability diagram of the final checkpoint of reward stage `stage` on its held-out pairs."""
+def analyze_reward_calibration(
+    run: Run, stage: str, *, bins: int = 10, ece_warn: float = 0.05, ece_flag: float = 0.15, score_chunk: int = 128
+) -> RewardCalibrationResult:
+    """The reliability diagram of the final checkpoint of reward stage `stage` on its held-out pairs.
+
+    Settings (why these defaults: the comment above):
+    bins: equal-width probability bins of the diagram and of the ECE (the trainer's rm/ece uses 10).
+    ece_warn, ece_flag: warn / flag above this expected calibration error.
+    score_chunk: texts per call of the reward model (a multiple of 64 reproduces the trainer's batches).
+    """
+    if bins < 1:
+        raise ValueError(f"setting reward_model.calibration.bins must be at least 1, got {bins}")
     tag = final_tag(run, stage)
     data = heldout(run, stage)
-    rewards = checkpoint_rewards(run, stage, tag, data)
-    ece, bins = calibration(sigmoid(rewards[data.chosen] - rewards[data.rejected]), n_bins=N_BINS)
-    edges = np.linspace(0.0, 1.0, N_BINS + 1)  # calibration's bins
+    rewards = checkpoint_rewards(run, stage, tag, data, chunk=score_chunk)
+    ece, filled = calibration(sigmoid(rewards[data.chosen] - rewards[data.rejected]), n_bins=bins)
+    edges = np.linspace(0.0, 1.0, bins + 1)  # calibration's bins
     rows = []
-    for b in bins:
-        index = int(np.clip(np.digitize(b["p_mean"], edges[1:-1]), 0, N_BINS - 1))
+    for b in filled:
+        index = int(np.clip(np.digitize(b["p_mean"], edges[1:-1]), 0, bins - 1))
         rows.append({"bin_low": float(edges[index]), "bin_high": float(edges[index + 1]), **b})
     df = pd.DataFrame(rows, columns=list(RewardCalibrationResult.columns)).astype({"count": int})
     verdict = Verdict(
         "reward model calibration",
-        judge(ece, warn=ECE_WARN, flag=ECE_FLAG),
+        judge(ece, warn=ece_warn, flag=ece_flag),
         f"ECE {ece:.3f} over {len(data.pairs):,} held-out pairs (checkpoint {tag})",
-        f"warn above {ECE_WARN:g}, flag above {ECE_FLAG:g}",
+        f"warn above {ece_warn:g}, flag above {ece_flag:g}",
         value=ece,
     )
     return RewardCalibrationResult(
-        df=df, meta={"stage": stage, "tag": tag, "ece": ece, "pairs": len(data.pairs), "n_bins": N_BINS}, verdicts=(verdict,)
+        df=df, meta={"stage": stage, "tag": tag, "ece": ece, "pairs": len(data.pairs), "n_bins": bins}, verdicts=(verdict,)
     )
 
 
@@ -282,12 +295,24 @@ class RewardLengthResult(Result):
         return views.figure_html(self.plot().figure, f"reward against completion length, held-out texts of {self.meta.get('stage')}")
 
 
+# Why the defaults. length_*: bound the part of the reward's length preference quality does not explain. A policy
+# optimising the reward follows its gradient in any direction that pays; a correlation of 0.3 (length alone
+# explaining 9% of the reward's variance beyond quality) is enough for RLHF to grow answers (Singhal et al. 2023,
+# "A Long Way to Go"); 0.15 is worth watching.
 @analysis("reward_model.length", result=RewardLengthResult, section="reward_model", needs=NEEDS, order=3)
-def analyze_reward_length(run: Run, stage: str) -> RewardLengthResult:
-    """Reward, length and oracle score of every held-out text of reward stage `stage`, under its final checkpoint."""
+def analyze_reward_length(
+    run: Run, stage: str, *, length_warn: float = 0.15, length_flag: float = 0.3, score_chunk: int = 128
+) -> RewardLengthResult:
+    """Reward, length and oracle score of every held-out text of reward stage `stage`, under its final checkpoint.
+
+    Settings (why these defaults: the comment above):
+    length_warn, length_flag: warn / flag above this |reward-length correlation minus the oracle's| (the raw one
+    without an oracle).
+    score_chunk: texts per call of the reward model (a multiple of 64 reproduces the trainer's batches).
+    """
     tag = final_tag(run, stage)
     data = heldout(run, stage)
-    rewards = checkpoint_rewards(run, stage, tag, data)
+    rewards = checkpoint_rewards(run, stage, tag, data, chunk=score_chunk)
     lengths = data.lengths
     gold = data.gold if data.gold is not None else np.full(len(data.texts), np.nan)
     df = pd.DataFrame(
@@ -303,10 +328,10 @@ def analyze_reward_length(run: Run, stage: str) -> RewardLengthResult:
     length_corr = linear_correlation(rewards, lengths)
     gold_corr = linear_correlation(data.gold, lengths) if data.gold is not None else float("nan")
     meta = {"stage": stage, "tag": tag, "length_corr": length_corr, "gold_length_corr": gold_corr, "texts": len(df)}
-    return RewardLengthResult(df=df, meta=meta, verdicts=(_length_verdict(length_corr, gold_corr),))
+    return RewardLengthResult(df=df, meta=meta, verdicts=(_length_verdict(length_corr, gold_corr, warn=length_warn, flag=length_flag),))
 
 
-def _length_verdict(length_corr: float, gold_corr: float) -> Verdict:
+def _length_verdict(length_corr: float, gold_corr: float, *, warn: float, flag: float) -> Verdict:
     if math.isfinite(gold_corr):
         excess = abs(length_corr - gold_corr)
         evidence = (
@@ -320,8 +345,8 @@ def _length_verdict(length_corr: float, gold_corr: float) -> Verdict:
         rule = "|reward-length correlation|"
     return Verdict(
         "reward model's length bias",
-        judge(excess, warn=LENGTH_WARN, flag=LENGTH_FLAG),
+        judge(excess, warn=warn, flag=flag),
         evidence,
-        f"{rule}: warn above {LENGTH_WARN:g}, flag above {LENGTH_FLAG:g}",
+        f"{rule}: warn above {warn:g}, flag above {flag:g}",
         value=excess,
     )

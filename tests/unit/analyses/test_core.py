@@ -102,3 +102,22 @@ def test_a_retrained_stage_changes_the_key_of_analyses_that_read_its_checkpoints
     writer.save_checkpoint("base", "final", model=tiny_lm(1), tokenizer=tokenizer, step=3, metrics={"loss": 1.0})
     after = needs.fingerprints(Run.open(writer.path), "base")
     assert len(before) == len(after) == 1 and before != after
+
+
+def test_the_training_curves_settings_choose_the_extra_keys_and_the_events_that_warn(tmp_path):
+    from rlhf_lens.analyses import analyze_training_curves
+
+    writer = make_run(tmp_path)
+    writer.log_event("kl_warning", stage="base", step=2, what="KL 12.0 above the target")
+    run = Run.open(writer.path)
+    default = analyze_training_curves(run)
+    assert set(default.df["metric"]) == {"loss", "grad_norm"} and default.verdicts[0].level == "warn"
+    assert default.verdicts[0].threshold == (
+        "warn on any skipped step (non-finite loss or reward), any NaN or infinite logged metric (a diverged run), or KL warning"
+    )
+    assert "1 kl_warning event(s)" in default.verdicts[0].evidence and "0 nonfinite_metric event(s)" in default.verdicts[0].evidence
+
+    chosen = analyze_training_curves(run, extra_keys=(), warning_events=("nan_skip",))
+    assert set(chosen.df["metric"]) == {"loss"}  # grad_norm is outside DESIGN.md's table
+    assert chosen.verdicts[0].level == "ok" and chosen.verdicts[0].threshold == "warn on any skipped step (non-finite loss or reward)"
+    assert chosen.meta["events"] == default.meta["events"]  # the events are listed either way

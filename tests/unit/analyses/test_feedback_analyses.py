@@ -112,12 +112,22 @@ def test_a_labeler_who_always_picks_the_longer_answer_is_found_and_flagged(tmp_p
 
 def test_labelers_who_follow_the_oracle_pass_and_a_labeler_with_few_pairs_is_not_judged(tmp_path):
     few = [comparison(p, " the food was so very great", " great", "few") for p in PROMPTS]  # always the longer, 6 pairs
-    result = analyze_labelers(feedback_only_run(tmp_path, judged_by("a", by_oracle) + judged_by("b", by_oracle) + few))
+    run = feedback_only_run(tmp_path, judged_by("a", by_oracle) + judged_by("b", by_oracle) + few)
+    result = analyze_labelers(run)
     df = result.df.set_index("labeler")
     assert df.loc["few", "prefers_longer"] == 1.0 and df.loc["few", "pairs"] == len(PROMPTS)
     assert result.meta["labeler_agreement"] == 1.0
     assert [v.level for v in result.verdicts] == ["ok", "ok", "ok"]
     assert result.headlines() == [("agreement between 3 labelers", "1")]
+
+    # the settings: judged from 6 pairs on, "few" is flagged; with both bars for the longer answer at 100%, nobody is
+    judged = analyze_labelers(run, min_pairs=len(PROMPTS))
+    longer_verdict = next(v for v in judged.verdicts if "longer" in v.check)
+    assert longer_verdict.level == "flag" and "few: 100%" in longer_verdict.evidence and judged.meta["min_pairs"] == len(PROMPTS)
+    assert "at least 6 pairs" in longer_verdict.threshold
+    lenient = analyze_labelers(run, min_pairs=len(PROMPTS), longer_warn=1.0, longer_flag=1.0)
+    assert next(v for v in lenient.verdicts if "longer" in v.check).level == "ok"
+    pd.testing.assert_frame_equal(lenient.df, judged.df)  # thresholds change verdicts, not the table
 
 
 def test_disputed_feedback_lists_exactly_the_planted_mislabels(tmp_path):
@@ -131,4 +141,15 @@ def test_disputed_feedback_lists_exactly_the_planted_mislabels(tmp_path):
     assert df["reward_rejected"].tolist() == pytest.approx([R - 0.3] * 2, abs=1e-4)  # centred as the policy sees it
     assert list(df["oracle_sides_with"]) == ["model", "model"]
     assert (df["gold_chosen"] < 0).all() and (df["gold_rejected"] > 0).all()
-    assert result.meta == {"stage": "reward", "tag": "final", "heldout_pairs": 12, "disputed_pairs": 2, "oracle_sides_with_model": 2}
+    assert result.meta == {
+        "stage": "reward",
+        "tag": "final",
+        "top": 20,
+        "heldout_pairs": 12,
+        "disputed_pairs": 2,
+        "oracle_sides_with_model": 2,
+    }
+
+    strongest = analyze_disputed_feedback(run, stage="reward", top=1)  # the setting: only the strongest dispute
+    pd.testing.assert_frame_equal(strongest.df, df.head(1))
+    assert strongest.meta["top"] == 1 and strongest.meta["disputed_pairs"] == 2

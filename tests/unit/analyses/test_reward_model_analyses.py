@@ -4,13 +4,14 @@ held-out feedback: figures worked out by hand, equal to what the trainer's own e
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from rlhf_lens.analyses import get_analysis, run_task
+from rlhf_lens.analyses import _heldout, get_analysis, run_task
 from rlhf_lens.analyses.core.cache import Task
 from rlhf_lens.analyses.reward_model import analyze_reward_calibration, analyze_reward_checkpoints, analyze_reward_length
 from rlhf_lens.models import judge_texts
@@ -125,6 +126,11 @@ def test_the_reliability_diagram_has_the_two_planted_bins(run):
     assert result.meta["ece"] == pytest.approx(p - 10 / 12, abs=1e-6)
     assert result.verdicts[0].level == "flag"  # overconfident: P = 0.997 where the labels hold 0.83
 
+    halves = analyze_reward_calibration(run, stage="reward", bins=2, ece_warn=0.2, ece_flag=0.3)  # the settings
+    assert halves.df[["bin_low", "bin_high", "count"]].values.tolist() == [[0.0, 0.5, 12], [0.5, 1.0, 12]]
+    assert halves.meta["n_bins"] == 2 and halves.meta["ece"] == pytest.approx(result.meta["ece"])  # the same two groups
+    assert halves.verdicts[0].level == "ok" and halves.verdicts[0].threshold == "warn above 0.2, flag above 0.3"
+
 
 def test_a_reward_that_follows_length_and_not_quality_is_flagged(run):
     result = analyze_reward_length(run, stage="lengthy")
@@ -155,6 +161,48 @@ def test_every_result_round_trips_through_the_cache_and_draws_itself(run):
             html = str(second.result.to_html())
             assert "<table" in html and "style=" not in html, name
             assert second.result.plot() is not None
+
+
+def test_a_setting_given_to_run_task_is_computed_with_and_cached_under_its_own_key(run):
+    calibration = get_analysis("reward_model.calibration")
+    assert dict(calibration.params) == {"bins": 10, "ece_warn": 0.05, "ece_flag": 0.15, "score_chunk": 128}
+    default = run_task(run, Task(calibration, "reward"))
+    first, again = run_task(run, Task(calibration, "reward", {"bins": 2})), run_task(run, Task(calibration, "reward", {"bins": 2}))
+    assert (first.status, again.status) == ("computed", "cached")
+    assert again.result.meta["n_bins"] == 2 and again.result.df["bin_high"].tolist() == [0.5, 1.0]
+    assert default.result.df["bin_high"].tolist() == pytest.approx([0.1, 1.0])
+    assert run_task(run, Task(calibration, "reward")).status == "cached"  # the default's entry is still there
+
+
+def test_scoring_in_other_chunks_scores_again_and_gives_the_same_rewards(run, monkeypatch):
+    calls, load = [], _heldout.load_reward_function
+
+    def counting(folder, device="cpu"):
+        reward_fn = load(folder, device)
+
+        def score(prompts, completions):
+            calls.append(len(prompts))
+            return reward_fn(prompts, completions)
+
+        return score
+
+    monkeypatch.setattr(_heldout, "_rewards_cache", OrderedDict())
+    monkeypatch.setattr(_heldout, "load_reward_function", counting)
+    default = analyze_reward_length(run, stage="reward")
+    assert calls == [12]  # 12 held-out texts, one chunk of at most 128
+    chunked = analyze_reward_length(run, stage="reward", score_chunk=5)
+    assert calls == [12, 5, 5, 2]  # not served the rewards scored in chunks of 128
+    assert chunked.df["reward"].tolist() == pytest.approx(default.df["reward"].tolist(), abs=1e-6)
+    with pytest.raises(ValueError, match="chunk must be a positive number of texts, got 0"):
+        analyze_reward_length(run, stage="reward", score_chunk=0)
+
+
+def test_the_length_thresholds_are_settings(run):
+    strict = analyze_reward_length(run, stage="lengthy", length_warn=1.5, length_flag=2.0)
+    assert strict.verdicts[0].level == "ok" and strict.verdicts[0].threshold.endswith("warn above 1.5, flag above 2")
+    # accuracy 10/12 is 0.17 above the ceiling of 4/6; bounds below zero ask for more than that
+    checkpoints = analyze_reward_checkpoints(run, stage="reward", gap_warn=-0.3, gap_flag=-0.2)
+    assert {v.check: v.level for v in checkpoints.verdicts}["held-out accuracy against the labelers' agreement"] == "flag"
 
 
 def test_a_generative_reward_model_is_read_with_the_critique_length_of_its_stage(tmp_path):
