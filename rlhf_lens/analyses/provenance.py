@@ -12,7 +12,7 @@ from rlhf_lens import views
 from rlhf_lens.analyses.core.registry import Needs, analysis, register_section
 from rlhf_lens.analyses.core.result import Result
 from rlhf_lens.analyses.core.verdict import Verdict
-from rlhf_lens.runs import Run, data_path, sha256_file
+from rlhf_lens.runs import Run, data_path
 from rlhf_lens.runs.env import collect_env
 from rlhf_lens.runs.weights import weights_sha256
 
@@ -123,7 +123,7 @@ def analyze_data_files(run: Run) -> DataFilesResult:
     rows = []
     for name, entry in sorted(run.manifest["data"].items()):
         path = data_path(run.path, name.removesuffix(".jsonl"))
-        verified = path.is_file() and sha256_file(path) == entry["sha256"]
+        verified = path.is_file() and run.file_sha256(path) == entry["sha256"]
         rows.append({"file": f"data/{name}", "records": entry["records"], "sha256": entry["sha256"], "verified": verified})
     df = pd.DataFrame(rows, columns=list(DataFilesResult.columns))
     bad = df[~df["verified"].astype(bool)]
