@@ -55,9 +55,9 @@ import torch
 
 from rlhf_lens import models
 from rlhf_lens.analyses.attribution import reward_integrated_gradients
-from rlhf_lens.analyses.attribution.reward import ABS_TOLERANCE
 
 TOLERANCE = 0.01  # reward_integrated_gradients' default
+ABS_TOLERANCE = 1e-3  # and its abs_tolerance
 CAPTUM_STEPS = 50  # LayerIntegratedGradients' default, stated here only to print it
 LARGE = {"n_layer": 6, "n_embd": 256, "n_head": 8}
 DEMO = {"n_layer": 4, "n_embd": 128, "n_head": 4}

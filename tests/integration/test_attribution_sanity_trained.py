@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from rlhf_lens.analyses.attribution.analyses import SANITY_TEXTS, heldout_texts
+from rlhf_lens.analyses import get_analysis
+from rlhf_lens.analyses.attribution.analyses import heldout_texts
 from rlhf_lens.analyses.attribution.sanity import randomisation_sanity_check
 from rlhf_lens.runs import Run
 from tests import learning
@@ -24,7 +25,7 @@ def test_integrated_gradients_passes_on_the_trained_reward_model(shared_run):
 
 def test_a_model_blind_method_fails_on_the_trained_reward_model(shared_run):
     run = Run.open(shared_run)
-    prompts, completions = heldout_texts(run, "reward", SANITY_TEXTS)
+    prompts, completions = heldout_texts(run, "reward", get_analysis("attribution.sanity").params["texts"])
     blind = randomisation_sanity_check(run.load_model("reward"), run.load_tokenizer("reward"), prompts, completions, method=model_blind)
     (verdict,) = blind.verdicts
     assert verdict.level == "flag" and "fail the Adebayo sanity check" in verdict.evidence

@@ -16,7 +16,7 @@ from rlhf_lens import views
 from rlhf_lens.analyses._heldout import feedback_records, missing_heldout
 from rlhf_lens.analyses._reference import final_tag, reference_missing
 from rlhf_lens.analyses.attribution.generative import generative_integrated_gradients
-from rlhf_lens.analyses.attribution.over_training import OverTrainingResult, attribution_over_training, policy_reference
+from rlhf_lens.analyses.attribution.over_training import OverTrainingResult, _default_method, attribution_over_training, policy_reference
 from rlhf_lens.analyses.attribution.policy import AlignmentLogRatioResult, alignment_log_ratio, mean_word_log_ratios
 from rlhf_lens.analyses.attribution.reward import RewardAttributionResult, reward_integrated_gradients
 from rlhf_lens.analyses.attribution.sanity import SanityCheckResult, randomisation_sanity_check
@@ -39,13 +39,6 @@ register_section(
     "alignment changed the policy: the log-ratio of each token of its completions against the policy it started from.",
 )
 
-TEXTS = 128
-"""Held-out texts attributed per reward stage (a deterministic sample)."""
-MIN_COUNT = 5
-"""A word must occur this often among the attributed completions to be ranked."""
-COMPLETE_SHARE = 0.95
-"""Share of texts whose completeness error must be within tolerance (integrated gradients' own check)."""
-
 
 class RewardWordsResult(Result):
     """Words of held-out completions ranked by their mean attribution to the reward model's reward. Columns:
@@ -53,7 +46,8 @@ class RewardWordsResult(Result):
     with the prompt's, to reward(text) - reward(all-pad baseline)), count (occurrences), valence (VADER's human
     rating in [-4, 4] on the built-in sentiment task, NaN for words it does not rate).
     `meta`: stage, tag, texts, within_tolerance (share of texts meeting completeness), mean_steps, valence_spearman
-    (rank correlation of mean attribution with valence over the rated words), rated_words."""
+    (rank correlation of mean attribution with valence over the rated words), rated_words, and the settings used:
+    min_count, complete_share, first_steps, abs_tolerance."""
 
     columns = ("word_text", "mean_attribution", "count", "valence")
     heading = "Words that drive the reward"
@@ -83,7 +77,7 @@ class RewardWordsResult(Result):
     def figures_html(self) -> Markup:
         return views.figure_html(
             self.plot().figure,
-            f"the 12 words with the highest and the 12 with the lowest mean attribution (words seen at least {MIN_COUNT} times "
+            f"the 12 words with the highest and the 12 with the lowest mean attribution (words seen at least {self.meta.get('min_count')} times "
             f"in {self.meta.get('texts')} held-out completions), stage {self.meta.get('stage')}",
         )
 
@@ -98,8 +92,14 @@ class RewardWordsResult(Result):
             ]
         )
         return facts + views.details(
-            f"All {len(self.df)} ranked words (seen at least {MIN_COUNT} times)", views.table(self.df, max_rows=None)
+            f"All {len(self.df)} ranked words (seen at least {self.meta.get('min_count')} times)", views.table(self.df, max_rows=None)
         )
+
+
+def _short(x: float) -> str:
+    """1e-3 as "1e-3", other numbers as %g."""
+    one_digit = format(x, ".0e")
+    return one_digit.replace("e-0", "e-") if 0 < x < 1e-2 and float(one_digit) == x else format(x, "g")
 
 
 def _percent(share: float | None) -> str | None:
@@ -120,13 +120,17 @@ def _scalar_heldout(run: Run, stage: str | None) -> str | None:
     return None
 
 
-def reward_attribution(run: Run, stage: str, tag: str, prompts: list[str], completions: list[str]) -> RewardAttributionResult:
+def reward_attribution(
+    run: Run, stage: str, tag: str, prompts: list[str], completions: list[str], *, first_steps: int = 16, abs_tolerance: float = 1e-3
+) -> RewardAttributionResult:
     """Integrated gradients of a reward checkpoint's reward as its stage reads it: the scalar head, or a generative
-    model's verdict log-odds after its own critique (when the stage critiques first), the critique teacher-forced."""
+    model's verdict log-odds after its own critique (when the stage critiques first), the critique teacher-forced.
+    `first_steps`, `abs_tolerance`: of the adaptive steps (`reward_integrated_gradients`)."""
     model, tokenizer = run.load_model(stage, tag), run.load_tokenizer(stage, tag)
     checkpoint = run.checkpoint(stage, tag)
+    adaptive = {"first_steps": first_steps, "abs_tolerance": abs_tolerance}
     if checkpoint.meta.get("reward_kind") != "generative":
-        return reward_integrated_gradients(model, tokenizer, prompts, completions)
+        return reward_integrated_gradients(model, tokenizer, prompts, completions, **adaptive)
     critique_first = bool(checkpoint.meta.get("critique_first", True))
     return generative_integrated_gradients(
         model,
@@ -135,6 +139,7 @@ def reward_attribution(run: Run, stage: str, tag: str, prompts: list[str], compl
         completions,
         critiques="model" if critique_first else None,
         critique_max_tokens=critique_length(checkpoint.meta, checkpoint.path),
+        **adaptive,
     )
 
 
@@ -145,27 +150,44 @@ def reward_attribution(run: Run, stage: str, tag: str, prompts: list[str], compl
     needs=Needs(stage_kind="reward", checkpoints=True, data=("feedback",), requires=missing_heldout),
     order=1,
 )
-def analyze_reward_words(run: Run, stage: str) -> RewardWordsResult:
-    """Integrated gradients of the final reward checkpoint on up to 128 held-out texts of reward stage `stage`,
-    summed per word; the words ranked by mean attribution, with VADER's valence beside them on the built-in task."""
+def analyze_reward_words(
+    run: Run,
+    stage: str,
+    *,
+    texts: int = 128,
+    min_count: int = 5,
+    complete_share: float = 0.95,
+    first_steps: int = 16,
+    abs_tolerance: float = 1e-3,
+) -> RewardWordsResult:
+    """Integrated gradients of the final reward checkpoint on up to `texts` held-out texts of reward stage `stage`,
+    summed per word; the words ranked by mean attribution, with VADER's valence beside them on the built-in task.
+
+    texts: held-out texts attributed (a deterministic sample).
+    min_count: occurrences a word needs among the attributed completions to be ranked.
+    complete_share: the verdict warns when fewer texts than this share meet integrated gradients' completeness test.
+    first_steps: Gauss-Legendre steps of the first adaptive pass (doubled for the texts that miss completeness).
+    abs_tolerance: absolute slack of the completeness test, |delta| <= 1% of |reward - baseline reward| + this.
+    """
     tag = final_tag(run, stage)
-    prompts, completions = heldout_texts(run, stage, TEXTS)
-    attributions = reward_attribution(run, stage, tag, prompts, completions)
-    words = mean_word_attributions(word_attributions(attributions), min_count=MIN_COUNT, part="completion")
+    prompts, completions = heldout_texts(run, stage, texts)
+    attributions = reward_attribution(run, stage, tag, prompts, completions, first_steps=first_steps, abs_tolerance=abs_tolerance)
+    words = mean_word_attributions(word_attributions(attributions), min_count=min_count, part="completion")
     valence = _valence(run)
     words["valence"] = [valence.get(w, math.nan) for w in words["word_text"]]
-    texts = attributions.texts
-    tolerance = 0.01 * (texts["reward"] - texts["baseline_reward"]).abs() + 1e-3
-    within = float((texts["delta"].abs() <= tolerance).mean())
+    per_text = attributions.texts
+    tolerance = 0.01 * (per_text["reward"] - per_text["baseline_reward"]).abs() + abs_tolerance
+    within = float((per_text["delta"].abs() <= tolerance).mean())
     rated = words.dropna(subset=["valence"])
     rho = float(rated["mean_attribution"].rank().corr(rated["valence"].rank())) if len(rated) >= 3 else math.nan
-    meta = {"stage": stage, "tag": tag, "texts": len(texts), "within_tolerance": within, "mean_steps": float(texts["steps"].mean())}
+    meta = {"stage": stage, "tag": tag, "texts": len(per_text), "within_tolerance": within, "mean_steps": float(per_text["steps"].mean())}
     meta |= {"valence_spearman": rho, "rated_words": len(rated)}
+    meta |= {"min_count": min_count, "complete_share": complete_share, "first_steps": first_steps, "abs_tolerance": abs_tolerance}
     verdict = Verdict(
         "attribution completeness",
-        "ok" if within >= COMPLETE_SHARE else "warn",
-        f"{within:.0%} of {len(texts)} texts: the attributions sum to reward(text) - reward(baseline) within tolerance",
-        f"warn when fewer than {COMPLETE_SHARE:.0%} of texts have |delta| <= 1% of the reward difference + 1e-3",
+        "ok" if within >= complete_share else "warn",
+        f"{within:.0%} of {len(per_text)} texts: the attributions sum to reward(text) - reward(baseline) within tolerance",
+        f"warn when fewer than {complete_share:.0%} of texts have |delta| <= 1% of the reward difference + {_short(abs_tolerance)}",
         value=within,
     )
     return RewardWordsResult(df=words.reset_index(drop=True), meta=meta, verdicts=(verdict,))
@@ -198,9 +220,6 @@ def _valence(run: Run) -> dict[str, float]:
 
 # --------------------------------------------------------------------------- the policy's own completions
 
-SAMPLES = 5
-"""Completions of the final evaluation attributed per policy stage (all shown as heatmaps)."""
-
 
 def _reward_of_policy(run: Run, stage: str) -> tuple[str | None, str]:
     """(this run's reward stage the policy stage trained against, or None, and its recorded `reward_from`)."""
@@ -228,23 +247,27 @@ def _policy_reward_missing(run: Run, stage: str | None) -> str | None:
     needs=Needs(stage_kind="policy", eval_rollouts=True, reward_stages=True, requires=_policy_reward_missing),
     order=2,
 )
-def analyze_policy_sample_attribution(run: Run, stage: str) -> RewardAttributionResult:
+def analyze_policy_sample_attribution(
+    run: Run, stage: str, *, samples: int = 5, first_steps: int = 16, abs_tolerance: float = 1e-3
+) -> RewardAttributionResult:
     """Integrated gradients of the reward model a policy stage trained against, on the final policy's own
-    completions of the first eval prompts: which of the words it learned to write earn its reward."""
+    completions of the first eval prompts: which of the words it learned to write earn its reward.
+
+    samples: completions of the final evaluation attributed (all shown as heatmaps).
+    first_steps: Gauss-Legendre steps of the first adaptive pass (doubled for the texts that miss completeness).
+    abs_tolerance: absolute slack of the completeness test, |delta| <= 1% of |reward - baseline reward| + this.
+    """
     reward_stage, _ = _reward_of_policy(run, stage)
-    samples = run.eval_rollouts(stage)
-    final = samples[samples["step"] == samples["step"].max()].sort_values("prompt_id").head(SAMPLES)
-    result = reward_attribution(run, reward_stage, final_tag(run, reward_stage), list(final["prompt"]), list(final["completion"]))
+    rollouts = run.eval_rollouts(stage)
+    final = rollouts[rollouts["step"] == rollouts["step"].max()].sort_values("prompt_id").head(samples)
+    result = reward_attribution(
+        run, reward_stage, final_tag(run, reward_stage), list(final["prompt"]), list(final["completion"]),
+        first_steps=first_steps, abs_tolerance=abs_tolerance,
+    )  # fmt: skip
     return replace(result, meta={**result.meta, "stage": stage, "reward_stage": reward_stage})
 
 
 # --------------------------------------------------------------------------- the sanity check
-
-SANITY_TEXTS = 16
-"""Held-out texts the randomisation check attributes (7 attributions of each: the model and 6 randomisations)."""
-SANITY_MAX_STEPS = 32
-"""Integration steps the check allows: it compares the ranks of the maps, and a random model's reward is rough enough
-to take 128 steps to 1% completeness."""
 
 
 @analysis(
@@ -254,22 +277,40 @@ to take 128 steps to 1% completeness."""
     needs=Needs(stage_kind="reward", checkpoints=True, data=("feedback",), requires=_scalar_heldout),
     order=3,
 )
-def analyze_attribution_sanity(run: Run, stage: str) -> SanityCheckResult:
+def analyze_attribution_sanity(
+    run: Run,
+    stage: str,
+    *,
+    texts: int = 16,
+    max_steps: int = 32,
+    threshold: float = 0.5,
+    examples: int = 2,
+    first_steps: int = 16,
+    abs_tolerance: float = 1e-3,
+) -> SanityCheckResult:
     """Adebayo et al.'s cascading randomisation check of integrated gradients on the final reward checkpoint of
-    `stage`: attributions that barely change as the weights are randomised do not explain this model."""
+    `stage`: attributions that barely change as the weights are randomised do not explain this model.
+
+    texts: held-out texts attributed (each attributed on the model and after every cascade step).
+    max_steps: integration steps allowed: the check compares the ranks of the maps, and a random model's reward is
+        rough enough to take 128 steps to 1% completeness.
+    threshold: largest |rank correlation| with the trained model's maps at full randomisation that passes
+        (`randomisation_sanity_check` says why 0.5).
+    examples: texts whose maps at every cascade step are kept and shown as heatmaps.
+    first_steps: Gauss-Legendre steps of the first adaptive pass (doubled for the texts that miss completeness).
+    abs_tolerance: absolute slack of the completeness test that decides which texts get more steps.
+    """
     tag = final_tag(run, stage)
-    prompts, completions = heldout_texts(run, stage, SANITY_TEXTS)
-    method = functools.partial(reward_integrated_gradients, max_steps=SANITY_MAX_STEPS)
+    prompts, completions = heldout_texts(run, stage, texts)
+    method = functools.partial(reward_integrated_gradients, max_steps=max_steps, first_steps=first_steps, abs_tolerance=abs_tolerance)
+    model, tokenizer = run.load_model(stage, tag), run.load_tokenizer(stage, tag)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*miss completeness.*")  # random models: ranks, not sums, are compared
-        result = randomisation_sanity_check(run.load_model(stage, tag), run.load_tokenizer(stage, tag), prompts, completions, method=method)
+        result = randomisation_sanity_check(model, tokenizer, prompts, completions, method=method, threshold=threshold, examples=examples)
     return replace(result, meta={**result.meta, "stage": stage, "tag": tag})
 
 
 # --------------------------------------------------------------------------- over training
-
-OVER_TRAINING_TEXTS = 24
-"""Held-out texts attributed at each checkpoint of a reward stage."""
 
 
 def _several_checkpoints(run: Run, stage: str | None) -> str | None:
@@ -288,17 +329,24 @@ def _several_checkpoints(run: Run, stage: str | None) -> str | None:
     needs=Needs(stage_kind="reward", checkpoints=True, data=("feedback",), requires=_several_checkpoints),
     order=4,
 )
-def analyze_reward_over_training(run: Run, stage: str) -> OverTrainingResult:
+def analyze_reward_over_training(
+    run: Run, stage: str, *, texts: int = 24, first_steps: int = 16, abs_tolerance: float = 1e-3
+) -> OverTrainingResult:
     """The same held-out texts attributed under every checkpoint of reward stage `stage` (integrated gradients; a
-    generative stage's verdict log-odds without critique), to watch its word attributions form."""
-    prompts, completions = heldout_texts(run, stage, OVER_TRAINING_TEXTS)
-    return attribution_over_training(run, stage, prompts, completions)
+    generative stage's verdict log-odds without critique), to watch its word attributions form.
+
+    texts: held-out texts attributed at each checkpoint.
+    first_steps: Gauss-Legendre steps of the first adaptive pass (doubled for the texts that miss completeness).
+    abs_tolerance: absolute slack of the completeness test, |delta| <= 1% of |reward - baseline reward| + this.
+    """
+    prompts, completions = heldout_texts(run, stage, texts)
+    default = _default_method("reward", run.checkpoints(stage))
+    method = functools.partial(default, first_steps=first_steps, abs_tolerance=abs_tolerance)
+    return attribution_over_training(run, stage, prompts, completions, method=method)
 
 
 # --------------------------------------------------------------------------- where alignment changed the policy
 
-ALIGNMENT_SAMPLES = 64
-"""The policy's own final eval completions whose log-ratio against the reference is read."""
 WORDS_SHOWN = 12
 """Words shown at each end of the alignment word table (all of them in a folded table)."""
 
@@ -309,7 +357,8 @@ class PolicyAlignmentResult(AlignmentLogRatioResult):
     against the policy it started from.
 
     Columns: as `AlignmentLogRatioResult` (text, position, token_id, token, word, logprob, ref_logprob, log_ratio). `meta["words"]`: the completion words by mean log-ratio
-    (word_text, mean_log_ratio, count; `mean_word_log_ratios`), `meta["reference"]`: the reference checkpoint."""
+    (word_text, mean_log_ratio, count; `mean_word_log_ratios`), `meta["reference"]`: the reference checkpoint,
+    `meta["min_count"]`: the occurrences a word needed to be listed."""
 
     heading: ClassVar[str] = "Where alignment changed the policy"
 
@@ -343,7 +392,10 @@ class PolicyAlignmentResult(AlignmentLogRatioResult):
     def table_html(self) -> Markup:
         words = self.words
         shown = pd.concat([words.head(WORDS_SHOWN), words.tail(WORDS_SHOWN)]).drop_duplicates("word_text")
-        caption = f"Completion words seen at least {MIN_COUNT} times: the {WORDS_SHOWN} alignment made likeliest and the {WORDS_SHOWN} least likely"
+        caption = (
+            f"Completion words seen at least {self.meta.get('min_count')} times: the {WORDS_SHOWN} alignment made likeliest "
+            f"and the {WORDS_SHOWN} least likely"
+        )
         per_text = views.details(
             f"Per text ({len(self.texts)}): summed log-probabilities under the policy and its reference", super().table_html()
         )
@@ -357,16 +409,20 @@ class PolicyAlignmentResult(AlignmentLogRatioResult):
     needs=Needs(stage_kind="policy", checkpoints=True, eval_rollouts=True, manifest=True, requires=reference_missing),
     order=5,
 )
-def analyze_alignment(run: Run, stage: str) -> PolicyAlignmentResult:
+def analyze_alignment(run: Run, stage: str, *, samples: int = 64, min_count: int = 5) -> PolicyAlignmentResult:
     """Per-token log-ratio of the final policy against the policy its stage started from, on its own final eval
-    completions (the first 64 prompts): which words alignment made likelier."""
-    samples = run.eval_rollouts(stage)
-    final = samples[samples["step"] == samples["step"].max()].sort_values("prompt_id").head(ALIGNMENT_SAMPLES)
+    completions (those of the first `samples` prompts): which words alignment made likelier.
+
+    samples: the policy's own final eval completions whose log-ratio against the reference is read.
+    min_count: occurrences a completion word needs to be ranked by its mean log-ratio.
+    """
+    rollouts = run.eval_rollouts(stage)
+    final = rollouts[rollouts["step"] == rollouts["step"].max()].sort_values("prompt_id").head(samples)
     tag = final_tag(run, stage)
     reference, described = policy_reference(run, stage)
     result = alignment_log_ratio(
         run.load_model(stage, tag), reference, run.load_tokenizer(stage, tag), list(final["prompt"]), list(final["completion_ids"])
     )
-    words = mean_word_log_ratios(result, min_count=MIN_COUNT)
-    meta = {**result.meta, "stage": stage, "tag": tag, "reference": described, "words": words.to_dict("records")}
+    words = mean_word_log_ratios(result, min_count=min_count)
+    meta = {**result.meta, "stage": stage, "tag": tag, "reference": described, "words": words.to_dict("records"), "min_count": min_count}
     return PolicyAlignmentResult(df=result.df, meta=meta)

@@ -51,9 +51,9 @@ import torch
 
 from rlhf_lens import models
 from rlhf_lens.analyses.attribution.reward import (
-    ABS_TOLERANCE,
     RewardAttributionResult,
     _batch_tokens,
+    _check_adaptive,
     adaptive_integrated_gradients,
     word_starts,
 )
@@ -182,6 +182,8 @@ def generative_integrated_gradients(
     tolerance: float = 0.01,
     max_steps: int = 128,
     max_batch_tokens: int = 16384,
+    first_steps: int = 16,
+    abs_tolerance: float = 1e-3,
 ) -> RewardAttributionResult:
     """Integrated gradients of a generative reward model's verdict log-odds over each prefix's tokens.
 
@@ -195,9 +197,9 @@ def generative_integrated_gradients(
         string: a reference text whose ids (without BOS), repeated, fill those positions. BOS and the marks
         stay as they are (see the module docstring); the attention mask is the text's own. On a Llama-style
         model whose pad row is zero, use a reference text (see `reward_integrated_gradients`).
-    n_steps, tolerance, max_steps, max_batch_tokens: as in `reward_integrated_gradients`: None adapts the
-        Gauss-Legendre steps per text, from 16, doubling until |delta| <= tolerance * |reward - baseline
-        reward| + 1e-3 or `max_steps`; `max_batch_tokens` bounds (texts x steps) x prefix length per Captum
+    n_steps, tolerance, max_steps, max_batch_tokens, first_steps, abs_tolerance: as in `reward_integrated_gradients`:
+        None adapts the Gauss-Legendre steps per text, from `first_steps`, doubling until |delta| <= tolerance *
+        |reward - baseline reward| + `abs_tolerance` or `max_steps`; `max_batch_tokens` bounds (texts x steps) x prefix length per Captum
         call (each call runs the backbone once per distinct verdict, so about twice that).
 
     Returns a `RewardAttributionResult`: one row per prefix token, `part` in "prompt", "completion",
@@ -219,6 +221,7 @@ def generative_integrated_gradients(
         raise ValueError(f"n_steps must be a positive int or None (adaptive), got {n_steps}")
     if max_steps < 1 or max_batch_tokens < 1:
         raise ValueError(f"max_steps and max_batch_tokens must be positive, got {max_steps} and {max_batch_tokens}")
+    _check_adaptive(first_steps, abs_tolerance)
     if not getattr(tokenizer, "is_fast", False):
         raise TypeError(
             f"{type(tokenizer).__name__} is a slow tokenizer without offsets; load a fast one "
@@ -239,11 +242,12 @@ def generative_integrated_gradients(
         forward = _VerdictLogOddsOfEmbeddings(model, good, bad)
         attrs, reward, base_reward, delta, steps = adaptive_integrated_gradients(
             forward, model.get_input_embeddings(), seqs, base_seqs, pad_id, n_steps=n_steps, tolerance=tolerance,
-            max_steps=max_steps, batch_tokens=_batch_tokens(model, max_batch_tokens),
+            max_steps=max_steps, batch_tokens=_batch_tokens(model, max_batch_tokens), first_steps=first_steps,
+            abs_tolerance=abs_tolerance,
         )  # fmt: skip
     finally:
         model.train(was_training)
-    _warn_missed(reward, base_reward, delta, steps, tolerance, n_steps)
+    _warn_missed(reward, base_reward, delta, steps, tolerance, abs_tolerance, n_steps)
 
     frames = [_token_rows(tokenizer, i, seqs[i], parts[i], attrs[i]) for i in range(len(seqs))]
     df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame({c: [] for c in RewardAttributionResult.columns})
@@ -268,6 +272,8 @@ def generative_integrated_gradients(
         "n_steps": n_steps,
         "tolerance": tolerance,
         "max_steps": max_steps,
+        "first_steps": first_steps,
+        "abs_tolerance": abs_tolerance,
     }
     return RewardAttributionResult(df=df, meta={**meta, "texts": texts})
 
@@ -301,12 +307,12 @@ def _prepare(model, tokenizer, prompts, completions, critiques, baseline: str):
     return seqs, parts, base_seqs, pad_id
 
 
-def _warn_missed(reward, base_reward, delta, steps, tolerance, n_steps) -> None:
-    missed = int((np.abs(delta) > tolerance * np.abs(reward - base_reward) + ABS_TOLERANCE).sum())
+def _warn_missed(reward, base_reward, delta, steps, tolerance, abs_tolerance, n_steps) -> None:
+    missed = int((np.abs(delta) > tolerance * np.abs(reward - base_reward) + abs_tolerance).sum())
     if missed:
         warnings.warn(
             f"{missed} of {len(delta)} text(s) miss completeness (|delta| > {tolerance} * |reward - baseline reward| + "
-            f"{ABS_TOLERANCE}) at {int(steps.max())} steps; their attributions do not add up to the verdict log-odds "
+            f"{abs_tolerance}) at {int(steps.max())} steps; their attributions do not add up to the verdict log-odds "
             f"difference. {'Raise max_steps' if n_steps is None else 'Raise n_steps or pass n_steps=None (adaptive)'}, or, "
             "on an RMSNorm model (Llama) with baseline 'pad', use a reference-text baseline.",
             stacklevel=3,

@@ -166,7 +166,7 @@ def attribution_over_training(
     meta = {
         "stage": stage,
         "kind": info.kind,
-        "method": getattr(method, "__name__", type(method).__name__),
+        "method": _method_name(method),
         "tags": [c.tag for c in checkpoints],
         "checkpoints": summaries,
     }
@@ -184,6 +184,12 @@ def _default_method(kind: str, checkpoints) -> Callable:
     return generative_integrated_gradients if generative else reward_integrated_gradients
 
 
+def _method_name(method: Callable) -> str:
+    """The name of `method`, or of the function a `functools.partial` of it calls."""
+    func = getattr(method, "func", method)
+    return getattr(func, "__name__", type(func).__name__)
+
+
 def _summary(result) -> dict:
     """Mean target and share of texts within the completeness tolerance of one checkpoint's attributions."""
     texts = pd.DataFrame(list(result.meta.get("texts", [])))
@@ -191,5 +197,7 @@ def _summary(result) -> dict:
         return {}
     target, base = ("reward", "baseline_reward") if "reward" in texts else ("log_ratio", "baseline_log_ratio")
     tolerance = result.meta.get("tolerance") or 0.01
-    within = texts["delta"].abs() <= tolerance * (texts[target] - texts[base]).abs() + 1e-3
+    slack = result.meta.get("abs_tolerance")
+    slack = 1e-3 if slack is None else slack
+    within = texts["delta"].abs() <= tolerance * (texts[target] - texts[base]).abs() + slack
     return {f"mean {target}": float(texts[target].mean()), "within tolerance": float(np.mean(within))}

@@ -20,9 +20,6 @@ from rlhf_lens.analyses.attribution.reward import RewardAttributionResult, _batc
 
 __all__ = ["reward_feature_ablation", "reward_shapley_sampling"]
 
-SHAPLEY_SAMPLES = 25
-"""Permutations Shapley value sampling draws by default (Captum's default)."""
-
 
 def reward_feature_ablation(
     reward_model: torch.nn.Module,
@@ -58,11 +55,12 @@ def reward_shapley_sampling(
     completions: Sequence[str],
     *,
     baseline: str = "pad",
-    n_samples: int = SHAPLEY_SAMPLES,
+    n_samples: int = 25,
     seed: int = 0,
     max_batch_tokens: int = 16384,
 ) -> RewardAttributionResult:
-    """Shapley values of the tokens, estimated from `n_samples` random orderings (Castro et al., 2009).
+    """Shapley values of the tokens, estimated from `n_samples` random orderings (Castro et al., 2009; 25 is Captum's
+    default).
 
     Each ordering adds the text's tokens one at a time to the all-baseline input and credits each token with the
     reward it adds, so every ordering's credits sum exactly to reward(x) - reward(baseline) (`delta` ~ 0, up to

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import string
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -38,7 +38,7 @@ import torch
 from markupsafe import Markup
 
 from rlhf_lens import models, views
-from rlhf_lens.analyses.attribution.reward import ABS_TOLERANCE, FIRST_STEPS, HEATMAP_TEXTS, word_starts
+from rlhf_lens.analyses.attribution.reward import HEATMAP_TEXTS, _check_adaptive, word_starts
 from rlhf_lens.analyses.core.result import Result
 
 __all__ = [
@@ -114,7 +114,7 @@ class PolicyAttributionResult(Result):
         if texts.empty:
             return out
         if self.meta.get("method") == "integrated_gradients":
-            within = _within(texts["delta"], texts["logprob"] - texts["baseline_logprob"], self.meta["tolerance"])
+            within = _within(texts["delta"], texts["logprob"] - texts["baseline_logprob"], self.meta)
             out += [("completeness within tolerance", f"{within.mean():.0%}"), ("mean integration steps", f"{texts['steps'].mean():.1f}")]
         top = self.df.loc[self.df["attribution"].abs().idxmax()] if not self.df.empty else None
         if top is not None:
@@ -234,7 +234,7 @@ class AlignmentAttributionResult(Result):
         texts = self.texts
         if texts.empty:
             return [("texts attributed", "0")]
-        within = _within(texts["delta"], texts["log_ratio"] - texts["baseline_log_ratio"], self.meta["tolerance"])
+        within = _within(texts["delta"], texts["log_ratio"] - texts["baseline_log_ratio"], self.meta)
         return [
             ("texts attributed", str(len(texts))),
             ("completeness within tolerance", f"{within.mean():.0%}"),
@@ -254,8 +254,9 @@ class AlignmentAttributionResult(Result):
         return views.table(self.texts, caption="Per text: log-ratio, baseline log-ratio, completeness delta, steps")
 
 
-def _within(delta: pd.Series, gap: pd.Series, tolerance: float) -> np.ndarray:
-    return (delta.abs() <= tolerance * gap.abs() + ABS_TOLERANCE).to_numpy()
+def _within(delta: pd.Series, gap: pd.Series, meta: Mapping) -> np.ndarray:
+    """Texts meeting the completeness test of the attribution that wrote `meta` (its tolerance and abs_tolerance)."""
+    return (delta.abs() <= meta["tolerance"] * gap.abs() + meta.get("abs_tolerance", 1e-3)).to_numpy()
 
 
 def _bars(df: pd.DataFrame, column: str, ax, text: int | None, *, ylabel: str, what: str):
@@ -455,6 +456,8 @@ def policy_attribution(
     tolerance: float = 0.01,
     max_steps: int = 128,
     max_batch_tokens: int = 16384,
+    first_steps: int = 16,
+    abs_tolerance: float = 1e-3,
 ) -> PolicyAttributionResult:
     """Attribution of log pi(completion | BOS + prompt), and of each completion token's log-probability, to the
     prompt tokens, with Captum's LLM API, one text at a time.
@@ -465,8 +468,8 @@ def policy_attribution(
         when that one prompt token is replaced by the baseline id).
     baseline_id: the token id that replaces an attributed prompt token (default: the pad id). BOS is held fixed.
         On HF Llama the pad row is zero (see the module docstring): pass another id for integrated gradients.
-    n_steps (integrated gradients): an int uses that many steps for every text; None adapts: 16 steps, doubled for
-        a text while |delta| > tolerance * |logprob - baseline_logprob| + 1e-3, up to `max_steps`.
+    n_steps (integrated gradients): an int uses that many steps for every text; None adapts: `first_steps` steps,
+        doubled for a text while |delta| > tolerance * |logprob - baseline_logprob| + `abs_tolerance`, up to `max_steps`.
     max_batch_tokens (integrated gradients): bound on (steps x seq) per forward pass. Feature ablation runs one
         forward per ablated token (Captum's sequence forward takes one row).
 
@@ -479,6 +482,7 @@ def policy_attribution(
     if method == "feature_ablation" and n_steps is not None:
         raise ValueError("n_steps is for method='integrated_gradients'; feature ablation has no steps. Leave n_steps=None.")
     _check_steps(n_steps, max_steps, max_batch_tokens)
+    _check_adaptive(first_steps, abs_tolerance)
     parts = completion_parts(policy, tokenizer, prompts, completions)
     prompt_ids = models.encode_prompts(tokenizer, prompts) if parts else []
     pad_id = _pad_id(tokenizer)
@@ -496,11 +500,11 @@ def policy_attribution(
             if len(prefix) == fixed[i]:  # an empty prompt: BOS alone, nothing to attribute
                 attrs.append(np.zeros((len(suffix), 0)))
                 continue
-            current = FIRST_STEPS if n_steps is None else n_steps
+            current = first_steps if n_steps is None else n_steps
             while True:
                 attr = _captum_attr(policy, tokenizer, prefix, suffix, fixed[i], baseline_id, method, current, max_batch_tokens)
                 gap = logprob[i] - base_logprob[i]
-                missing = abs(attr.sum() - gap) > tolerance * abs(gap) + ABS_TOLERANCE
+                missing = abs(attr.sum() - gap) > tolerance * abs(gap) + abs_tolerance
                 if method != "integrated_gradients" or n_steps is not None or not missing or current * 2 > max_steps:
                     break
                 current *= 2
@@ -508,7 +512,7 @@ def policy_attribution(
             steps[i] = current if method == "integrated_gradients" else len(prefix) - fixed[i]
     delta = np.asarray([a.sum() for a in attrs]) - (logprob - base_logprob) if attrs else np.zeros(0)
     if method == "integrated_gradients":
-        _warn_incomplete(delta, logprob - base_logprob, tolerance, steps, n_steps, "log pi(completion)")
+        _warn_incomplete(delta, logprob - base_logprob, tolerance, abs_tolerance, steps, n_steps, "log pi(completion)")
 
     frames, matrix = [], {"text": [], "target_position": [], "input_position": [], "attribution": []}
     texts = []
@@ -553,6 +557,8 @@ def policy_attribution(
         "n_steps": n_steps,
         "tolerance": tolerance if method == "integrated_gradients" else None,
         "max_steps": max_steps if method == "integrated_gradients" else None,
+        "first_steps": first_steps if method == "integrated_gradients" else None,
+        "abs_tolerance": abs_tolerance if method == "integrated_gradients" else None,
         "texts": texts,
         "token_attr": matrix,
     }
@@ -566,12 +572,12 @@ def _check_steps(n_steps: int | None, max_steps: int, max_batch_tokens: int) -> 
         raise ValueError(f"max_steps and max_batch_tokens must be positive, got {max_steps} and {max_batch_tokens}")
 
 
-def _warn_incomplete(delta, gap, tolerance: float, steps, n_steps: int | None, target: str) -> None:
-    missed = int((np.abs(delta) > tolerance * np.abs(gap) + ABS_TOLERANCE).sum())
+def _warn_incomplete(delta, gap, tolerance: float, abs_tolerance: float, steps, n_steps: int | None, target: str) -> None:
+    missed = int((np.abs(delta) > tolerance * np.abs(gap) + abs_tolerance).sum())
     if missed:
         warnings.warn(
             f"{missed} of {len(delta)} text(s) miss completeness (|delta| > {tolerance} * |{target} - its baseline| + "
-            f"{ABS_TOLERANCE}) at {int(np.max(steps))} steps; their attributions do not add up to the difference. "
+            f"{abs_tolerance}) at {int(np.max(steps))} steps; their attributions do not add up to the difference. "
             f"{'Raise max_steps' if n_steps is None else 'Raise n_steps or pass n_steps=None (adaptive)'}, or, on an "
             "RMSNorm model (Llama) whose pad embedding is zero, pass another baseline_id.",
             stacklevel=3,
@@ -759,6 +765,8 @@ def alignment_attribution(
     tolerance: float = 0.01,
     max_steps: int = 128,
     max_batch_tokens: int = 16384,
+    first_steps: int = 16,
+    abs_tolerance: float = 1e-3,
 ) -> AlignmentAttributionResult:
     """Integrated gradients of each completion's summed log-ratio sum_t log pi(y_t | .) - log pi_ref(y_t | .) over its
     context tokens: which tokens of the prompt and of the completion so far make the aligned policy differ from its
@@ -774,13 +782,14 @@ def alignment_attribution(
     baseline_id: the token id of the baseline b at attributed positions (default: the pad id; on HF Llama the pad
         row is zero, pass another id there).
     n_steps: an int uses exactly that many steps for every text. None adapts as `reward_integrated_gradients` does:
-        16 steps, doubled for the texts whose |delta| > tolerance * |log_ratio - baseline_log_ratio| + 1e-3, up to
-        `max_steps`.
+        `first_steps` steps, doubled for the texts whose |delta| > tolerance * |log_ratio - baseline_log_ratio| +
+        `abs_tolerance`, up to `max_steps`.
     max_batch_tokens: bound on (texts x steps) x seq per forward pass of each model; several texts share a Captum call.
 
     Both models are put in eval mode for the call (and restored). Returns an `AlignmentAttributionResult`.
     """
     _check_steps(n_steps, max_steps, max_batch_tokens)
+    _check_adaptive(first_steps, abs_tolerance)
     parts = completion_parts(policy, tokenizer, prompts, completions)
     models.check_vocab_fits(reference, tokenizer, where="reference")
     prompt_ids = models.encode_prompts(tokenizer, prompts) if parts else []
@@ -791,7 +800,7 @@ def alignment_attribution(
 
     n = len(parts)
     forward = _LogRatioOfMix(policy, reference)
-    steps = np.full(n, FIRST_STEPS if n_steps is None else n_steps, dtype=np.int64)
+    steps = np.full(n, first_steps if n_steps is None else n_steps, dtype=np.int64)
     results: dict[int, tuple] = {}
     with _Evaluating(policy, reference):
         if n:
@@ -799,7 +808,7 @@ def alignment_attribution(
         while n_steps is None and n:
             delta = np.asarray([results[i][3] for i in range(n)])
             gap = np.asarray([results[i][1] - results[i][2] for i in range(n)])
-            missing = np.abs(delta) > tolerance * np.abs(gap) + ABS_TOLERANCE
+            missing = np.abs(delta) > tolerance * np.abs(gap) + abs_tolerance
             redo = [i for i in range(n) if missing[i] and steps[i] * 2 <= max_steps]
             if not redo:
                 break
@@ -809,7 +818,7 @@ def alignment_attribution(
     ratio = np.asarray([results[i][1] for i in range(n)])
     base_ratio = np.asarray([results[i][2] for i in range(n)])
     delta = np.asarray([results[i][3] for i in range(n)])
-    _warn_incomplete(delta, ratio - base_ratio, tolerance, steps if n else [0], n_steps, "log-ratio")
+    _warn_incomplete(delta, ratio - base_ratio, tolerance, abs_tolerance, steps if n else [0], n_steps, "log-ratio")
 
     frames, texts = [], []
     for i, (prefix, suffix) in enumerate(parts):
@@ -839,5 +848,6 @@ def alignment_attribution(
             }
         )
     df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame({c: [] for c in AlignmentAttributionResult.columns})
-    meta = {"baseline_id": baseline_id, "n_steps": n_steps, "tolerance": tolerance, "max_steps": max_steps, "texts": texts}
+    meta = {"baseline_id": baseline_id, "n_steps": n_steps, "tolerance": tolerance, "max_steps": max_steps}
+    meta |= {"first_steps": first_steps, "abs_tolerance": abs_tolerance, "texts": texts}
     return AlignmentAttributionResult(df=df, meta=meta)

@@ -36,10 +36,6 @@ from rlhf_lens.analyses.core.result import Result
 
 __all__ = ["RewardAttributionResult", "adaptive_integrated_gradients", "reward_integrated_gradients", "word_starts"]
 
-FIRST_STEPS = 16
-"""Gauss-Legendre steps of the first adaptive pass."""
-ABS_TOLERANCE = 1e-3
-"""Absolute slack of the completeness test: |delta| <= tolerance * |reward(x) - reward(baseline)| + this."""
 CPU_BATCH_TOKENS = 2048
 """On a CPU, tokens per forward pass at most (whatever `max_batch_tokens` allows): passes of 2k tokens
 keep their tensors in cache and ran 1.3x faster per token here than passes of 16k."""
@@ -80,7 +76,7 @@ class RewardAttributionResult(Result):
         if texts.empty or self.meta.get("tolerance") is None:
             return [("texts attributed", str(len(texts)))]
         gap = (texts["reward"] - texts["baseline_reward"]).abs()
-        within = (texts["delta"].abs() <= self.meta["tolerance"] * gap + ABS_TOLERANCE).mean()
+        within = (texts["delta"].abs() <= self.meta["tolerance"] * gap + self.meta.get("abs_tolerance", 1e-3)).mean()
         return [
             ("texts attributed", str(len(texts))),
             ("completeness within tolerance", f"{within:.0%}"),
@@ -254,22 +250,24 @@ def adaptive_integrated_gradients(
     tolerance: float,
     max_steps: int,
     batch_tokens: int,
+    first_steps: int = 16,
+    abs_tolerance: float = 1e-3,
 ) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Integrated gradients of `forward(embeds, mask, positions) -> (batch,)` over the embeddings of every text, at
-    `n_steps`, or (None) from `FIRST_STEPS` steps, doubled for the texts whose |delta| > tolerance * |f(x) - f(baseline)|
-    + `ABS_TOLERANCE`, up to `max_steps`. The end points are scored once.
+    `n_steps`, or (None) from `first_steps` steps, doubled for the texts whose |delta| > tolerance * |f(x) - f(baseline)|
+    + `abs_tolerance`, up to `max_steps`. The end points are scored once.
 
     -> per-text attributions (len,), f(x) (n,), f(baseline) (n,), delta (n,), steps used (n,).
     """
     n = len(seqs)
-    steps = np.full(n, FIRST_STEPS if n_steps is None else n_steps, dtype=np.int64)
+    steps = np.full(n, first_steps if n_steps is None else n_steps, dtype=np.int64)
     if not n:
         return [], np.zeros(0), np.zeros(0), np.zeros(0), steps
     reward, base_reward = _rewards(forward, embedding, seqs, base_seqs, pad_id, batch_tokens)
     attrs = _attribute(forward, embedding, seqs, base_seqs, pad_id, int(steps[0]), batch_tokens)
     delta = np.asarray([a.sum() for a in attrs]) - (reward - base_reward)
     while n_steps is None:
-        missing = np.abs(delta) > tolerance * np.abs(reward - base_reward) + ABS_TOLERANCE
+        missing = np.abs(delta) > tolerance * np.abs(reward - base_reward) + abs_tolerance
         redo = [i for i in range(n) if missing[i] and steps[i] * 2 <= max_steps]
         if not redo:
             break
@@ -329,6 +327,8 @@ def reward_integrated_gradients(
     tolerance: float = 0.01,
     max_steps: int = 128,
     max_batch_tokens: int = 16384,
+    first_steps: int = 16,
+    abs_tolerance: float = 1e-3,
 ) -> RewardAttributionResult:
     """Integrated gradients of each (prompt, completion)'s reward over its tokens (Gauss-Legendre).
 
@@ -341,9 +341,9 @@ def reward_integrated_gradients(
         On RMSNorm models whose pad row is zero (HF Llama sets `padding_idx`), "pad" and "zero" put
         each token's path through the zero vector, where RMSNorm jumps; integrated gradients then
         misses completeness at any step count. Use a reference text there; a warning says so.
-    n_steps: an int uses exactly that many steps for every text. None adapts: every text starts at 16
-        steps; texts whose |delta| > tolerance * |reward(x) - reward(baseline)| + 1e-3 are attributed
-        again with twice the steps, up to `max_steps` (a text that still misses keeps its last result).
+    n_steps: an int uses exactly that many steps for every text. None adapts: every text starts at
+        `first_steps` steps; texts whose |delta| > tolerance * |reward(x) - reward(baseline)| + `abs_tolerance`
+        are attributed again with twice the steps, up to `max_steps` (a text that still misses keeps its last result).
     max_batch_tokens: bound on (texts x steps) x seq per forward pass; several texts share a pass. On a CPU
         passes hold at most `CPU_BATCH_TOKENS` (2048), which ran faster there than larger ones.
 
@@ -355,6 +355,7 @@ def reward_integrated_gradients(
         raise ValueError(f"n_steps must be a positive int or None (adaptive), got {n_steps}")
     if max_steps < 1 or max_batch_tokens < 1:
         raise ValueError(f"max_steps and max_batch_tokens must be positive, got {max_steps} and {max_batch_tokens}")
+    _check_adaptive(first_steps, abs_tolerance)
     parts, seqs, base_seqs, pad_id = _prepare(reward_model, tokenizer, prompts, completions, baseline)
 
     forward = _RewardOfEmbeddings(reward_model)
@@ -364,22 +365,28 @@ def reward_integrated_gradients(
     try:
         attrs, reward, base_reward, delta, steps = adaptive_integrated_gradients(
             forward, embedding, seqs, base_seqs, pad_id, n_steps=n_steps, tolerance=tolerance, max_steps=max_steps,
-            batch_tokens=_batch_tokens(reward_model, max_batch_tokens),
+            batch_tokens=_batch_tokens(reward_model, max_batch_tokens), first_steps=first_steps, abs_tolerance=abs_tolerance,
         )  # fmt: skip
     finally:
         reward_model.train(was_training)
-    missed = int((np.abs(delta) > tolerance * np.abs(reward - base_reward) + ABS_TOLERANCE).sum())
+    missed = int((np.abs(delta) > tolerance * np.abs(reward - base_reward) + abs_tolerance).sum())
     if missed:
         warnings.warn(
             f"{missed} of {len(seqs)} text(s) miss completeness (|delta| > {tolerance} * |reward - baseline reward| + "
-            f"{ABS_TOLERANCE}) at {int(steps.max())} steps; their attributions do not add up to the reward difference. "
+            f"{abs_tolerance}) at {int(steps.max())} steps; their attributions do not add up to the reward difference. "
             f"{'Raise max_steps' if n_steps is None else 'Raise n_steps or pass n_steps=None (adaptive)'}, or, on an RMSNorm "
             "model (Llama) with baseline 'pad' or 'zero', use a reference-text baseline.",
             stacklevel=2,
         )
 
     meta = {"method": "integrated_gradients", "baseline": baseline, "n_steps": n_steps, "tolerance": tolerance, "max_steps": max_steps}
+    meta |= {"first_steps": first_steps, "abs_tolerance": abs_tolerance}
     return _result(tokenizer, prompts, completions, parts, attrs, reward, base_reward, delta, steps, meta)
+
+
+def _check_adaptive(first_steps: int, abs_tolerance: float) -> None:
+    if first_steps < 1 or abs_tolerance < 0:
+        raise ValueError(f"first_steps must be positive and abs_tolerance non-negative, got {first_steps} and {abs_tolerance}")
 
 
 def _prepare(reward_model, tokenizer, prompts, completions, baseline: str):

@@ -32,19 +32,6 @@ from rlhf_lens.analyses.core.verdict import Verdict
 
 __all__ = ["SanityCheckResult", "attribution_rank_correlations", "randomisation_sanity_check"]
 
-THRESHOLD = 0.5
-"""Largest |Spearman| (signed or of absolute values) at full randomisation that still passes.
-
-Two independent maps of n tokens have rank correlation 0 +- 1/sqrt(n - 1) per text (about 0.2 for the ~25-token
-texts of the built-in task), so a mean over texts near 0 says the maps changed completely; a method that ignores
-the model scores exactly 1. 0.5 is halfway: at or above it, more than a quarter of the variance of a map's token
-ranks is still shared with the trained model's after no trained weight is left. Measured on the shared test run's
-reward model (tests/integration/test_attribution_sanity_trained.py), integrated gradients ends at most at 0.18 over
-randomisation seeds 0-4 (0.28 with the embeddings still trained), feature ablation at 0.06 (seed 0); a model-blind
-control at 1."""
-EXAMPLE_TEXTS = 2
-"""Texts whose maps at every cascade step are kept in `meta["examples"]` and shown as heatmaps."""
-
 Method = Callable[..., RewardAttributionResult]
 """An attribution method with the calling shape of `reward_integrated_gradients`:
 method(reward_model, tokenizer, prompts, completions) -> RewardAttributionResult."""
@@ -102,7 +89,7 @@ class SanityCheckResult(Result):
             sd = np.concatenate([[0.0], self.df[f"{column}_sd"].to_numpy(dtype=float)])
             ax.plot(x, y, marker="o", color=colour, label=f"{name} (band: ±1 sd over texts)")
             ax.fill_between(x, y - sd, y + sd, color=colour, alpha=0.15, linewidth=0)
-        threshold = float(self.meta.get("threshold", THRESHOLD))
+        threshold = float(self.meta["threshold"])
         for level in (threshold, -threshold):
             ax.axhline(level, color="grey", linestyle="--", linewidth=0.8)
         ax.axhline(0.0, color="black", linewidth=0.5)
@@ -268,8 +255,9 @@ def randomisation_sanity_check(
     *,
     method: Method = reward_integrated_gradients,
     seed: int = 0,
-    threshold: float = THRESHOLD,
+    threshold: float = 0.5,
     embeddings: bool = True,
+    examples: int = 2,
 ) -> SanityCheckResult:
     """Adebayo et al.'s cascading model-randomisation check of `method` on a reward model.
 
@@ -284,19 +272,30 @@ def randomisation_sanity_check(
 
     Verdict: ok when, at full randomisation, both |Spearman| and |Spearman of |attribution|| (mean over texts) are
     below `threshold`; flag otherwise (the maps do not depend on the model's weights); warn when no text has a
-    defined correlation. Returns a `SanityCheckResult`.
+    defined correlation. `examples`: how many texts (the first) keep their map at every step in `meta["examples"]`
+    (shown as heatmaps). Returns a `SanityCheckResult`.
+
+    Why 0.5: two independent maps of n tokens have rank correlation 0 +- 1/sqrt(n - 1) per text (about 0.2 for the
+    ~25-token texts of the built-in task), so a mean over texts near 0 says the maps changed completely; a method
+    that ignores the model scores exactly 1. 0.5 is halfway: at or above it, more than a quarter of the variance of a
+    map's token ranks is still shared with the trained model's after no trained weight is left. Measured on the
+    shared test run's reward model (tests/integration/test_attribution_sanity_trained.py), integrated gradients ends
+    at most at 0.18 over randomisation seeds 0-4 (0.28 with the embeddings still trained), feature ablation at 0.06
+    (seed 0); a model-blind control at 1.
     """
     if len(prompts) != len(completions):
         raise ValueError(f"got {len(prompts)} prompts but {len(completions)} completions; pass one completion per prompt")
     if not 0 < threshold <= 1:
         raise ValueError(f"threshold must be in (0, 1] (a bound on |rank correlation|), got {threshold}")
+    if examples < 0:
+        raise ValueError(f"examples must be a number of texts (0 or more), got {examples}")
     _cascade(reward_model, embeddings)  # refuse an unsupported layout before any attribution runs
     original = method(reward_model, tokenizer, prompts, completions)
     randomised = copy.deepcopy(reward_model)
     steps = _cascade(randomised, embeddings)
     std = _init_std(reward_model)
     generator = torch.Generator().manual_seed(seed)
-    examples = sorted(original.df["text"].unique())[:EXAMPLE_TEXTS]
+    kept = sorted(original.df["text"].unique())[:examples]
     rows, maps = [], []
     for depth, (label, modules) in enumerate(steps, start=1):
         _randomise(modules, generator, std)
@@ -329,7 +328,7 @@ def randomisation_sanity_check(
         "final_spearman": float(final["spearman"]),
         "final_spearman_abs": float(final["spearman_abs"]),
         "first_changed": str(df["randomised"].iloc[stays[0]]) if len(stays) else None,
-        "examples": [_example(original.df, maps, text) for text in examples],
+        "examples": [_example(original.df, maps, text) for text in kept],
     }
     return SanityCheckResult(df=df, meta=meta, verdicts=(_verdict(df, meta),))
 

@@ -5,6 +5,7 @@ reward model: on these 3-token texts position alone keeps random maps alike, BOS
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 
 from rlhf_lens.analyses import get_analysis, run_task
@@ -35,6 +36,23 @@ def test_attributions_over_training_follow_the_reward_model_as_it_flips(run):
     for summary in result.meta["checkpoints"]:
         assert summary["within tolerance"] == 1.0
     assert "<svg" in str(result.to_html()) or "<img" in str(result.to_html())
+    fewer = analyze_reward_over_training(run, stage="reward", texts=4)  # a setting: what a direct call computes
+    assert set(fewer.df.groupby("tag")["text"].nunique()) == {4} and fewer.meta["method"] == "reward_integrated_gradients"
+
+
+def test_a_setting_changes_the_result_and_the_cached_result_renders_its_own_settings(run):
+    words = get_analysis("attribution.reward_words")
+    assert dict(words.params) == {"texts": 128, "min_count": 5, "complete_share": 0.95, "first_steps": 16, "abs_tolerance": 1e-3}
+    default = run_task(run, Task(words, "reward"), force=True)
+    changed = run_task(run, Task(words, "reward", {"texts": 6, "min_count": 1}), force=True)
+    assert default.result.meta["texts"] == 12 and changed.result.meta["texts"] == 6
+    assert len(changed.result.df) != len(default.result.df)
+    again = run_task(run, Task(words, "reward", {"texts": 6, "min_count": 1}))
+    assert again.status == "cached"
+    pd.testing.assert_frame_equal(again.result.df, changed.result.df)
+    html = str(again.result.to_html())
+    assert "seen at least 1 times" in html and "seen at least 5 times" not in html
+    assert "seen at least 5 times" in str(run_task(run, Task(words, "reward")).result.to_html())
 
 
 def test_over_training_refuses_unknown_tags_and_stages_of_other_kinds(run):

@@ -156,6 +156,11 @@ def test_adaptive_steps_meet_completeness_where_four_steps_do_not(tiny_tokenizer
     fixed = reward_integrated_gradients(model, tiny_tokenizer, prompts, completions, n_steps=4)
     assert within_tolerance(fixed).mean() < 0.95
     assert set(fixed.texts["steps"]) == {4}
+    # first_steps starts the doubling; a slack of 1000 (abs_tolerance) lets every text stop at its first pass
+    loose = reward_integrated_gradients(model, tiny_tokenizer, prompts[:8], completions[:8], first_steps=4, abs_tolerance=1e3)
+    assert set(loose.texts["steps"]) == {4} and loose.meta["first_steps"] == 4 and loose.meta["abs_tolerance"] == 1e3
+    with pytest.raises(ValueError, match="first_steps must be positive"):
+        reward_integrated_gradients(model, tiny_tokenizer, prompts[:1], completions[:1], first_steps=0)
     # Completeness in the table itself: each text's attributions sum to reward - baseline reward + delta.
     sums = adaptive.df.groupby("text")["attribution"].sum().to_numpy()
     t = adaptive.texts

@@ -195,6 +195,8 @@ def test_an_unknown_layout_and_bad_arguments_are_refused(tiny_tokenizer):
         randomisation_sanity_check(model, tiny_tokenizer, prompts, completions[:1], method=model_blind)
     with pytest.raises(ValueError, match=r"threshold must be in \(0, 1\]"):
         randomisation_sanity_check(model, tiny_tokenizer, prompts, completions, method=model_blind, threshold=0.0)
+    with pytest.raises(ValueError, match="examples must be a number of texts"):
+        randomisation_sanity_check(model, tiny_tokenizer, prompts, completions, method=model_blind, examples=-1)
 
 
 # --------------------------------------------------------------------------- rank correlations
@@ -231,6 +233,10 @@ def test_a_method_that_ignores_the_model_is_flagged(tiny_tokenizer):
     assert verdict.level == "flag" and verdict.value == pytest.approx(1.0)
     assert "do not depend on the model's weights" in verdict.evidence and "fail the Adebayo sanity check" in verdict.evidence
     assert result.meta["method"] == "model_blind" and result.meta["first_changed"] is None
+    assert [e["text"] for e in result.meta["examples"]] == [0, 1]  # the default keeps 2 texts' maps
+    one = randomisation_sanity_check(model, tiny_tokenizer, prompts, completions, method=model_blind, examples=1, threshold=1.0)
+    assert [e["text"] for e in one.meta["examples"]] == [0] and one.meta["threshold"] == 1.0
+    assert one.verdicts[0].level == "flag"  # a correlation of 1 is not below a threshold of 1
 
 
 @pytest.mark.filterwarnings("ignore:.*miss completeness")  # 4 steps: ranks are compared here, not completeness
