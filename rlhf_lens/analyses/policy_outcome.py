@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
+from statistics import NormalDist
 
 import numpy as np
 import pandas as pd
@@ -43,13 +44,6 @@ LABELS: dict[str, str] = {
     "eos_rate": "EOS rate",
 }
 
-Z_SIGNIFICANT = 2.0
-"""|paired z| at which a change counts as real (about 95% two-sided under a normal approximation)."""
-EOS_DROP_WARN, EOS_DROP_FLAG = 10.0, 30.0
-"""Fall of the EOS rate, in percentage points, that warns / flags."""
-LENGTH_RATIO_WARN, LENGTH_RATIO_FLAG = 1.5, 2.0
-"""Final/start mean-length ratio (or its inverse) that warns / flags."""
-
 
 # --------------------------------------------------------------------------- results
 
@@ -60,7 +54,8 @@ class PolicyOutcomeResult(Result):
     the prompts both evaluated), step (of the evaluation; the final step for "change"), metric ("gold", "proxy",
     "kl", "length", "eos_rate"; gold or proxy are left out when the stage has none), mean, sem (standard error
     of the mean, sample std with ddof=1 over sqrt(n)), n (samples, or pairs for "change").
-    `meta`: stage, start_step, final_step, z_gold, z_proxy (paired z of the changes)."""
+    `meta`: stage, start_step, final_step, z_gold, z_proxy (paired z of the changes), and the verdicts' thresholds
+    (z_significant, eos_drop_warn, eos_drop_flag, length_ratio_warn, length_ratio_flag: the analysis's settings)."""
 
     columns = ("policy", "step", "metric", "mean", "sem", "n")
     heading = "Starting vs final policy"
@@ -126,7 +121,7 @@ class PolicyOutcomeResult(Result):
 class PolicyTrendsResult(Result):
     """Every evaluation of the stage. Columns: step (of the evaluation; 0 = the starting policy), metric ("gold",
     "proxy", "kl", "length", "eos_rate"), mean, sem (ddof=1 std over sqrt(n)), n (samples).
-    `meta`: stage, steps."""
+    `meta`: stage, steps, z_significant (the peak verdict's threshold)."""
 
     columns = ("step", "metric", "mean", "sem", "n")
     heading = "Policy over evaluations"
@@ -276,9 +271,26 @@ def _heatmap(record: dict, scale: float) -> Markup:
 
 
 @analysis("policy.outcome", result=PolicyOutcomeResult, section="policy", needs=Needs(stage_kind="policy", eval_rollouts=True), order=1)
-def analyze_policy_outcome(run: Run, stage: str) -> PolicyOutcomeResult:
+def analyze_policy_outcome(
+    run: Run,
+    stage: str,
+    *,
+    z_significant: float = 2.0,
+    eos_drop_warn: float = 10.0,
+    eos_drop_flag: float = 30.0,
+    length_ratio_warn: float = 1.5,
+    length_ratio_flag: float = 2.0,
+) -> PolicyOutcomeResult:
     """Gold and proxy reward, KL, length and EOS rate of the starting policy (first evaluation) beside the final
-    one (last evaluation), each with its SEM, and the paired change over the prompts both evaluated."""
+    one (last evaluation), each with its SEM, and the paired change over the prompts both evaluated.
+
+    Settings:
+        z_significant: |paired z| at which a gold change counts as real (about 95% two-sided, normal approximation).
+        eos_drop_warn: fall of the EOS rate, in percentage points, that warns.
+        eos_drop_flag: fall of the EOS rate, in percentage points, that flags.
+        length_ratio_warn: final/start mean-length ratio (or its inverse) that warns.
+        length_ratio_flag: final/start mean-length ratio (or its inverse) that flags.
+    """
     samples = eval_samples(run, stage)
     start_step, final_step = int(samples["step"].min()), int(samples["step"].max())
     start, final = _at(samples, start_step), _at(samples, final_step)
@@ -292,13 +304,26 @@ def analyze_policy_outcome(run: Run, stage: str) -> PolicyOutcomeResult:
     df = pd.DataFrame(rows, columns=list(PolicyOutcomeResult.columns)).astype({"step": int, "n": int, "mean": float, "sem": float})
     result = PolicyOutcomeResult(df=df, meta={"stage": stage, "start_step": start_step, "final_step": final_step})
     z = {m: _z(result.value("change", m), result.value("change", m, "sem")) for m in ("gold", "proxy")}
-    return replace(result, meta={**result.meta, "z_gold": z["gold"], "z_proxy": z["proxy"]}, verdicts=_outcome_verdicts(result, z))
+    thresholds = {
+        "z_significant": z_significant,
+        "eos_drop_warn": eos_drop_warn,
+        "eos_drop_flag": eos_drop_flag,
+        "length_ratio_warn": length_ratio_warn,
+        "length_ratio_flag": length_ratio_flag,
+    }
+    meta = {**result.meta, "z_gold": z["gold"], "z_proxy": z["proxy"], **thresholds}
+    return replace(result, meta=meta, verdicts=_outcome_verdicts(result, z, **thresholds))
 
 
 @analysis("policy.trends", result=PolicyTrendsResult, section="policy", needs=Needs(stage_kind="policy", eval_rollouts=True), order=2)
-def analyze_policy_trends(run: Run, stage: str) -> PolicyTrendsResult:
+def analyze_policy_trends(run: Run, stage: str, *, z_significant: float = 2.0) -> PolicyTrendsResult:
     """Gold and proxy reward, KL, length and EOS rate at every evaluation of the stage, with SEMs; judges whether
-    the gold reward peaked before the end (over-optimisation of the proxy)."""
+    the gold reward peaked before the end (over-optimisation of the proxy).
+
+    Settings:
+        z_significant: paired z of the fall from the best earlier evaluation that warns (and of the proxy's rise that
+            makes it a flag).
+    """
     samples = eval_samples(run, stage)
     steps = sorted(int(s) for s in samples["step"].unique())
     rows = [
@@ -307,8 +332,9 @@ def analyze_policy_trends(run: Run, stage: str) -> PolicyTrendsResult:
         for metric in present_metrics(samples)
     ]
     df = pd.DataFrame(rows, columns=list(PolicyTrendsResult.columns)).astype({"step": int, "n": int, "mean": float, "sem": float})
-    verdicts = (_peak_verdict(samples, steps),) if len(steps) >= 3 and "gold" in present_metrics(samples) else ()
-    return PolicyTrendsResult(df=df, meta={"stage": stage, "steps": steps}, verdicts=verdicts)
+    judged = len(steps) >= 3 and "gold" in present_metrics(samples)
+    verdicts = (_peak_verdict(samples, steps, z_significant),) if judged else ()
+    return PolicyTrendsResult(df=df, meta={"stage": stage, "steps": steps, "z_significant": z_significant}, verdicts=verdicts)
 
 
 @analysis(
@@ -318,12 +344,16 @@ def analyze_policy_trends(run: Run, stage: str) -> PolicyTrendsResult:
     needs=Needs(stage_kind="policy", eval_rollouts=True, checkpoints=True),
     order=3,
 )
-def analyze_sample_completions(run: Run, stage: str, n: int = 6, seed: int = 0) -> SampleCompletionsResult:
+def analyze_sample_completions(run: Run, stage: str, *, n: int = 6, seed: int = 0) -> SampleCompletionsResult:
     """`n` eval prompts with the starting and the final policy's completion for the same seed, and each token's KL.
 
     The prompts: the n//3 largest gold gains, the n//3 largest gold drops (proxy when the task has no gold), and
     the rest drawn at random (numpy default_rng(`seed`)) from the others. Tokens are decoded with the stage's
     tokenizer (its final checkpoint, else its latest).
+
+    Settings:
+        n: prompts shown.
+        seed: seed of the random choice of the prompts beyond the largest gains and drops.
     """
     samples = eval_samples(run, stage)
     start_step, final_step = int(samples["step"].min()), int(samples["step"].max())
@@ -460,7 +490,16 @@ def token_texts(tokenizer, ids: list[int]) -> list[str]:
 # --------------------------------------------------------------------------- verdicts
 
 
-def _outcome_verdicts(result: PolicyOutcomeResult, z: dict[str, float]) -> tuple[Verdict, ...]:
+def _outcome_verdicts(
+    result: PolicyOutcomeResult,
+    z: dict[str, float],
+    *,
+    z_significant: float,
+    eos_drop_warn: float,
+    eos_drop_flag: float,
+    length_ratio_warn: float,
+    length_ratio_flag: float,
+) -> tuple[Verdict, ...]:
     start_step, final_step = result.meta["start_step"], result.meta["final_step"]
     if start_step == final_step:
         return (
@@ -471,23 +510,27 @@ def _outcome_verdicts(result: PolicyOutcomeResult, z: dict[str, float]) -> tuple
                 "warn when the stage was evaluated only once",
             ),
         )
-    return (_gold_verdict(result, z), _eos_verdict(result), _length_verdict(result))
+    return (
+        _gold_verdict(result, z, z_significant),
+        _eos_verdict(result, eos_drop_warn, eos_drop_flag),
+        _length_verdict(result, length_ratio_warn, length_ratio_flag),
+    )
 
 
-def _gold_verdict(result: PolicyOutcomeResult, z: dict[str, float]) -> Verdict:
+def _gold_verdict(result: PolicyOutcomeResult, z: dict[str, float], z_significant: float) -> Verdict:
     check = "gold reward gain"
     threshold = (
-        f"paired z = change / SEM over the same prompts and seeds: ok when z ≥ {Z_SIGNIFICANT:g} (a gain at about 95% "
-        f"confidence), warn when −{Z_SIGNIFICANT:g} ≤ z < {Z_SIGNIFICANT:g}, flag when z < −{Z_SIGNIFICANT:g}; a gold fall beside a "
+        f"paired z = change / SEM over the same prompts and seeds: ok when z ≥ {z_significant:g} (a gain at about "
+        f"{2 * NormalDist().cdf(z_significant) - 1:.0%} confidence), warn when −{z_significant:g} ≤ z < {z_significant:g}, flag when z < −{z_significant:g}; a gold fall beside a "
         "proxy rise is the proxy-gold divergence of reward hacking"
     )
     if "gold" not in result.metrics():
         return Verdict(check, "warn", "no gold reward in the evaluation samples (the task has no oracle)", threshold)
     gold, proxy = _change_text(result, "gold", z["gold"]), ""
-    proxy_rose = "proxy" in result.metrics() and z["proxy"] >= Z_SIGNIFICANT
+    proxy_rose = "proxy" in result.metrics() and z["proxy"] >= z_significant
     if "proxy" in result.metrics():
         proxy = f"; proxy {_change_text(result, 'proxy', z['proxy'])}"
-    level = judge(z["gold"], warn=Z_SIGNIFICANT, flag=-Z_SIGNIFICANT, higher_is_worse=False) if not math.isnan(z["gold"]) else "warn"
+    level = judge(z["gold"], warn=z_significant, flag=-z_significant, higher_is_worse=False) if not math.isnan(z["gold"]) else "warn"
     if level == "flag" and proxy_rose:
         proxy += ": the proxy rose while the gold reward fell (reward hacking)"
     elif level == "warn" and proxy_rose:
@@ -504,36 +547,36 @@ def _change_text(result: PolicyOutcomeResult, metric: str, z: float) -> str:
     )
 
 
-def _eos_verdict(result: PolicyOutcomeResult) -> Verdict:
+def _eos_verdict(result: PolicyOutcomeResult, warn: float, flag: float) -> Verdict:
     start, final = result.value("start", "eos_rate"), result.value("final", "eos_rate")
     drop = 100 * (start - final)
     return Verdict(
         "EOS rate",
-        judge(drop, warn=EOS_DROP_WARN, flag=EOS_DROP_FLAG),
+        judge(drop, warn=warn, flag=flag),
         f"{100 * start:.1f}% → {100 * final:.1f}% of completions end with EOS ({-drop:+.1f} points, paired SEM "
         f"{100 * result.value('change', 'eos_rate', 'sem'):.1f} points)",
-        f"warn when the EOS rate falls by more than {EOS_DROP_WARN:g} points, flag above {EOS_DROP_FLAG:g}: the policy "
+        f"warn when the EOS rate falls by more than {warn:g} points, flag above {flag:g}: the policy "
         "stops ending its answers and runs into max_new_tokens",
         value=drop,
     )
 
 
-def _length_verdict(result: PolicyOutcomeResult) -> Verdict:
+def _length_verdict(result: PolicyOutcomeResult, warn: float, flag: float) -> Verdict:
     start, final = result.value("start", "length"), result.value("final", "length")
     ratio = final / start if start > 0 else math.inf
     shift = abs(math.log(ratio)) if 0 < ratio < math.inf else math.inf
     return Verdict(
         "length shift",
-        judge(shift, warn=math.log(LENGTH_RATIO_WARN), flag=math.log(LENGTH_RATIO_FLAG)),
+        judge(shift, warn=math.log(warn), flag=math.log(flag)),
         f"mean length {start:.1f} → {final:.1f} tokens (×{ratio:.2f}; paired change {_signed(result.value('change', 'length'))} "
         f"± {result.value('change', 'length', 'sem'):.2g})",
-        f"warn when the mean length grows or shrinks by more than ×{LENGTH_RATIO_WARN:g}, flag beyond ×{LENGTH_RATIO_FLAG:g}: "
+        f"warn when the mean length grows or shrinks by more than ×{warn:g}, flag beyond ×{flag:g}: "
         "length is the proxy exploit RLHF finds first (Singhal et al. 2023, 'A Long Way to Go')",
         value=ratio,
     )
 
 
-def _peak_verdict(samples: pd.DataFrame, steps: list[int]) -> Verdict:
+def _peak_verdict(samples: pd.DataFrame, steps: list[int], z_significant: float) -> Verdict:
     """Did the gold reward peak before the final evaluation (Gao et al. 2022, reward-model over-optimisation)?"""
     final_step = steps[-1]
     final = _at(samples, final_step)
@@ -544,7 +587,7 @@ def _peak_verdict(samples: pd.DataFrame, steps: list[int]) -> Verdict:
     fall = {m: _stats(earlier.loc[keys, m].to_numpy(float) - final.loc[keys, m].to_numpy(float)) for m in ("gold", "proxy")}
     z_gold = _z(fall["gold"]["mean"], fall["gold"]["sem"])
     z_proxy_rise = -_z(fall["proxy"]["mean"], fall["proxy"]["sem"])
-    level = judge(z_gold, warn=Z_SIGNIFICANT, flag=math.inf) if not math.isnan(z_gold) else "warn"
+    level = judge(z_gold, warn=z_significant, flag=math.inf) if not math.isnan(z_gold) else "warn"
     final_mean = float(final["gold"].mean())
     evidence = (
         f"gold {final_mean:.3g} at the final step {final_step}, "
@@ -552,15 +595,15 @@ def _peak_verdict(samples: pd.DataFrame, steps: list[int]) -> Verdict:
         + f" the best earlier evaluation ({means[best]:.3g} at step {best}): paired change step {best} → {final_step} "
         f"{_signed(-fall['gold']['mean'])} ± {fall['gold']['sem']:.2g} over {fall['gold']['n']} prompts (z of the fall = {z_gold:.1f})"
     )
-    if level == "warn" and z_proxy_rise >= Z_SIGNIFICANT:
+    if level == "warn" and z_proxy_rise >= z_significant:
         level = "flag"
         evidence += f", while the proxy rose over the same steps (z = {z_proxy_rise:.1f})"
     return Verdict(
         "gold peak before the end",
         level,
         evidence,
-        f"warn when the best earlier evaluation beats the final one by a paired z above {Z_SIGNIFICANT:g} (the best step is "
+        f"warn when the best earlier evaluation beats the final one by a paired z above {z_significant:g} (the best step is "
         "picked after looking, so this is a little easier to reach than at a step fixed in advance); flag when the "
-        f"proxy rose meanwhile (z ≥ {Z_SIGNIFICANT:g}): over-optimisation of the proxy (Gao et al. 2022)",
+        f"proxy rose meanwhile (z ≥ {z_significant:g}): over-optimisation of the proxy (Gao et al. 2022)",
         value=z_gold,
     )

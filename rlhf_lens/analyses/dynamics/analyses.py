@@ -23,7 +23,11 @@ def _evaluations(run: Run, stage: str | None) -> str | None:
     needs=Needs(stage_kind="policy", eval_rollouts=True, requires=_evaluations),
     order=5,
 )
-def analyze_overoptimization(run: Run, stage: str) -> OverOptimizationResult:
+def analyze_overoptimization(run: Run, stage: str, *, fall_z: float = 2.0) -> OverOptimizationResult:
     """Proxy and gold reward gain of policy stage `stage` against sqrt(KL) at each evaluation, Gao et al.'s fits, and
-    the verdict on over-optimisation."""
-    return overoptimization(run.eval_rollouts(stage), meta={"stage": stage})
+    the verdict on over-optimisation.
+
+    Settings:
+        fall_z: paired standard errors by which the gold reward must have fallen from its best evaluation to flag.
+    """
+    return overoptimization(run.eval_rollouts(stage), fall_z=fall_z, meta={"stage": stage})

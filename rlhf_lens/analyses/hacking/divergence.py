@@ -19,7 +19,6 @@ from markupsafe import Markup
 from rlhf_lens import views
 from rlhf_lens.analyses.core.result import Result
 from rlhf_lens.analyses.core.verdict import Verdict
-from rlhf_lens.analyses.policy_outcome import Z_SIGNIFICANT
 
 __all__ = ["ProxyGoldDivergenceResult", "divergence_verdict", "proxy_gold_divergence"]
 
@@ -34,7 +33,8 @@ class ProxyGoldDivergenceResult(Result):
     `meta`: stage, steps, peak_step (the evaluation with the highest mean gold), final_step, gold_fall and
     gold_fall_sem (gold at the peak minus gold at the final step, paired over the prompts both evaluated), z_gold_fall,
     proxy_rise and proxy_rise_sem (proxy at the final step minus at the peak, paired), z_proxy_rise, paired (whether
-    samples were paired by prompt), final_gap_sd (proxy minus gold change_sd at the final step)."""
+    samples were paired by prompt), final_gap_sd (proxy minus gold change_sd at the final step), z_significant (the
+    verdict's threshold)."""
 
     columns = ("step", "metric", "mean", "sem", "n", "change_sd")
     heading = "Proxy against gold reward"
@@ -115,13 +115,16 @@ class ProxyGoldDivergenceResult(Result):
 # --------------------------------------------------------------------------- the function
 
 
-def proxy_gold_divergence(samples: pd.DataFrame, *, meta: dict[str, Any] | None = None) -> ProxyGoldDivergenceResult:
+def proxy_gold_divergence(
+    samples: pd.DataFrame, *, z_significant: float = 2.0, meta: dict[str, Any] | None = None
+) -> ProxyGoldDivergenceResult:
     """Mean and SEM of the proxy (`reward`), gold (`gold_reward`) and KL (`seq_kl`) at every `step` of evaluation
     rollouts, and whether the gold reward fell significantly from its peak while the proxy kept rising.
 
     Samples are paired across steps by `key` when there is one, else by `prompt_id` and its occurrence within the
     step (evaluations sample the same prompts with the same seeds); without `prompt_id` the changes are compared
-    unpaired (Welch). `meta` adds facts (e.g. the stage).
+    unpaired (Welch). The verdict counts a fall or a rise with a z of at least `z_significant`. `meta` adds facts
+    (e.g. the stage).
     """
     if "step" not in samples.columns or samples.empty:
         raise ValueError("proxy_gold_divergence needs rollout rows with a `step` column (Run.eval_rollouts); got none")
@@ -138,7 +141,7 @@ def proxy_gold_divergence(samples: pd.DataFrame, *, meta: dict[str, Any] | None 
             change = (stats["mean"] - mean0) / sd0 if metric != "kl" and sd0 > 0 else math.nan
             rows.append({"step": step, "metric": metric, **stats, "change_sd": change})
     df = pd.DataFrame(rows, columns=list(ProxyGoldDivergenceResult.columns)).astype({"step": int, "n": int})
-    facts = {**(meta or {}), "steps": steps, "final_step": steps[-1], **_peak(frame, steps)}
+    facts = {**(meta or {}), "steps": steps, "final_step": steps[-1], **_peak(frame, steps), "z_significant": z_significant}
     result = ProxyGoldDivergenceResult(df=df, meta=facts)
     gap = result.gap()
     facts["final_gap_sd"] = float(gap["gap"].iloc[-1]) if len(gap) else math.nan
@@ -227,11 +230,13 @@ def _z(mean: float, sem: float) -> float:
 
 def divergence_verdict(result: ProxyGoldDivergenceResult) -> Verdict:
     """Flag when the gold reward at the final step is significantly below its peak while the proxy rose over the
-    same steps (Gao et al. 2022); warn on a significant gold fall alone, or when the check cannot be made."""
+    same steps (Gao et al. 2022); warn on a significant gold fall alone, or when the check cannot be made.
+    Significant: a z of at least the result's `meta["z_significant"]`."""
     number = result.number
+    z_significant = float(result.meta["z_significant"])
     threshold = (
-        f"flag when the gold reward at the final evaluation is below its peak by a paired z ≥ {Z_SIGNIFICANT:g} while the "
-        f"proxy rose over the same steps (z ≥ {Z_SIGNIFICANT:g}): the proxy is over-optimised (Gao et al. 2022); warn on "
+        f"flag when the gold reward at the final evaluation is below its peak by a paired z ≥ {z_significant:g} while the "
+        f"proxy rose over the same steps (z ≥ {z_significant:g}): the proxy is over-optimised (Gao et al. 2022); warn on "
         "the gold fall alone; the peak is picked after looking, so the fall is a little easier to reach than at a step "
         "fixed in advance"
     )
@@ -253,8 +258,8 @@ def divergence_verdict(result: ProxyGoldDivergenceResult) -> Verdict:
         f"(z of the fall = {z_fall:.1f}), proxy {number('proxy_rise'):+.3g} ± {number('proxy_rise_sem'):.2g} (z = {z_rise:.1f}), "
         f"{pairing}; {gap}"
     )
-    if z_fall >= Z_SIGNIFICANT:  # NaN compares False: a fall that cannot be measured is not one
-        if z_rise >= Z_SIGNIFICANT:
+    if z_fall >= z_significant:  # NaN compares False: a fall that cannot be measured is not one
+        if z_rise >= z_significant:
             return Verdict(check, "flag", f"{evidence}: the proxy kept rising while the gold fell", threshold, value=z_fall)
         return Verdict(check, "warn", f"{evidence}: the gold fell, the proxy did not rise significantly", threshold, value=z_fall)
     return Verdict(check, "ok", evidence, threshold, value=z_fall)

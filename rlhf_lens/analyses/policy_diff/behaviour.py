@@ -22,13 +22,9 @@ __all__ = ["BehaviourDiffResult", "DISTRIBUTIONS", "behaviour_diff", "token_shif
 
 DISTRIBUTIONS = {"gold": "gold_reward", "proxy": "reward", "length": "length"}
 """The distributions compared: name -> evaluation column."""
-MIN_COUNT = 5
-"""A token is ranked only when it occurs at least this often in the final completions (a mean over fewer is noise)."""
-SHOWN = 12
-"""Tokens listed each way (rose, fell)."""
 
 
-def token_shifts(completion_ids, log_ratios, min_count: int = MIN_COUNT) -> pd.DataFrame:
+def token_shifts(completion_ids, log_ratios, min_count: int = 5) -> pd.DataFrame:
     """Per token id: count, mean and SEM of log pi - log pi_ref over its occurrences (lists of per-token arrays, one
     per completion). Tokens seen fewer than `min_count` times are left out. Sorted by the mean, highest first."""
     ids = np.concatenate([np.asarray(c, dtype=np.int64) for c in completion_ids] or [np.zeros(0, np.int64)])
@@ -42,9 +38,12 @@ def token_shifts(completion_ids, log_ratios, min_count: int = MIN_COUNT) -> pd.D
     return stats.drop(columns="std").sort_values("mean", ascending=False).reset_index(drop=True)
 
 
-def behaviour_diff(samples: pd.DataFrame, tokenizer, *, meta: dict | None = None) -> BehaviourDiffResult:
+def behaviour_diff(
+    samples: pd.DataFrame, tokenizer, *, min_count: int = 5, shown: int = 12, meta: dict | None = None
+) -> BehaviourDiffResult:
     """The first (starting policy) and last evaluation of a policy stage (`Run.eval_rollouts`) compared: reward and
-    length distributions, and the SHOWN tokens each way whose mean log-ratio to the reference moved most."""
+    length distributions, and the `shown` tokens each way whose mean log-ratio to the reference moved most, among the
+    tokens seen at least `min_count` times in the final completions (a mean over fewer is noise)."""
     missing = [c for c in ("step", "completion_ids", "kl_per_token", "length") if c not in samples]
     if missing:
         raise ValueError(f"evaluation samples lack columns {missing}; pass Run.eval_rollouts(stage) of a policy stage")
@@ -52,26 +51,34 @@ def behaviour_diff(samples: pd.DataFrame, tokenizer, *, meta: dict | None = None
     if start_step == final_step:
         raise ValueError(f"the stage has one evaluation (step {start_step}); comparing behaviour needs the start and a later one")
     start, final = samples[samples["step"] == start_step], samples[samples["step"] == final_step]
-    shifts = token_shifts(final["completion_ids"], final["kl_per_token"])
-    shown = pd.concat([shifts.head(SHOWN).assign(direction="rose"), shifts.tail(SHOWN).iloc[::-1].assign(direction="fell")])
-    shown = shown.drop_duplicates("token_id")
-    shown.insert(0, "token", [tokenizer.decode([int(t)]) for t in shown["token_id"]])
+    shifts = token_shifts(final["completion_ids"], final["kl_per_token"], min_count)
+    moved = pd.concat([shifts.head(shown).assign(direction="rose"), shifts.tail(shown).iloc[::-1].assign(direction="fell")])
+    moved = moved.drop_duplicates("token_id")
+    moved.insert(0, "token", [tokenizer.decode([int(t)]) for t in moved["token_id"]])
     distributions = {
         f"{name}_{side}": [float(v) for v in part[column].dropna()]
         for name, column in DISTRIBUTIONS.items()
         if column in samples and samples[column].notna().any()
         for side, part in (("start", start), ("final", final))
     }
-    facts = {"start_step": start_step, "final_step": final_step, "tokens_ranked": len(shifts), "distributions": distributions}
-    return BehaviourDiffResult(df=shown.reset_index(drop=True), meta={**(meta or {}), **facts})
+    facts = {
+        "start_step": start_step,
+        "final_step": final_step,
+        "tokens_ranked": len(shifts),
+        "min_count": min_count,
+        "shown": shown,
+        "distributions": distributions,
+    }
+    return BehaviourDiffResult(df=moved.reset_index(drop=True), meta={**(meta or {}), **facts})
 
 
 @dataclass(frozen=True, eq=False)
 class BehaviourDiffResult(Result):
     """Tokens whose log-probability the final policy raised or lowered most against its reference. Columns: token
     (decoded), token_id, count (occurrences in the final evaluation completions), mean and sem (of log pi - log pi_ref,
-    nats), direction ("rose" or "fell"). `meta`: stage, start_step, final_step, tokens_ranked, distributions
-    ({gold,proxy,length}_{start,final}: the evaluation values)."""
+    nats), direction ("rose" or "fell"). `meta`: stage, start_step, final_step, tokens_ranked, min_count (occurrences
+    a token needs to be ranked), shown (tokens listed each way), distributions ({gold,proxy,length}_{start,final}: the
+    evaluation values)."""
 
     columns: ClassVar[tuple[str, ...]] = ("token", "token_id", "count", "mean", "sem", "direction")
     heading: ClassVar[str] = "Behaviour before and after alignment"
@@ -119,5 +126,8 @@ class BehaviourDiffResult(Result):
         )
 
     def table_html(self) -> Markup:
-        caption = f"Tokens seen at least {MIN_COUNT} times in the final evaluation completions ({self.meta.get('tokens_ranked')} ranked)"
+        caption = (
+            f"Tokens seen at least {self.meta.get('min_count')} times in the final evaluation completions "
+            f"({self.meta.get('tokens_ranked')} ranked)"
+        )
         return views.table(self.df, caption=caption, max_rows=None)

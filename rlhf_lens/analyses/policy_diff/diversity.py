@@ -10,8 +10,8 @@ Both policies sample `samples_per_prompt` completions of each prompt with the sa
 
 "within" a prompt: over that prompt's samples, averaged over prompts (how varied the answers to one question are);
 "across" prompts: over the first sample of every prompt (how alike the answers to different questions are).
-Each change (aligned - reference) gets a 95% interval over prompts: a percentile bootstrap within prompts, the jackknife
-across them (a bootstrap resample repeats texts, which would bias distinct-n).
+Each change (aligned - reference) gets an interval over prompts (95% by default): a percentile bootstrap within
+prompts, the jackknife across them (a bootstrap resample repeats texts, which would bias distinct-n).
 """
 
 from __future__ import annotations
@@ -30,9 +30,6 @@ from rlhf_lens import decoding, models, views
 from rlhf_lens.analyses.core.result import Result
 
 __all__ = ["DiversityResult", "distinct_n", "diversity_diff", "ngram_overlap"]
-
-BOOTSTRAP = 1000
-CI_LEVEL = 0.95
 
 
 def _ngrams(text: str, n: int) -> list[tuple[str, ...]]:
@@ -86,13 +83,19 @@ def diversity_diff(
     samples_per_prompt: int = 4,
     max_new_tokens: int = 32,
     seed: int = 0,
+    bootstrap: int = 1000,
+    ci_level: float = 0.95,
     meta: dict | None = None,
 ) -> DiversityResult:
-    """Diversity of `policy`'s samples against `reference`'s on the same prompts and seeds; see the module docstring."""
+    """Diversity of `policy`'s samples against `reference`'s on the same prompts and seeds; see the module docstring.
+    The intervals cover `ci_level`: within a prompt over `bootstrap` resamples of the prompts, across prompts by the
+    jackknife."""
     if samples_per_prompt < 2:
         raise ValueError(f"samples_per_prompt must be at least 2 to measure diversity within a prompt, got {samples_per_prompt}")
     if len(prompts) < 2:
         raise ValueError(f"pass at least two prompts to measure diversity across prompts, got {len(prompts)}")
+    if not 0 < ci_level < 1:
+        raise ValueError(f"ci_level must be in (0, 1), got {ci_level}")
     prompt_ids = models.encode_prompts(tokenizer, prompts)
     was = policy.training, reference.training
     policy.eval(), reference.eval()
@@ -106,8 +109,8 @@ def diversity_diff(
     within = {name: _per_prompt(t) for name, t in texts.items()}
     everyone = np.arange(len(prompts))
     rng = np.random.default_rng(seed)
-    resamples = rng.integers(0, len(prompts), size=(BOOTSTRAP, len(prompts)))  # (boot, prompts)
-    tail = 100 * (1 - CI_LEVEL) / 2
+    resamples = rng.integers(0, len(prompts), size=(bootstrap, len(prompts)))  # (boot, prompts)
+    tail = 100 * (1 - ci_level) / 2
     rows = []
     for metric in within["policy"]:
         ref, pol = within["reference"][metric], within["policy"][metric]
@@ -117,12 +120,14 @@ def diversity_diff(
     # the interval is the jackknife's instead, leaving one prompt out at a time (normal approximation).
     across = {name: _across(t, everyone) for name, t in texts.items()}
     leave_one_out = [np.delete(everyone, i) for i in everyone]
+    from scipy.special import ndtri
+
+    z = float(ndtri(1 - (1 - ci_level) / 2))  # the normal quantile: 1.96 for 0.95
     for metric in across["policy"]:
         change = across["policy"][metric] - across["reference"][metric]
         jack = np.array([_across(texts["policy"], keep)[metric] - _across(texts["reference"], keep)[metric] for keep in leave_one_out])
         n = len(jack)
         se = float(np.sqrt((n - 1) / n * np.sum((jack - jack.mean()) ** 2)))
-        z = 1.959963984540054  # the normal quantile of CI_LEVEL = 0.95
         rows.append(
             {
                 "metric": metric,
@@ -138,6 +143,8 @@ def diversity_diff(
         "samples_per_prompt": samples_per_prompt,
         "max_new_tokens": max_new_tokens,
         "seed": seed,
+        "bootstrap": bootstrap,
+        "ci_level": ci_level,
         "examples": [
             {"prompt": p, "reference": texts["reference"][i][:2], "policy": texts["policy"][i][:2]} for i, p in enumerate(prompts[:3])
         ],
@@ -162,9 +169,10 @@ class DiversityResult(Result):
     """Diversity of the aligned policy's samples against its reference's, one row per measure.
 
     Columns: metric ("distinct-2 within", "overlap-2 within", "distinct-1 across", "distinct-2 across",
-    "overlap-2 across"), reference, policy, change (policy - reference), ci_low and ci_high (95%, over prompts: bootstrap
-    within, jackknife across). Higher distinct-n and lower overlap mean more diverse. `meta`: prompts, samples_per_prompt, max_new_tokens,
-    seed, examples (a few prompts with two samples of each model), and what was compared.
+    "overlap-2 across"), reference, policy, change (policy - reference), ci_low and ci_high (at `meta["ci_level"]`, 95%
+    by default, over prompts: bootstrap within, jackknife across). Higher distinct-n and lower overlap mean more
+    diverse. `meta`: prompts, samples_per_prompt, max_new_tokens, seed, bootstrap, ci_level, examples (a few prompts
+    with two samples of each model), and what was compared.
     """
 
     columns: ClassVar[tuple[str, ...]] = ("metric", "reference", "policy", "change", "ci_low", "ci_high")
@@ -191,7 +199,7 @@ class DiversityResult(Result):
         ax.errorbar(change, y, xerr=errors, fmt="o", capsize=3, color="tab:purple")
         ax.axvline(0.0, color="grey", linewidth=0.6)
         ax.set_yticks(y, list(self.df["metric"]), fontsize=8)
-        ax.set_xlabel("aligned - reference (95% interval over prompts)")
+        ax.set_xlabel(f"aligned - reference ({self.meta['ci_level']:.0%} interval over prompts)")
         ax.set_title("diversity change (distinct-n up / overlap down: more diverse)", fontsize=9)
         ax.figure.tight_layout()
         return ax

@@ -34,9 +34,6 @@ from rlhf_lens.analyses.core.result import Result
 
 __all__ = ["WeightDiffResult", "delta_spectrum", "weight_diff"]
 
-TOP_SINGULAR = 8
-"""Singular values of each matrix's update kept in the table (columns sv_1 ... sv_8)."""
-
 
 def delta_spectrum(delta: torch.Tensor) -> np.ndarray:  # (rows, cols) -> (min(rows, cols),)
     """The singular values of a weight update, largest first (float64)."""
@@ -60,12 +57,16 @@ def weight_diff(
     before: Mapping[str, torch.Tensor] | str | Path,
     after: Mapping[str, torch.Tensor] | str | Path,
     *,
+    top_singular: int = 8,
     meta: Mapping | None = None,
 ) -> WeightDiffResult:
     """Per weight tensor, the update from `before` to `after` (state dicts or checkpoint folders); see the module
-    docstring. Both must hold the same tensor names with the same shapes."""
+    docstring. Both must hold the same tensor names with the same shapes. The `top_singular` largest singular values
+    of each matrix's update are kept (columns sv_1 ... sv_<top_singular>)."""
     from rlhf_lens.runs.weights import read_weights
 
+    if top_singular < 1:
+        raise ValueError(f"top_singular must be at least 1, got {top_singular}")
     before_weights = read_weights(before) if isinstance(before, str | Path) else dict(before)
     after_weights = read_weights(after) if isinstance(after, str | Path) else dict(after)
     missing, extra = sorted(set(before_weights) - set(after_weights)), sorted(set(after_weights) - set(before_weights))
@@ -98,11 +99,11 @@ def weight_diff(
             singular = delta_spectrum(delta)
             row["top1_share"], row["effective_rank"] = _rank_figures(singular)
             row["full_rank"] = min(w0.shape)
-            for i in range(TOP_SINGULAR):
+            for i in range(top_singular):
                 row[f"sv_{i + 1}"] = float(singular[i]) if i < len(singular) else math.nan
         rows.append(row)
     df = pd.DataFrame(rows)
-    for i in range(TOP_SINGULAR):
+    for i in range(top_singular):
         if f"sv_{i + 1}" not in df:
             df[f"sv_{i + 1}"] = math.nan
     df = df.sort_values("delta_norm", ascending=False, kind="stable").reset_index(drop=True)
@@ -113,6 +114,7 @@ def weight_diff(
         "parameters": int(df["numel"].sum()),
         "relative_total": total_delta / total_before if total_before > 0 else math.nan,
         "largest": str(df["name"].iloc[0]) if len(df) else None,
+        "top_singular": top_singular,
     }
     return WeightDiffResult(df=df, meta={**(meta or {}), **facts})
 
@@ -123,9 +125,9 @@ class WeightDiffResult(Result):
 
     Columns: name (the tensor's name in the checkpoint), shape, numel, norm (||W_before||_F), delta_norm
     (||W_after - W_before||_F), relative (delta_norm / norm), top1_share and effective_rank of the update's singular
-    values and full_rank (min(rows, cols)) for matrices (NaN for vectors), sv_1 ... sv_8 (the largest singular
-    values of the update). `meta`: tensors, parameters, relative_total (the whole model's relative change), largest
-    (the tensor of largest update), and what was compared (stage, before, after).
+    values and full_rank (min(rows, cols)) for matrices (NaN for vectors), sv_1 ... sv_<top_singular> (the largest
+    singular values of the update). `meta`: tensors, parameters, relative_total (the whole model's relative change),
+    largest (the tensor of largest update), top_singular, and what was compared (stage, before, after).
     """
 
     columns: ClassVar[tuple[str, ...]] = ("name", "shape", "numel", "norm", "delta_norm", "relative", "top1_share", "effective_rank")
@@ -158,7 +160,7 @@ class WeightDiffResult(Result):
         ax.set_title("largest relative updates", fontsize=9)
         if spectrum_ax is not None:
             matrices = self.df.dropna(subset=["top1_share"]).head(5)
-            ranks = np.arange(1, TOP_SINGULAR + 1)
+            ranks = np.arange(1, int(self.meta["top_singular"]) + 1)
             for _, row in matrices.iterrows():
                 values = np.array([row[f"sv_{i}"] for i in ranks], dtype=float)
                 spectrum_ax.plot(ranks, values / values[0], marker="o", label=f"{row['name']} (eff. rank {row['effective_rank']:.1f})")
@@ -181,4 +183,5 @@ class WeightDiffResult(Result):
             ]
         )
         columns = ["name", "shape", "relative", "delta_norm", "top1_share", "effective_rank", "full_rank", "sv_1", "sv_2", "sv_3"]
+        columns = [c for c in columns if c in self.df]  # top_singular may keep fewer than three
         return facts + views.table(self.df, columns=columns, max_rows=20, caption="Tensors by size of update (largest first)")

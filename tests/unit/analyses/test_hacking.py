@@ -16,6 +16,8 @@ import pytest  # noqa: E402
 from rlhf_lens.analyses import get_analysis, run_task, sections  # noqa: E402
 from rlhf_lens.analyses.core.cache import Task  # noqa: E402
 from rlhf_lens.analyses.hacking import (  # noqa: E402
+    analyze_length_hacking,
+    analyze_lexical_exploits,
     completion_words,
     length_gain_decomposition,
     lexical_exploits,
@@ -280,6 +282,14 @@ def test_the_registered_checks_run_on_a_policy_stage_and_come_back_from_the_cach
         assert second.result.headlines() == first.result.headlines()
         levels[name] = first.result.verdicts[0].level
     assert levels == {"hacking.length": "flag", "hacking.lexical": "flag", "hacking.divergence": "ok"}
+    # a changed setting is another cache entry, and a result read back judges by the thresholds it was computed with
+    task = Task(get_analysis("hacking.lexical"), "policy", params={"excess_flag": 0.99})
+    first, second = run_task(run, task), run_task(run, task)
+    assert (first.status, second.status) == ("computed", "cached")
+    assert first.result.verdicts[0].level == "warn" and "flag at ≥ 0.99" in first.result.verdicts[0].threshold
+    assert second.result.headlines() == first.result.headlines() and list(second.result.suspects()["word"]) == ["zorp"]
+    assert analyze_lexical_exploits(run, "policy", excess_warn=0.95).suspects().empty  # a direct call: zorp rose by less
+    assert analyze_length_hacking(run, "policy", share_flag=0.99).verdicts[0].level != "flag"
     order = [s.id for s in sections()]
     assert order.index("hacking") == order.index("policy") + 1
 

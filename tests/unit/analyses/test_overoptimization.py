@@ -76,6 +76,8 @@ def test_gold_rising_then_falling_while_the_proxy_rises_is_flagged():
     assert result.meta["gold_alpha"] == pytest.approx(1.0, abs=0.05) and result.meta["gold_beta"] == pytest.approx(0.6, abs=0.05)
     assert list(result.df["d"]) == pytest.approx([0, 1, 2, 3, 4])
     assert result.plot() is not None and "flag" in str(result.to_html()).lower()
+    stricter = overoptimization(evaluations(gold, KL, PROXY), fall_z=1000.0)  # the setting reaches the verdict
+    assert stricter.verdicts[0].level != "flag" and "1000 paired standard errors" in stricter.verdicts[0].threshold
 
 
 def test_gold_rising_with_the_proxy_is_ok():

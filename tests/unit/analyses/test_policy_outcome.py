@@ -167,6 +167,11 @@ def test_eos_collapse_is_judged_by_the_points_lost(tmp_path, final_finished, lev
     assert verdict.level == level
     assert verdict.value == pytest.approx(100 * (20 - final_finished) / 20)
     assert "10 points" in verdict.threshold and "30" in verdict.threshold
+    # the thresholds are settings: a direct call with stricter ones flags even the 5-point drop
+    strict = analyze_policy_outcome(run, "policy", eos_drop_warn=1.0, eos_drop_flag=2.0)
+    verdict = next(v for v in strict.verdicts if v.check == "EOS rate")
+    assert verdict.level == "flag" and "1 points, flag above 2" in verdict.threshold
+    assert strict.meta["eos_drop_warn"] == 1.0 and levels(strict)["length shift"] == levels(result)["length shift"]
 
 
 @pytest.mark.parametrize(("final_length", "level"), [(5, "ok"), (7, "warn"), (9, "flag"), (3, "ok"), (2, "warn"), (1, "flag")])
