@@ -9,6 +9,7 @@ text's tokens. Activations are cached under the run's analyses folder (`probes.a
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
 import numpy as np
@@ -43,17 +44,9 @@ register_section(
     "whether the reward (or the gold score of the policy's samples) moves.",
 )
 
-PROBE_TEXTS = 1000
-"""Corpus texts probed per checkpoint (a deterministic sample)."""
-OVER_TRAINING_TEXTS = 300
-"""Corpus texts probed at each checkpoint over training."""
-OVER_TRAINING_CONCEPTS = {name: spec for name, spec in CONCEPTS.items() if name != "domain"}
-"""Over training, the concepts without domain (its 7-class probe costs as much as the other four together)."""
-STEERING_TEXTS = 128
-"""Corpus texts whose reward is steered."""
-STEERING_PROMPTS = 64
-"""Evaluation prompts the policy samples under steering."""
 SITES = ("resid_pre", "resid_post", "resid_final")
+"""The sites `residual_activations` collects: `residual_stream` reads resid_pre and resid_post, the reward read-out
+resid_final."""
 SENTIMENT_VALUE = {"negative": -1.0, "mixed": 0.0, "neutral": 0.0, "positive": 1.0}
 """Gold sentiment as a number, for its direction (the slope of the activations on it)."""
 
@@ -63,7 +56,7 @@ def _probe_texts(run_path: str, corpus_sha: str, n: int) -> ProbeTexts:
     return corpus_probe_texts(Run.open(run_path).data("corpus"), n)
 
 
-def probe_texts(run: Run, n: int = PROBE_TEXTS) -> ProbeTexts:
+def probe_texts(run: Run, n: int = 1000) -> ProbeTexts:
     """The run's corpus sample of `n` texts with their labels (the same texts for every stage and checkpoint)."""
     sha = run.manifest["data"].get("corpus.jsonl", {}).get("sha256", "")
     return _probe_texts(str(run.path), sha, n)
@@ -92,9 +85,29 @@ def residual_activations(run: Run, stage: str, tag: str, texts: ProbeTexts) -> t
     return residual_stream(store, read), rewards
 
 
-def checkpoint_concept_probes(run: Run, stage: str, tag: str, texts: ProbeTexts, concepts=CONCEPTS) -> ConceptProbesResult:
+def chosen_concepts(names: Sequence[str]) -> dict[str, tuple[str, str]]:
+    """The concepts called `names`, as `probe_concepts` takes them ({name: (label column, kind)} from `CONCEPTS`);
+    ValueError names an unknown one."""
+    unknown = [name for name in names if name not in CONCEPTS]
+    if unknown:
+        raise ValueError(f"unknown concept(s) {unknown}; the corpus concepts are {list(CONCEPTS)}")
+    return {name: CONCEPTS[name] for name in names}
+
+
+def checkpoint_concept_probes(
+    run: Run,
+    stage: str,
+    tag: str,
+    texts: ProbeTexts,
+    concepts: Mapping[str, tuple[str, str]] = CONCEPTS,
+    *,
+    min_class: int = 10,
+    bootstrap: int = 1000,
+    ci_level: float = 0.95,
+    max_iter: int = 100,
+) -> ConceptProbesResult:
     """`probe_concepts` on checkpoint `tag` of `stage` over `texts`, with the reward as one more (regression) concept
-    for a scalar reward model."""
+    for a scalar reward model. min_class, bootstrap, ci_level, max_iter: as in `probe_concepts`."""
     activations, rewards = residual_activations(run, stage, tag, texts)
     extra = {"reward": (rewards, "regression")} if rewards is not None else None
     meta = {"stage": stage, "tag": tag, "read": _read(run, stage), "n": len(texts)}
@@ -105,6 +118,10 @@ def checkpoint_concept_probes(run: Run, stage: str, tag: str, texts: ProbeTexts,
         groups=np.asarray(texts.completions),
         control_tokens=last_words(texts.completions),
         extra=extra,
+        min_class=min_class,
+        bootstrap=bootstrap,
+        ci_level=ci_level,
+        max_iter=max_iter,
         meta=meta,
     )
 
@@ -115,26 +132,83 @@ CHECKPOINTS = Needs(checkpoints=True, data=("corpus",))
 
 
 @analysis("probes.reward_concepts", result=ConceptProbesResult, section="probes", needs=replace(CHECKPOINTS, stage_kind="reward"), order=1)
-def analyze_reward_concepts(run: Run, stage: str) -> ConceptProbesResult:
+def analyze_reward_concepts(
+    run: Run,
+    stage: str,
+    *,
+    texts: int = 1000,
+    concepts: tuple[str, ...] = ("gold sentiment", "negation", "trigger present", "domain", "length bucket"),
+    min_class: int = 10,
+    bootstrap: int = 1000,
+    ci_level: float = 0.95,
+    max_iter: int = 100,
+) -> ConceptProbesResult:
     """Linear probes of each corpus concept (and of the reward) at every layer of the final reward model of `stage`,
-    read at the last token, with the permuted-label and control-task controls."""
-    return checkpoint_concept_probes(run, stage, final_tag(run, stage), probe_texts(run))
+    read at the last token, with the permuted-label and control-task controls.
+
+    texts: corpus texts probed (a deterministic sample).
+    concepts: the corpus concepts probed (names of `CONCEPTS`).
+    min_class: a concept is probed only when each of its classes holds at least this many texts.
+    bootstrap: resamples behind each score's confidence interval.
+    ci_level: the coverage of that interval.
+    max_iter: Newton iterations a logistic probe may take.
+    """
+    return checkpoint_concept_probes(
+        run,
+        stage,
+        final_tag(run, stage),
+        probe_texts(run, texts),
+        chosen_concepts(concepts),
+        min_class=min_class,
+        bootstrap=bootstrap,
+        ci_level=ci_level,
+        max_iter=max_iter,
+    )
 
 
 @analysis("probes.policy_concepts", result=ConceptProbesResult, section="probes", needs=replace(CHECKPOINTS, stage_kind="policy"), order=2)
-def analyze_policy_concepts(run: Run, stage: str) -> ConceptProbesResult:
-    """Linear probes of each corpus concept at every layer of the final policy of `stage` (mean over the text)."""
-    return checkpoint_concept_probes(run, stage, final_tag(run, stage), probe_texts(run))
+def analyze_policy_concepts(
+    run: Run,
+    stage: str,
+    *,
+    texts: int = 1000,
+    concepts: tuple[str, ...] = ("gold sentiment", "negation", "trigger present", "domain", "length bucket"),
+    min_class: int = 10,
+    bootstrap: int = 1000,
+    ci_level: float = 0.95,
+    max_iter: int = 100,
+) -> ConceptProbesResult:
+    """Linear probes of each corpus concept at every layer of the final policy of `stage` (mean over the text).
+
+    texts: corpus texts probed (a deterministic sample).
+    concepts: the corpus concepts probed (names of `CONCEPTS`).
+    min_class: a concept is probed only when each of its classes holds at least this many texts.
+    bootstrap: resamples behind each score's confidence interval.
+    ci_level: the coverage of that interval.
+    max_iter: Newton iterations a logistic probe may take.
+    """
+    return checkpoint_concept_probes(
+        run,
+        stage,
+        final_tag(run, stage),
+        probe_texts(run, texts),
+        chosen_concepts(concepts),
+        min_class=min_class,
+        bootstrap=bootstrap,
+        ci_level=ci_level,
+        max_iter=max_iter,
+    )
 
 
 # --------------------------------------------------------------------------- directions
 
 
-def concept_directions(activations: np.ndarray, labels) -> dict[str, np.ndarray]:
+def concept_directions(activations: np.ndarray, labels, *, max_iter: int = 100) -> dict[str, np.ndarray]:
     """{"<concept> · pattern" and "<concept> · filter": (layer, d_model)} for sentiment (as a number: negative -1,
     mixed 0, positive +1), length in words, negation and the trigger, those that vary over the texts.
     Patterns are the activations' slope on the concept (`concept_patterns`), filters a probe's weights
-    (`probe_directions`); `probes.directions` explains the difference."""
+    (`probe_directions`, its logistic probes stopping after `max_iter` Newton iterations); `probes.directions`
+    explains the difference."""
     numbers = {}
     if "sentiment" in labels and set(labels["sentiment"]) <= set(SENTIMENT_VALUE):
         numbers["sentiment"] = (labels["sentiment"].map(SENTIMENT_VALUE).to_numpy(dtype=float), "regression")
@@ -148,7 +222,7 @@ def concept_directions(activations: np.ndarray, labels) -> dict[str, np.ndarray]
         if len(np.unique(values)) < 2:
             continue
         directions[f"{name} · pattern"] = concept_patterns(activations, values)
-        directions[f"{name} · filter"] = probe_directions(activations, values, kind=kind)
+        directions[f"{name} · filter"] = probe_directions(activations, values, kind=kind, max_iter=max_iter)
     return directions
 
 
@@ -162,23 +236,25 @@ SCALAR_REWARD = Needs(stage_kind="reward", checkpoints=True, data=("corpus",), r
 
 
 @analysis("probes.reward_directions", result=DirectionAlignmentResult, section="probes", needs=SCALAR_REWARD, order=3)
-def analyze_reward_directions(run: Run, stage: str) -> DirectionAlignmentResult:
+def analyze_reward_directions(run: Run, stage: str, *, texts: int = 1000, max_iter: int = 100) -> DirectionAlignmentResult:
     """The final reward model's read-out direction against the directions of sentiment, length, negation and the
-    trigger at every layer: cosine, and the share of the reward's variance each direction explains."""
+    trigger at every layer: cosine, and the share of the reward's variance each direction explains.
+
+    texts: corpus texts the directions are measured on (a deterministic sample).
+    max_iter: Newton iterations a logistic probe (a filter direction) may take.
+    """
     from rlhf_lens.analyses.probes.directions import reward_readout_direction
 
     tag = final_tag(run, stage)
-    texts = probe_texts(run)
-    activations, rewards = residual_activations(run, stage, tag, texts)
+    sample = probe_texts(run, texts)
+    activations, rewards = residual_activations(run, stage, tag, sample)
     readout = reward_readout_direction(run.load_model(stage, tag))
-    result = reward_direction_alignment(readout, concept_directions(activations, texts.labels), activations, rewards)
+    directions = concept_directions(activations, sample.labels, max_iter=max_iter)
+    result = reward_direction_alignment(readout, directions, activations, rewards)
     return DirectionAlignmentResult(df=result.df, meta={**result.meta, "stage": stage, "tag": tag})
 
 
 # --------------------------------------------------------------------------- steering
-
-STEERED = {"sentiment": 1, "length": None, "negation": None}
-"""The concepts steered, with the sign their push should move the reward or gold score by (None: no expectation)."""
 
 
 def steering_layer(n_layers: int) -> int:
@@ -187,34 +263,65 @@ def steering_layer(n_layers: int) -> int:
     return max(0, n_layers // 2 - 1)
 
 
-def steering_directions(activations: np.ndarray, labels, layer: int) -> dict[str, np.ndarray]:
-    """The pattern of each steered concept at the residual stream leaving block `layer` (stream index layer + 1)."""
+def steering_directions(
+    activations: np.ndarray, labels, layer: int, concepts: Sequence[str] = ("sentiment", "length", "negation")
+) -> dict[str, np.ndarray]:
+    """The pattern of each of `concepts` (names of `concept_directions` without " · pattern") at the residual stream
+    leaving block `layer` (stream index layer + 1), for those that vary over the texts."""
+    known = ("sentiment", "length", "negation", "trigger present")
+    unknown = [name for name in concepts if name not in known]
+    if unknown:
+        raise ValueError(f"unknown steering concept(s) {unknown}; the concepts with a direction are {list(known)}")
     patterns = concept_directions(activations[:, layer + 1 : layer + 2], labels)
-    return {name: patterns[f"{name} · pattern"][0] for name in STEERED if f"{name} · pattern" in patterns}
+    return {name: patterns[f"{name} · pattern"][0] for name in concepts if f"{name} · pattern" in patterns}
+
+
+def _expected_sign(concept: str, raises: Sequence[str]) -> int | None:
+    return 1 if concept in raises else None
 
 
 @analysis("probes.reward_steering", result=ConceptSteeringResult, section="probes", needs=SCALAR_REWARD, order=4)
-def analyze_reward_steering(run: Run, stage: str) -> ConceptSteeringResult:
+def analyze_reward_steering(
+    run: Run,
+    stage: str,
+    *,
+    texts: int = 1000,
+    steered_texts: int = 128,
+    concepts: tuple[str, ...] = ("sentiment", "length", "negation"),
+    raises: tuple[str, ...] = ("sentiment",),
+    scales: tuple[float, ...] = (-2.0, -1.0, 0.0, 1.0, 2.0),
+    moves_z: float = 3.0,
+) -> ConceptSteeringResult:
     """The final reward model's reward on corpus texts with the residual stream after its middle block pushed along
-    the sentiment, length and negation patterns; sentiment is expected to raise it."""
+    the sentiment, length and negation patterns; sentiment is expected to raise it.
+
+    texts: corpus texts the patterns are measured on (a deterministic sample).
+    steered_texts: the first this many of them, whose reward is steered.
+    concepts: the concepts pushed along (sentiment, length, negation, trigger present).
+    raises: those of them expected to raise the reward (their verdict also checks the sign).
+    scales: the pushes, in standard deviations of the residual along the direction.
+    moves_z: a push counts as moving the reward when its per-sd change is this many standard errors from 0.
+    """
     tag = final_tag(run, stage)
-    texts = probe_texts(run)
-    activations, _ = residual_activations(run, stage, tag, texts)
+    sample = probe_texts(run, texts)
+    activations, _ = residual_activations(run, stage, tag, sample)
     model, tokenizer = run.load_model(stage, tag), run.load_tokenizer(stage, tag)
     layer = steering_layer(activations.shape[1] - 1)
-    chosen = slice(0, STEERING_TEXTS)
+    chosen = slice(0, steered_texts)
     runs = {
         name: steer_rewards(
             model,
             tokenizer,
-            texts.prompts[chosen],
-            texts.completions[chosen],
+            sample.prompts[chosen],
+            sample.completions[chosen],
             direction,
             layer=layer,
+            scales=scales,
             concept=name,
-            expected_sign=STEERED[name],
+            expected_sign=_expected_sign(name, raises),
+            moves_z=moves_z,
         )
-        for name, direction in steering_directions(activations, texts.labels, layer).items()
+        for name, direction in steering_directions(activations, sample.labels, layer, concepts).items()
     }
     return ConceptSteeringResult.from_runs(runs, meta={"stage": stage, "tag": tag})
 
@@ -232,19 +339,48 @@ def _gold_and_prompts(run: Run, stage: str | None) -> str | None:
     needs=Needs(stage_kind="policy", checkpoints=True, data=("corpus", "prompts"), requires=_gold_and_prompts),
     order=5,
 )
-def analyze_policy_steering(run: Run, stage: str) -> ConceptSteeringResult:
+def analyze_policy_steering(
+    run: Run,
+    stage: str,
+    *,
+    texts: int = 1000,
+    prompts: int = 64,
+    concepts: tuple[str, ...] = ("sentiment", "length", "negation"),
+    raises: tuple[str, ...] = ("sentiment",),
+    scales: tuple[float, ...] = (-2.0, -1.0, 0.0, 1.0, 2.0),
+    moves_z: float = 3.0,
+) -> ConceptSteeringResult:
     """The gold score of the final policy's samples on evaluation prompts with its residual stream after the middle
-    block pushed along its own sentiment, length and negation patterns (same seeds at every push)."""
+    block pushed along its own sentiment, length and negation patterns (same seeds at every push).
+
+    texts: corpus texts the patterns are measured on (a deterministic sample).
+    prompts: evaluation prompts the policy samples under steering (the first this many).
+    concepts: the concepts pushed along (sentiment, length, negation, trigger present).
+    raises: those of them expected to raise the gold score (their verdict also checks the sign).
+    scales: the pushes, in standard deviations of the residual along the direction.
+    moves_z: a push counts as moving the score when its per-sd change is this many standard errors from 0.
+    """
     tag = final_tag(run, stage)
-    texts = probe_texts(run)
-    activations, _ = residual_activations(run, stage, tag, texts)
+    sample = probe_texts(run, texts)
+    activations, _ = residual_activations(run, stage, tag, sample)
     policy, tokenizer = run.load_model(stage, tag), run.load_tokenizer(stage, tag)
-    prompts = [p["prompt"] for p in run.data("prompts") if p.get("split") == "eval"][:STEERING_PROMPTS]
+    eval_prompts = [p["prompt"] for p in run.data("prompts") if p.get("split") == "eval"][:prompts]
     layer = steering_layer(activations.shape[1] - 1)
     gold = oracle(run)
     runs = {
-        name: steer_policy(policy, tokenizer, prompts, direction, gold, layer=layer, concept=name, expected_sign=STEERED[name])
-        for name, direction in steering_directions(activations, texts.labels, layer).items()
+        name: steer_policy(
+            policy,
+            tokenizer,
+            eval_prompts,
+            direction,
+            gold,
+            layer=layer,
+            scales=scales,
+            concept=name,
+            expected_sign=_expected_sign(name, raises),
+            moves_z=moves_z,
+        )
+        for name, direction in steering_directions(activations, sample.labels, layer, concepts).items()
     }
     return ConceptSteeringResult.from_runs(runs, meta={"stage": stage, "tag": tag})
 
@@ -258,14 +394,24 @@ def _several_checkpoints(run: Run, stage: str | None) -> str | None:
     return None
 
 
-def probes_over_training(run: Run, stage: str, n: int = OVER_TRAINING_TEXTS) -> ProbesOverTrainingResult:
-    """`checkpoint_concept_probes` (without domain) at every checkpoint of `stage`, on the same texts."""
+def probes_over_training(
+    run: Run,
+    stage: str,
+    n: int = 300,
+    *,
+    concepts: Sequence[str] = ("gold sentiment", "negation", "trigger present", "length bucket"),
+    min_class: int = 10,
+    max_iter: int = 100,
+) -> ProbesOverTrainingResult:
+    """`checkpoint_concept_probes` of `concepts` (by default all but domain: its 7-class probe costs as much as the
+    other four together) at every checkpoint of `stage`, on the same `n` texts."""
     from tqdm.auto import tqdm
 
     texts = probe_texts(run, n)
+    probed = chosen_concepts(concepts)
     checkpoints = sorted(run.checkpoints(stage), key=lambda c: c.step)
     results = [
-        (c.tag, c.step, checkpoint_concept_probes(run, stage, c.tag, texts, OVER_TRAINING_CONCEPTS))
+        (c.tag, c.step, checkpoint_concept_probes(run, stage, c.tag, texts, probed, min_class=min_class, max_iter=max_iter))
         for c in tqdm(checkpoints, desc=f"probes over {stage}'s checkpoints", leave=False)
     ]
     return ProbesOverTrainingResult.from_checkpoints(results, meta={"stage": stage, "read": _read(run, stage), "n": len(texts)})
@@ -281,9 +427,23 @@ OVER_TRAINING = {"checkpoints": True, "data": ("corpus",), "requires": _several_
     needs=Needs(stage_kind="reward", **OVER_TRAINING),
     order=6,
 )
-def analyze_reward_probes_over_training(run: Run, stage: str) -> ProbesOverTrainingResult:
-    """The concept probes at every checkpoint of reward stage `stage`, each concept at its most selective layer."""
-    return probes_over_training(run, stage)
+def analyze_reward_probes_over_training(
+    run: Run,
+    stage: str,
+    *,
+    texts: int = 300,
+    concepts: tuple[str, ...] = ("gold sentiment", "negation", "trigger present", "length bucket"),
+    min_class: int = 10,
+    max_iter: int = 100,
+) -> ProbesOverTrainingResult:
+    """The concept probes at every checkpoint of reward stage `stage`, each concept at its most selective layer.
+
+    texts: corpus texts probed at each checkpoint (a deterministic sample).
+    concepts: the corpus concepts probed (names of `CONCEPTS`; domain left out, its probe costs as much as the rest).
+    min_class: a concept is probed only when each of its classes holds at least this many texts.
+    max_iter: Newton iterations a logistic probe may take.
+    """
+    return probes_over_training(run, stage, texts, concepts=concepts, min_class=min_class, max_iter=max_iter)
 
 
 @analysis(
@@ -293,6 +453,20 @@ def analyze_reward_probes_over_training(run: Run, stage: str) -> ProbesOverTrain
     needs=Needs(stage_kind="policy", **OVER_TRAINING),
     order=7,
 )
-def analyze_policy_probes_over_training(run: Run, stage: str) -> ProbesOverTrainingResult:
-    """The concept probes at every checkpoint of policy stage `stage`, each concept at its most selective layer."""
-    return probes_over_training(run, stage)
+def analyze_policy_probes_over_training(
+    run: Run,
+    stage: str,
+    *,
+    texts: int = 300,
+    concepts: tuple[str, ...] = ("gold sentiment", "negation", "trigger present", "length bucket"),
+    min_class: int = 10,
+    max_iter: int = 100,
+) -> ProbesOverTrainingResult:
+    """The concept probes at every checkpoint of policy stage `stage`, each concept at its most selective layer.
+
+    texts: corpus texts probed at each checkpoint (a deterministic sample).
+    concepts: the corpus concepts probed (names of `CONCEPTS`; domain left out, its probe costs as much as the rest).
+    min_class: a concept is probed only when each of its classes holds at least this many texts.
+    max_iter: Newton iterations a logistic probe may take.
+    """
+    return probes_over_training(run, stage, texts, concepts=concepts, min_class=min_class, max_iter=max_iter)

@@ -49,11 +49,10 @@ CONCEPTS: dict[str, tuple[str, str]] = {
     "domain": ("domain", "classification"),
     "length bucket": ("length_bucket", "classification"),
 }
-"""Concept name -> (label column of `ProbeTexts.labels`, probe kind)."""
+"""Concept name -> (label column of `ProbeTexts.labels`, probe kind): what each concept is. Which of them an analysis
+probes is its `concepts` setting."""
 LENGTH_BUCKETS = ("short", "medium", "long")
-"""Length buckets: the terciles of the texts' lengths in words."""
-MIN_CLASS = 10
-"""A concept is probed only when each of its classes holds at least this many texts."""
+"""The names of the length buckets, the terciles of the texts' lengths in words."""
 
 
 @dataclass(frozen=True)
@@ -96,7 +95,7 @@ def residual_stream(store: ActivationStore, read: str) -> np.ndarray:  # (n, lay
     return np.concatenate([store.array("resid_pre", read), store.array("resid_post", read, [last_block])], axis=1)
 
 
-def _skip_reason(values: pd.Series, kind: str, folds: int) -> str | None:
+def _skip_reason(values: pd.Series, kind: str, folds: int, min_class: int) -> str | None:
     if values.isna().any():
         return "some texts lack this label"
     if kind == "regression":
@@ -104,8 +103,8 @@ def _skip_reason(values: pd.Series, kind: str, folds: int) -> str | None:
     counts = values.value_counts()
     if len(counts) < 2:
         return f"every text has the same value ({counts.index[0]})"
-    if counts.min() < max(MIN_CLASS, folds):
-        return f"class {counts.idxmin()} holds {counts.min()} texts (fewer than {max(MIN_CLASS, folds)})"
+    if counts.min() < max(min_class, folds):
+        return f"class {counts.idxmin()} holds {counts.min()} texts (fewer than {max(min_class, folds)})"
     return None
 
 
@@ -119,12 +118,18 @@ def probe_concepts(
     extra: Mapping[str, tuple[np.ndarray, str]] | None = None,
     folds: int = 5,
     seed: int = 0,
+    min_class: int = 10,
+    bootstrap: int = 1000,
+    ci_level: float = 0.95,
+    max_iter: int = 100,
     meta: Mapping | None = None,
 ) -> ConceptProbesResult:
     """`probe_layers` for each concept whose label column varies enough, and for each `extra` {name: (values, kind)}
     (e.g. the reward itself, as a regression). activations: (n, layer, d_model); labels: one row per text.
     groups: (n,) what must not be split across folds (None: identical texts are not known, every row is its own).
-    Concepts that cannot be probed (one class, a rare class) are listed in `meta["skipped"]` with the reason."""
+    min_class: a concept with classes is probed only when each class holds at least this many texts (and `folds`).
+    Concepts that cannot be probed (one class, a rare class) are listed in `meta["skipped"]` with the reason.
+    bootstrap, ci_level, max_iter: passed to `probe_layers`."""
     n = activations.shape[0]
     if len(labels) != n:
         raise ValueError(f"labels hold {len(labels)} rows but activations {n} texts")
@@ -132,14 +137,26 @@ def probe_concepts(
     targets: dict[str, tuple[np.ndarray, str]] = {}
     skipped: dict[str, str] = {}
     for name, (column, kind) in concepts.items():
-        reason = "the texts have no such label" if column not in labels else _skip_reason(labels[column], kind, folds)
+        reason = "the texts have no such label" if column not in labels else _skip_reason(labels[column], kind, folds, min_class)
         if reason:
             skipped[name] = reason
         else:
             targets[name] = (labels[column].to_numpy(), kind)
     targets.update(extra or {})
     results = {
-        name: probe_layers(activations, values, groups, kind=kind, control_tokens=control_tokens, folds=folds, seed=seed, concept=name)
+        name: probe_layers(
+            activations,
+            values,
+            groups,
+            kind=kind,
+            control_tokens=control_tokens,
+            folds=folds,
+            seed=seed,
+            concept=name,
+            bootstrap=bootstrap,
+            ci_level=ci_level,
+            max_iter=max_iter,
+        )
         for name, (values, kind) in targets.items()
     }
     return ConceptProbesResult.from_probes(results, skipped=skipped, meta=meta)

@@ -171,13 +171,13 @@ class DirectionAlignmentResult(Result):
 
 @ONE_BLAS_THREAD
 def probe_directions(
-    activations: np.ndarray, labels: np.ndarray, *, kind: Kind = "classification", l2: float = 1.0
+    activations: np.ndarray, labels: np.ndarray, *, kind: Kind = "classification", l2: float = 1.0, max_iter: int = 100
 ) -> np.ndarray:  # (layer, d_model)
     """Each layer's probe direction in the original (unstandardised) activation space: (n, layer, d_model) -> (layer,
     d_model).
 
-    The probe of `probe_layers` (standardise, then L2-penalised logistic or ridge regression, same `l2`) is fitted on
-    all texts at each layer. Its decision function is w_std . (x - mean) / scale + b, i.e. (w_std / scale) . x + const,
+    The probe of `probe_layers` (standardise, then L2-penalised logistic or ridge regression, same `l2` and
+    `max_iter`) is fitted on all texts at each layer. Its decision function is w_std . (x - mean) / scale + b, i.e. (w_std / scale) . x + const,
     so the direction returned is w_std / scale (per feature): the weights the probe puts on the raw activations, in
     logit (or label) units per unit of activation. For classification the concept must have two classes and the
     direction points towards the second in sorted order; for a concept with more classes probe one class against the
@@ -200,7 +200,7 @@ def probe_directions(
         y = labels.astype(float)
     directions = np.zeros((x.shape[1], x.shape[2]))
     for layer in range(x.shape[1]):
-        probe, _ = _fit(x[:, layer, :], y, kind, l2)
+        probe, _ = _fit(x[:, layer, :], y, kind, l2, max_iter)
         scaler, model = probe[0], probe[-1]
         directions[layer] = np.ravel(model.coef_) / scaler.scale_
     return directions

@@ -50,16 +50,9 @@ __all__ = ["ProbeResult", "control_task_labels", "grouped_folds", "probe_layers"
 Kind = Literal["classification", "regression"]
 KINDS: tuple[str, ...] = ("classification", "regression")
 
-BOOTSTRAP = 1000
-"""Bootstrap resamples behind each score's confidence interval."""
-CI_LEVEL = 0.95
-"""Coverage of the confidence interval (percentile bootstrap)."""
 ONE_BLAS_THREAD = threadpool_limits.wrap(limits=1, user_api="blas")
 """Probe fits run with one BLAS thread: on 2 cores, OpenBLAS's two threads beside torch's ran the report's probes 2.5x
 slower than one thread (149 s against 59 s on the quick run), the matrices being small (n x d_model 128)."""
-MAX_ITER = 100
-"""Newton iterations a logistic probe may take (a handful is usual); fits that use them all are counted in
-`meta["unconverged_fits"]`."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -72,7 +65,7 @@ class ProbeResult(Result):
         score: the probe's cross-validated score on the pooled out-of-fold predictions: balanced accuracy (mean
             recall over classes; chance is 1 / classes) for kind "classification", R^2 (0 for predicting the mean)
             for kind "regression". `meta["metric"]` says which.
-        ci_low, ci_high: the `CI_LEVEL` percentile bootstrap interval of the score, resampling groups (prompts; texts
+        ci_low, ci_high: the `ci_level` percentile bootstrap interval of the score, resampling groups (prompts; texts
             when every text is its own group) with replacement and rescoring their out-of-fold predictions. The
             probes are not refitted: the interval is the uncertainty of evaluating on these texts, not of training.
         permuted: the same probe on labels permuted within each fold (same folds, same class balance per fold).
@@ -113,7 +106,7 @@ class ProbeResult(Result):
         x = self.df["layer"].to_numpy()
         score = self.df["score"].to_numpy(dtype=float)
         ax.fill_between(x, self.df["ci_low"], self.df["ci_high"], color="tab:blue", alpha=0.2, linewidth=0)
-        ax.plot(x, score, marker="o", color="tab:blue", label=f"probe ({int(100 * self.meta.get('ci_level', CI_LEVEL))}% CI)")
+        ax.plot(x, score, marker="o", color="tab:blue", label=f"probe ({round(100 * self.meta.get('ci_level', 0.95))}% CI)")
         ax.plot(x, self.df["permuted"], marker="s", linestyle="--", color="grey", label="permuted labels")
         if self.df["control_task"].notna().any():
             ax.plot(x, self.df["control_task"], marker="^", linestyle=":", color="tab:orange", label="control task (per token type)")
@@ -213,8 +206,9 @@ def _permute_within_folds(labels: np.ndarray, fold: np.ndarray, rng: np.random.G
 # --------------------------------------------------------------------------- probes and scores
 
 
-def _probe(kind: Kind, l2: float):
-    """The probe: standardise each feature on the training fold, then an L2-penalised linear model.
+def _probe(kind: Kind, l2: float, max_iter: int):
+    """The probe: standardise each feature on the training fold, then an L2-penalised linear model (a logistic one
+    stops after `max_iter` Newton iterations).
 
     The penalty is `l2 * ||w||^2 / 2` against the summed loss over texts (LogisticRegression's C = 1 / l2; Ridge's
     alpha = l2, whose own penalty is alpha * ||w||^2 against the summed squared error), on standardised features.
@@ -226,23 +220,23 @@ def _probe(kind: Kind, l2: float):
     # Newton-Cholesky, not the default lbfgs: residual streams are badly conditioned (a few directions of very large
     # variance even after standardising), and lbfgs took 200-600 iterations on the demo reward model's activations
     # where Newton takes 4-8, 2-10x faster at d_model 128 (same objective, same optimum).
-    model = LogisticRegression(C=1.0 / l2, solver="newton-cholesky", max_iter=MAX_ITER) if kind == "classification" else Ridge(alpha=l2)
+    model = LogisticRegression(C=1.0 / l2, solver="newton-cholesky", max_iter=max_iter) if kind == "classification" else Ridge(alpha=l2)
     return make_pipeline(StandardScaler(), model)
 
 
-def _fit(x: np.ndarray, y: np.ndarray, kind: Kind, l2: float):
+def _fit(x: np.ndarray, y: np.ndarray, kind: Kind, l2: float, max_iter: int):
     """A fitted probe and whether its solver ran out of iterations."""
     from sklearn.exceptions import ConvergenceWarning
 
-    probe = _probe(kind, l2)
+    probe = _probe(kind, l2, max_iter)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)  # counted instead: meta["unconverged_fits"]
         probe.fit(x, y)
     n_iter = getattr(probe[-1], "n_iter_", None)
-    return probe, bool(n_iter is not None and np.max(n_iter) >= MAX_ITER)
+    return probe, bool(n_iter is not None and np.max(n_iter) >= max_iter)
 
 
-def _out_of_fold(x: np.ndarray, y: np.ndarray, fold: np.ndarray, kind: Kind, l2: float) -> tuple[np.ndarray, int]:
+def _out_of_fold(x: np.ndarray, y: np.ndarray, fold: np.ndarray, kind: Kind, l2: float, max_iter: int) -> tuple[np.ndarray, int]:
     """Each text's prediction by the probe trained on the other folds, and the number of unconverged fits.
 
     A classification training fold that holds one class only predicts that class (there is nothing to fit)."""
@@ -253,7 +247,7 @@ def _out_of_fold(x: np.ndarray, y: np.ndarray, fold: np.ndarray, kind: Kind, l2:
         if kind == "classification" and len(np.unique(y[train])) < 2:
             predicted[test] = y[train][0]
             continue
-        probe, stalled = _fit(x[train], y[train], kind, l2)
+        probe, stalled = _fit(x[train], y[train], kind, l2, max_iter)
         predicted[test] = probe.predict(x[test])
         unconverged += stalled
     return predicted, unconverged
@@ -308,6 +302,9 @@ def probe_layers(
     concept: str = "",
     l2: float = 1.0,
     layers: Sequence[int] | None = None,
+    bootstrap: int = 1000,
+    ci_level: float = 0.95,
+    max_iter: int = 100,
 ) -> ProbeResult:
     """Cross-validated linear probes of `labels` from each layer, with a permutation control and (given
     `control_tokens`) the Hewitt-Liang control task; see the module docstring.
@@ -319,8 +316,13 @@ def probe_layers(
         position), or None for no control task.
     l2: the penalty on the standardised weights (see `_probe`); larger is a less expressive probe.
     layers: what to call each slice of the layer axis (default 0, 1, ...).
+    bootstrap: resamples behind each score's confidence interval; ci_level: its coverage (percentile bootstrap).
+    max_iter: Newton iterations a logistic probe may take (a handful is usual); fits that use them all are counted
+        in `meta["unconverged_fits"]`.
     """
     x_all, y_raw, groups = _check_inputs(activations, labels, groups, kind=kind, control_tokens=control_tokens, l2=l2)
+    if bootstrap < 1 or not 0 < ci_level < 1 or max_iter < 1:
+        raise ValueError(f"bootstrap and max_iter must be at least 1 and ci_level in (0, 1), got {bootstrap}, {max_iter} and {ci_level}")
     # float32 halves the time of a multinomial Newton fit; on the demo reward model's activations every score came
     # out identical to 4 decimals. probe_directions, one fit per layer, keeps float64.
     x_all = x_all.astype(np.float32)
@@ -348,18 +350,18 @@ def probe_layers(
     control_y, control_meta = _control(y, control_tokens, fold, seed=seed)
     # One set of bootstrap weights for every layer: counts of each group in each resample, i.e. the groups drawn
     # with replacement (common random numbers, so layers are compared on the same resamples).
-    weights = rng.multinomial(n_groups, np.full(n_groups, 1.0 / n_groups), size=BOOTSTRAP).astype(float)  # (boot, groups)
-    tail = 100 * (1 - CI_LEVEL) / 2
+    weights = rng.multinomial(n_groups, np.full(n_groups, 1.0 / n_groups), size=bootstrap).astype(float)  # (boot, groups)
+    tail = 100 * (1 - ci_level) / 2
 
     rows, unconverged = [], 0
     for index, name in enumerate(layer_names):
         x = x_all[:, index, :]  # (n, d_model)
-        predicted, stalled = _out_of_fold(x, y, fold, kind, l2)
+        predicted, stalled = _out_of_fold(x, y, fold, kind, l2, max_iter)
         stats = _group_stats(y, predicted, group, n_groups, kind, n_classes)
         boot = _score_from_stats(weights @ stats, kind)
         low, high = np.nanpercentile(boot, [tail, 100 - tail])
-        permuted, stalled_p = _out_of_fold(x, permuted_y, fold, kind, l2)
-        control, stalled_c = (np.nan, 0) if control_y is None else _out_of_fold(x, control_y, fold, kind, l2)
+        permuted, stalled_p = _out_of_fold(x, permuted_y, fold, kind, l2, max_iter)
+        control, stalled_c = (np.nan, 0) if control_y is None else _out_of_fold(x, control_y, fold, kind, l2, max_iter)
         unconverged += stalled + stalled_p + stalled_c
         score = float(_score_from_stats(stats.sum(0), kind))
         permuted_score = _score(permuted_y, permuted, group, n_groups, kind, n_classes)
@@ -391,8 +393,8 @@ def probe_layers(
         "folds": int(folds),
         "seed": int(seed),
         "l2": float(l2),
-        "ci_level": CI_LEVEL,
-        "bootstrap": BOOTSTRAP,
+        "ci_level": float(ci_level),
+        "bootstrap": int(bootstrap),
         **control_meta,
         "unconverged_fits": int(unconverged),
     }

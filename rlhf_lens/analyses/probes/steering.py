@@ -31,11 +31,8 @@ from rlhf_lens.analyses.core.verdict import Verdict
 
 __all__ = ["ConceptSteeringResult", "SteeringResult", "block_part", "final_norm", "steer_policy", "steer_rewards", "transformer_blocks"]
 
-SCALES = (-2.0, -1.0, 0.0, 1.0, 2.0)
-"""Steering strengths, in standard deviations of the residual along the direction."""
-MOVES_Z = 3.0
-"""The effect at +-1 sd must differ from 0 by this many standard errors (paired over texts) to count as moving."""
 POSITIONS = ("all", "completion", "last")
+"""Where `steer_rewards` can push: every real token, the completion's tokens, or the last real token."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -50,7 +47,7 @@ class SteeringResult(Result):
         change_sem: the standard error of that paired change.
 
     `meta`: what (reward/policy), concept, layer, positions, sd (the residual's sd along the unit direction), texts,
-    slope (least-squares change per sd), z (the slope over its standard error).
+    slope (least-squares change per sd), z (the slope over its standard error), moves_z (the verdict's threshold on z).
     """
 
     columns: ClassVar[tuple[str, ...]] = ("scale", "mean", "sem", "change", "change_sem")
@@ -182,16 +179,16 @@ def _summary(outcomes: dict[float, np.ndarray]) -> tuple[pd.DataFrame, float, fl
 
 
 def _verdict(meta: dict, expected_sign: int | None) -> Verdict:
-    slope, z = meta["slope"], meta["z"]
+    slope, z, moves_z = meta["slope"], meta["z"], meta["moves_z"]
     name = meta.get("concept") or "the direction"
     check = f"steering along {name} after block {meta['layer']} moves the {meta['what']}"
-    rule = f"ok when the per-sd change differs from 0 by more than {MOVES_Z:g} standard errors" + (
+    rule = f"ok when the per-sd change differs from 0 by more than {moves_z:g} standard errors" + (
         " in the expected sign" if expected_sign else ""
     )
     if not math.isfinite(slope):
         return Verdict(check, "warn", "one steering scale only: pass at least two scales to measure an effect", rule, value=math.nan)
     evidence = f"{slope:+.3g} {meta['what']} per sd along {name} (z = {z:.1f}, {meta['texts']} texts)"
-    if abs(z) < MOVES_Z:
+    if abs(z) < moves_z:
         return Verdict(check, "warn", evidence + ": the direction can be decoded here but pushing along it moves nothing", rule, value=z)
     if expected_sign and np.sign(slope) != expected_sign:
         return Verdict(check, "warn", evidence + ": it moves, against the expected sign", rule, value=z)
@@ -214,11 +211,12 @@ def steer_rewards(
     direction,
     *,
     layer: int,
-    scales: Sequence[float] = SCALES,
+    scales: Sequence[float] = (-2.0, -1.0, 0.0, 1.0, 2.0),
     positions: str = "all",
     concept: str = "",
     expected_sign: int | None = None,
     sd: float | None = None,
+    moves_z: float = 3.0,
 ) -> SteeringResult:
     """Rewards of the texts with the residual stream after block `layer` pushed along `direction` by each of `scales`
     standard deviations (of the unsteered residual's projection on the unit direction at those positions).
@@ -226,6 +224,8 @@ def steer_rewards(
     positions: "all" tokens, the "completion" tokens, or the "last" token (the one the score head reads).
     expected_sign: +1 or -1 when the concept should raise or lower the reward (the verdict then checks the sign).
     sd: the unit of `scales` in residual-stream norm units, instead of the measured standard deviation.
+    moves_z: the verdict's threshold: the per-sd change must differ from 0 by this many standard errors (paired over
+    texts) to count as moving.
     Texts are read as `models.score_texts` reads them. Returns a `SteeringResult` with one verdict.
     """
     if positions not in POSITIONS:
@@ -261,6 +261,7 @@ def steer_rewards(
         "texts": len(parts),
         "slope": slope,
         "z": z,
+        "moves_z": float(moves_z),
     }
     return SteeringResult(df=df, meta=meta, verdicts=(_verdict(meta, expected_sign),))
 
@@ -300,17 +301,19 @@ def steer_policy(
     score: Callable[[Sequence[str], Sequence[str]], np.ndarray],
     *,
     layer: int,
-    scales: Sequence[float] = SCALES,
+    scales: Sequence[float] = (-2.0, -1.0, 0.0, 1.0, 2.0),
     max_new_tokens: int = 32,
     seed: int = 0,
     concept: str = "",
     expected_sign: int | None = None,
     sd: float | None = None,
+    moves_z: float = 3.0,
 ) -> SteeringResult:
     """The policy samples a completion of each prompt with the residual stream after block `layer` pushed along
     `direction` at every position (prompt and generated tokens), by each of `scales` sds; `score(prompts,
     completions) -> (n,)` scores the samples (e.g. the task's gold reward). The same sampling seeds at every scale,
-    so the changes are paired; `sd` replaces the measured unit of `scales`. Returns a `SteeringResult` with one verdict."""
+    so the changes are paired; `sd` replaces the measured unit of `scales`; `moves_z` is the verdict's threshold (see
+    `steer_rewards`). Returns a `SteeringResult` with one verdict."""
     if not len(prompts):
         raise ValueError("pass at least one prompt")
     _check_layer(policy, layer)
@@ -341,6 +344,7 @@ def steer_policy(
         "texts": len(prompts),
         "slope": slope,
         "z": z,
+        "moves_z": float(moves_z),
     }
     return SteeringResult(df=df, meta=meta, verdicts=(_verdict(meta, expected_sign),))
 
@@ -350,7 +354,7 @@ class ConceptSteeringResult(Result):
     """Several directions steered one after another on the same texts, one row per (concept, scale).
 
     Columns: concept, and those of `SteeringResult` (scale, mean, sem, change, change_sem).
-    `meta`: what, layer, positions, texts, concepts ({concept: that run's meta: sd, slope, z, expected_sign}).
+    `meta`: what, layer, positions, texts, moves_z, concepts ({concept: that run's meta: sd, slope, z}).
     One verdict per concept (see `SteeringResult`).
     """
 
@@ -363,7 +367,7 @@ class ConceptSteeringResult(Result):
             raise ValueError("no steering runs to combine")
         first = next(iter(runs.values())).meta
         df = pd.concat([r.df.assign(concept=name) for name, r in runs.items()], ignore_index=True)[list(cls.columns)]
-        shared = {k: first[k] for k in ("what", "layer", "positions", "texts")}
+        shared = {k: first[k] for k in ("what", "layer", "positions", "texts")} | {"moves_z": first.get("moves_z")}
         per_concept = {name: {k: r.meta[k] for k in ("sd", "slope", "z")} for name, r in runs.items()}
         verdicts = tuple(v for r in runs.values() for v in r.verdicts)
         return cls(df=df, meta={**shared, **(meta or {}), "concepts": per_concept}, verdicts=verdicts)

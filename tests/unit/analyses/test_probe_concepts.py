@@ -145,6 +145,9 @@ def test_concept_directions_give_a_pattern_and_a_filter_for_each_concept_that_va
     assert np.argmax(np.abs(pattern)) == 0 and pattern[0] > 0  # towards positive, along the planted coordinate
     steer = probe_analyses.steering_directions(x, labels, layer=0)
     assert set(steer) == {"sentiment", "length", "negation"} and np.allclose(steer["sentiment"], pattern)
+    assert set(probe_analyses.steering_directions(x, labels, 0, ("negation", "trigger present"))) == {"negation"}  # constant trigger
+    with pytest.raises(ValueError, match=r"unknown steering concept\(s\) \['gold sentiment'\]"):
+        probe_analyses.steering_directions(x, labels, 0, ("gold sentiment",))
 
 
 def test_steering_runs_combine_into_one_table_with_a_verdict_each(tiny_scorer, tiny_tokenizer):
@@ -176,3 +179,56 @@ def test_probes_over_training_stack_each_checkpoints_best_layers():
     assert over.meta["checkpoints"] == ["step-1", "final"] and set(over.meta["skipped"]) == {"constant", "rare"}
     assert (over.df["best_layer"] == 1).all()
     assert over.plot() is not None and "planted" in str(over.table_html())
+
+
+# --------------------------------------------------------------------------- the registered analyses and their settings
+
+
+@pytest.fixture(scope="module")
+def reward_run(tmp_path_factory, corpus, tiny_scorer, tiny_tokenizer):
+    """A run with 60 corpus texts and one reward stage: the tiny scorer as its final checkpoint."""
+    from rlhf_lens.runs import Run, RunWriter
+
+    path = tmp_path_factory.mktemp("probe_run") / "run"
+    writer = RunWriter.create(path, name="probes", task="sentiment", seed=0, config={"task": {"name": "sentiment", "options": {}}})
+    writer.write_data("corpus", corpus[:60])
+    writer.add_stage("reward", "reward")
+    writer.save_checkpoint(
+        "reward", "final", model=tiny_scorer, tokenizer=tiny_tokenizer, step=1, metrics={}, extra_meta={"reward_kind": "ranking"}
+    )
+    writer.set_stage_status("reward", "done")
+    return Run.open(path)
+
+
+def test_reward_steering_computes_with_its_settings_directly_and_through_the_cache(reward_run):
+    from rlhf_lens.analyses import analyze
+
+    default = probe_analyses.analyze_reward_steering(reward_run, stage="reward")
+    assert list(default.df["concept"].unique()) == ["sentiment", "length", "negation"]
+    assert sorted(default.df["scale"].unique()) == [-2.0, -1.0, 0.0, 1.0, 2.0] and default.meta["texts"] == 60  # all there are
+    assert default.meta["moves_z"] == 3.0 and default.verdicts[0].level == "ok"
+    changed = probe_analyses.analyze_reward_steering(
+        reward_run, stage="reward", steered_texts=20, concepts=("sentiment",), scales=(-1.0, 1.0), moves_z=1e9
+    )
+    assert list(changed.df["scale"]) == [-1.0, 0.0, 1.0] and changed.meta["texts"] == 20 and changed.meta["moves_z"] == 1e9
+    assert [v.level for v in changed.verdicts] == ["warn"] and "more than 1e+09 standard errors" in changed.verdicts[0].threshold
+    assert changed.meta["concepts"]["sentiment"]["slope"] != default.meta["concepts"]["sentiment"]["slope"]  # fewer texts
+
+    settings = {"probes.reward_steering": {"steered_texts": 20, "concepts": ["sentiment"], "scales": [-1, 1], "moves_z": 1e9}}
+    (outcome,) = analyze(reward_run, ["probes.reward_steering"], quiet=True, settings=settings)
+    assert outcome.status == "computed" and outcome.result.verdicts == changed.verdicts
+    pd.testing.assert_frame_equal(outcome.result.df, changed.df)
+    (again,) = analyze(reward_run, ["probes.reward_steering"], quiet=True, settings=settings)
+    assert again.status == "cached" and again.result.verdicts == changed.verdicts
+
+
+def test_reward_concepts_probe_the_concepts_their_settings_name(reward_run):
+    default = probe_analyses.analyze_reward_concepts(reward_run, stage="reward")
+    assert set(default.meta["concepts"]) == {"gold sentiment", "negation", "trigger present", "length bucket", "reward"}
+    assert default.meta["skipped"] == {"domain": "class phone holds 5 texts (fewer than 10)"} and default.meta["n"] == 60
+    changed = probe_analyses.analyze_reward_concepts(reward_run, stage="reward", concepts=("domain",), min_class=5)
+    assert set(changed.meta["concepts"]) == {"domain", "reward"} and changed.meta["skipped"] == {}
+    reward_rows = [r[r["concept"] == "reward"].reset_index(drop=True) for r in (default.df, changed.df)]
+    pd.testing.assert_frame_equal(*reward_rows)  # the same texts and probe: only the chosen concepts changed
+    with pytest.raises(ValueError, match=r"unknown concept\(s\) \['sentiment'\]; the corpus concepts are"):
+        probe_analyses.analyze_reward_concepts(reward_run, stage="reward", concepts=("sentiment",))

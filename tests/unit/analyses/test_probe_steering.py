@@ -45,6 +45,17 @@ def test_a_direction_layernorm_removes_moves_nothing_and_the_verdict_says_so():
     assert verdict.level == "warn" and "moves nothing" in verdict.evidence
 
 
+def test_the_verdict_threshold_is_the_moves_z_setting(tiny_scorer, tiny_tokenizer):
+    texts = ["The food was great.", "Awful service.", "I loved it.", "Not good at all.", "Fine, I guess.", "Superb."]
+    direction = np.random.default_rng(0).normal(size=tiny_scorer.config.hidden_size)
+    default = steer_rewards(tiny_scorer, tiny_tokenizer, [""] * 6, texts, direction, layer=0, scales=(-1.0, 1.0))
+    z = abs(default.meta["z"])
+    strict = steer_rewards(tiny_scorer, tiny_tokenizer, [""] * 6, texts, direction, layer=0, scales=(-1.0, 1.0), moves_z=z + 1)
+    assert list(default.df["scale"]) == [-1.0, 0.0, 1.0] and default.meta["moves_z"] == 3.0 and 3.0 < z < np.inf
+    assert default.verdicts[0].level == "ok" and strict.verdicts[0].level == "warn"
+    assert f"more than {z + 1:g} standard errors" in strict.verdicts[0].threshold
+
+
 def test_only_the_chosen_positions_are_pushed():
     """The planted reward reads the last token alone (its attention writes nothing): the same push at every
     completion token or at the last one moves the reward alike."""

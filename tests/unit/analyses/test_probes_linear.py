@@ -158,6 +158,23 @@ def test_errors_name_the_argument_and_the_fix():
         probe_layers(x, y, groups, kind="ranking")
     with pytest.raises(ValueError, match="finite numeric labels"):
         probe_layers(x, np.array(["a", "b"] * 20), groups, kind="regression")
+    with pytest.raises(ValueError, match=r"ci_level in \(0, 1\), got 1000, 100 and 95"):
+        probe_layers(x, y, groups, ci_level=95)
+
+
+def test_the_interval_settings_change_the_interval_only():
+    x, y, groups = planted(n=400)
+    default = probe_layers(x, y, groups)
+    narrow = probe_layers(x, y, groups, bootstrap=200, ci_level=0.5)
+    same = ["layer", "score", "permuted", "selectivity"]
+    assert narrow.df[same].equals(default.df[same])
+    width = lambda r: (r.df["ci_high"] - r.df["ci_low"]).to_numpy()  # noqa: E731
+    assert (width(narrow) < width(default)).all()
+    assert (default.meta["bootstrap"], default.meta["ci_level"]) == (1000, 0.95)
+    assert (narrow.meta["bootstrap"], narrow.meta["ci_level"]) == (200, 0.5)
+    assert "probe (50% CI)" in [t.get_text() for t in narrow.plot().get_legend().get_texts()]
+    stalled = probe_layers(x, y, groups, max_iter=1)
+    assert stalled.meta["unconverged_fits"] > 0 and default.meta["unconverged_fits"] == 0
 
 
 def test_the_result_renders_and_its_meta_is_json():
