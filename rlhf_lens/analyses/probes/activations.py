@@ -62,6 +62,8 @@ import torch
 
 from rlhf_lens import models
 from rlhf_lens.runs import RunFormatError, atomic_write_json, read_checkpoint_meta, read_model_config
+from rlhf_lens.runs.safe_fs import DiskFullError, is_disk_full
+from rlhf_lens.runs.weights import check_safetensors_header
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -240,6 +242,12 @@ def _read_index(folder: Path) -> dict[str, Any] | None:
             f"{path}: activation store version {index.get('version')!r} is not the one this rlhf-lens reads ({STORE_VERSION}); "
             "delete the folder and collect the activations again"
         )
+    for shard in index.get("shards", []):  # a shard is a plain file of this folder with a header that tells the truth
+        name = shard.get("file") if isinstance(shard, dict) else None
+        if not isinstance(name, str) or Path(name).name != name or name.startswith("."):
+            raise RunFormatError(f"{path}: shard {name!r} is not a file name in {folder}; delete the folder and collect again")
+        if (folder / name).is_file():
+            check_safetensors_header(folder / name)
     return index
 
 
@@ -576,8 +584,10 @@ def _write_shard(path: Path, tensors: dict[str, np.ndarray], texts: str) -> None
         save_file(tensors, tmp, metadata={"texts": texts})
         fsync_file(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         tmp.unlink(missing_ok=True)
+        if is_disk_full(err) and not isinstance(err, DiskFullError):
+            raise DiskFullError(path, sum(t.nbytes for t in tensors.values()) + len(texts.encode("utf-8"))) from err
         raise
     fsync_dir(path.parent)
 

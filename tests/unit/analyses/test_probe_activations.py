@@ -261,3 +261,21 @@ def test_errors_say_what_is_wrong(folders, tiny_tokenizer, tmp_path):
     with pytest.raises(TypeError, match="no `score` head"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         reward_readout(tiny_model("gpt2", tiny_tokenizer))
+
+
+def test_a_lying_or_escaping_shard_is_refused_before_it_is_read(folders, tiny_tokenizer, tmp_path):
+    from rlhf_lens.runs import RunFormatError
+
+    out = tmp_path / "acts"
+    collect(folders["gpt2"], tiny_tokenizer, out_dir=out, shard_size=3, backend="hooks")
+    shard = out / "shard-00001.safetensors"
+    data = bytearray(shard.read_bytes())
+    data[-4:] = b""  # the header now declares more bytes than the file holds
+    shard.write_bytes(bytes(data))
+    with pytest.raises(RunFormatError, match=r"shard-00001.safetensors is not a valid safetensors file"):
+        ActivationStore(out)
+    index = json.loads((out / "index.json").read_text())
+    index["shards"][1]["file"] = "../../elsewhere.safetensors"
+    (out / "index.json").write_text(json.dumps(index))
+    with pytest.raises(RunFormatError, match="is not a file name in"):
+        ActivationStore(out)

@@ -159,6 +159,19 @@ def test_a_full_disk_while_saving_a_checkpoint_keeps_the_previous_one(small_disk
     assert [p.name for p in (writer.path / "checkpoints" / "base").iterdir()] == ["final"]
 
 
+def test_a_full_disk_while_writing_activations_names_the_shard_and_leaves_none(small_disk, tiny_tokenizer, tmp_path):
+    from rlhf_lens.analyses.probes.activations import collect_activations
+    from tests.tiny_models import tiny_model
+
+    folder = tmp_path / "model"
+    tiny_model("gpt2", tiny_tokenizer).save_pretrained(folder)
+    fill(small_disk)
+    out = small_disk / "acts"
+    with pytest.raises(DiskFullError, match=r"writing .*shard-00000.safetensors: it needs \d+"):
+        collect_activations(folder, tiny_tokenizer, ["The food was"] * 4, [" good"] * 4, out_dir=out, quiet=True, backend="hooks")
+    assert leftovers(small_disk) == [] and not list(out.glob("*.safetensors"))
+
+
 # --------------------------------------------------------------------------- Ctrl-C
 
 
