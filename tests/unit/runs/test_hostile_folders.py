@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from rlhf_lens.cli import main
-from rlhf_lens.runs import RunWriter, open_run
+from rlhf_lens.runs import Run, RunWriter, open_run
 from rlhf_lens.runs.trl_view import VIEW_DIR
 from tests.unit.runs.test_runs_trl import make_trl_folder
 
@@ -288,3 +288,50 @@ def test_resuming_a_run_with_a_planted_link_is_refused(tmp_path, sentinel, rel):
     assert tree_state(sentinel) == before
     with pytest.raises(FileExistsError, match="symbolic link"):
         RunWriter.create(writer.path / rel, name="r", task="sentiment", seed=0, config={}, overwrite=True)
+
+
+def _lie_about_the_data(path: Path) -> None:
+    """Rewrite a safetensors header so its first tensor claims 10 GB (the file keeps its few kB)."""
+    import struct
+
+    raw = path.read_bytes()
+    n = struct.unpack("<Q", raw[:8])[0]
+    header = json.loads(raw[8 : 8 + n])
+    name = next(k for k in header if k != "__metadata__")
+    header[name]["data_offsets"][1] = 10**10
+    encoded = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(encoded)) + encoded + raw[8 + n :])
+
+
+@pytest.mark.parametrize("command", ["inspect", "analyze"])
+def test_a_lying_weights_header_in_a_trl_folder_is_one_line_and_nothing_outside_changes(trl_folder, sentinel, capsys, command):
+    _lie_about_the_data(trl_folder / "checkpoint-4" / "model.safetensors")
+    before = tree_state(sentinel)
+    code, err = run_cli(capsys, command, str(trl_folder))
+    assert_refused(code, err, trl_folder / "checkpoint-4" / "model.safetensors")
+    assert "is not a valid safetensors file" in err and "10000000000" in err
+    assert tree_state(sentinel) == before
+
+
+def test_a_lying_weights_header_in_a_run_is_one_line(tmp_path, tiny, capsys):
+    writer = RunWriter.create(tmp_path / "run", name="r", task="sentiment", seed=0, config={})
+    writer.add_stage("base", "base")
+    writer.save_checkpoint("base", "final", model=tiny.lm(), tokenizer=tiny.tokenizer(), step=1, metrics={})
+    weights = writer.path / "checkpoints" / "base" / "final" / "model.safetensors"
+    _lie_about_the_data(weights)
+    from rlhf_lens.runs import RunFormatError
+
+    with pytest.raises(RunFormatError, match="is not a valid safetensors file"):
+        Run.open(writer.path).load_model("base")
+
+
+@pytest.mark.parametrize("override", ["stages.base.steps=1e30", 'stages.base.lr="abc"', "stages.base.steps=true", "seed=-5"])
+def test_a_recipe_value_of_the_wrong_type_writes_nothing_anywhere(tmp_path, sentinel, capsys, override):
+    from tests.conftest import QUICK_RECIPE
+
+    out = sentinel / "new-run"
+    before = tree_state(sentinel)
+    code, err = run_cli(capsys, "train", str(QUICK_RECIPE), "--out", str(out), "--set", override)
+    assert code == 1 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert override.split("=")[0] in err
+    assert tree_state(sentinel) == before
