@@ -10,7 +10,7 @@ import io
 import json
 import os
 import warnings
-from pathlib import Path, PurePath
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .atomic import atomic_write_bytes, atomic_write_json
@@ -22,7 +22,6 @@ from .info import CheckpointInfo, StageInfo
 from .jsonl import read_jsonl
 from .jsonsafe import to_jsonable
 from .layout import (
-    ANALYSES_DIR,
     FINAL_TAG,
     REPORT_HTML,
     TOKENIZER_FILES,
@@ -311,43 +310,45 @@ class Run:
     def cache_dir(self) -> Path:
         """Where the analyses' cache of this run lives: the `cache_dir` it was opened with, else <run>/analyses when
         the run folder can be written, else `<user cache>/runs/<name>-<hash of its path>` (see `cache_dirs`)."""
-        if self._cache_dir is not None:
-            return self._cache_dir
-        if is_writable(self._path):
-            return analyses_dir(self._path)
-        return user_cache_dir() / "runs" / f"{self._path.name}-{sha256_bytes(str(self._path).encode('utf-8'))[:12]}"
+        if self._cache_dir is None:  # decided once, so a run's cache does not move while it is analysed
+            elsewhere = user_cache_dir() / "runs" / f"{self._path.name}-{sha256_bytes(str(self._path).encode('utf-8'))[:12]}"
+            self._cache_dir = analyses_dir(self._path) if is_writable(self._path) else elsewhere
+        return self._cache_dir
 
     @property
     def report_path(self) -> Path:
         """Where the run's report goes by default: <run>/report.html, or into the cache folder when the run cannot be
         written."""
-        return report_path(self._path) if is_writable(self._path) else self.cache_dir / REPORT_HTML
+        return (
+            report_path(self._path)
+            if self.cache_dir == analyses_dir(self._path) or is_writable(self._path)
+            else self.cache_dir / REPORT_HTML
+        )
 
-    def _cache_root(self) -> tuple[Path, PurePath]:
-        """(root, prefix): cache files are written below `root` at `prefix`/<name>, no link below `root` followed.
-        A link anywhere in the cache is refused once, before the first read or write (UnsafePathError)."""
-        inside = self.cache_dir == analyses_dir(self._path)
-        root, prefix = (self._path, PurePath(ANALYSES_DIR)) if inside else (self.cache_dir, PurePath(""))
+    def _cache_root(self) -> Path:
+        """The folder below which cache files are written without following a link: the run for <run>/analyses,
+        else the cache folder itself. A link anywhere in the cache is refused once, before the first read or write."""
+        root = self._path if self.cache_dir == analyses_dir(self._path) else self.cache_dir
         if not self._cache_checked:
-            refuse_links(root, prefix)
+            refuse_links(root, self.cache_dir.relative_to(root))
             self._cache_checked = True
-        return root, prefix
+        return root
 
     def save_analysis(self, key: str, df: pd.DataFrame, meta: dict[str, Any]) -> None:
         """Cache an analysis result as <cache>/<key>.parquet + <key>.json (written last)."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        root, prefix = self._cache_root()
+        root = self._cache_root()
         parquet_path, json_path = cache_entry_paths(self.cache_dir, key)
         clean_meta = to_jsonable(meta, where=f"analysis {key!r} meta", nonfinite="null")
         buffer = io.BytesIO()
         pq.write_table(pa.Table.from_pandas(df), buffer)
-        atomic_write_bytes(root / prefix / parquet_path.name, buffer.getvalue(), root=root)
+        atomic_write_bytes(parquet_path, buffer.getvalue(), root=root)
         try:
-            atomic_write_json(root / prefix / json_path.name, clean_meta, root=root)  # last: it marks the entry complete
+            atomic_write_json(json_path, clean_meta, root=root)  # last: it marks the entry complete
         except BaseException:
-            remove(root, prefix / parquet_path.name)  # no half entry left behind
+            remove(root, parquet_path.relative_to(root))  # no half entry left behind
             raise
 
     def load_analysis(self, key: str) -> tuple[pd.DataFrame, dict[str, Any]] | None:
@@ -388,8 +389,7 @@ class Run:
         if self._hashes is None:
 
             def save(data: bytes) -> None:
-                root, prefix = self._cache_root()
-                atomic_write_bytes(root / prefix / HASH_INDEX, data, root=root)
+                atomic_write_bytes(self.cache_dir / HASH_INDEX, data, root=self._cache_root())
 
             self._hashes = HashIndex(self._path, self.cache_dir / HASH_INDEX, save)
         return self._hashes
@@ -401,8 +401,8 @@ class Run:
 
     def analysis_dir(self, key: str) -> Path:
         """<cache>/<key>/ for bulky intermediates (created if missing, no link followed)."""
-        root, prefix = self._cache_root()
-        return ensure_dir(root, prefix / cache_entry_dir(self.cache_dir, key).name)
+        root = self._cache_root()
+        return ensure_dir(root, cache_entry_dir(self.cache_dir, key).relative_to(root))
 
 
 def _read_shards(folders: list[Path]) -> pd.DataFrame:

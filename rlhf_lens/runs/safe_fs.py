@@ -157,9 +157,7 @@ def write_bytes(root: str | os.PathLike[str], relative: str | os.PathLike[str], 
     folder, name = _split(relative)
     path = Path(root) / relative
     with open_dir(root, folder, create=True) as fd:
-        mode = _lstat_mode(fd, name)
-        if mode is not None and not stat.S_ISREG(mode):
-            raise _refusal(path, _describe(mode))
+        _refuse_non_file(fd, name, path)
         tmp = f".{name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
         try:
             out = os.open(tmp, _NEW_FILE_FLAGS, 0o644, dir_fd=fd)
@@ -177,6 +175,45 @@ def write_bytes(root: str | os.PathLike[str], relative: str | os.PathLike[str], 
         with contextlib.suppress(OSError):
             os.fsync(fd)
     return path
+
+
+def read_bytes(root: str | os.PathLike[str], relative: str | os.PathLike[str]) -> bytes:
+    """The bytes of file `root/relative`, read without following a link anywhere below `root` (a link is
+    UnsafePathError; a missing file FileNotFoundError)."""
+    folder, name = _split(relative)
+    with open_dir(root, folder) as fd:
+        try:
+            descriptor = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), dir_fd=fd)
+        except OSError as err:
+            raise _entry_refusal(fd, name, Path(root) / relative, err) from err
+        with os.fdopen(descriptor, "rb") as f:
+            return f.read()
+
+
+def rename(root: str | os.PathLike[str], folder: str | os.PathLike[str], source: str, target: str) -> None:
+    """Rename entry `source` of folder `root/folder` to `target` in the same folder (replacing a file there, as
+    `os.replace` does), without following a link on the way; a link at either name is refused, never moved."""
+    here = Path(root) / folder
+    with open_dir(root, folder) as fd:
+        mode = _lstat_mode(fd, source)
+        if mode is None:
+            raise FileNotFoundError(errno.ENOENT, "no such file or folder", str(here / source))
+        if stat.S_ISLNK(mode):
+            raise _refusal(here / source, "a symbolic link")
+        if stat.S_ISREG(mode):
+            _refuse_non_file(fd, target, here / target)
+        elif _lstat_mode(fd, target) is not None:
+            raise _refusal(here / target, "already there")  # folders are moved only onto free names
+        os.replace(source, target, src_dir_fd=fd, dst_dir_fd=fd)
+        with contextlib.suppress(OSError):
+            os.fsync(fd)
+
+
+def _refuse_non_file(fd: int, name: str, path: Path) -> None:
+    """UnsafePathError unless `name` in the folder `fd` is absent or a regular file."""
+    mode = _lstat_mode(fd, name)
+    if mode is not None and not stat.S_ISREG(mode):
+        raise _refusal(path, _describe(mode))
 
 
 def symlink(root: str | os.PathLike[str], relative: str | os.PathLike[str], target: str | os.PathLike[str]) -> Path:
@@ -243,8 +280,10 @@ __all__ = [
     "ensure_dir",
     "links_under",
     "open_dir",
+    "read_bytes",
     "refuse_links",
     "remove",
+    "rename",
     "symlink",
     "write_bytes",
 ]

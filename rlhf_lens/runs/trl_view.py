@@ -44,7 +44,7 @@ from .layout import (
 )
 from .manifest import build_manifest, validate_manifest
 from .reader import read_model_config
-from .safe_fs import ensure_dir, open_dir, symlink, write_bytes
+from .safe_fs import ensure_dir, read_bytes, symlink, write_bytes
 from .trl import (
     TRAINER_STATE,
     metric_records,
@@ -207,10 +207,7 @@ def _make_entries(root: Path, name: str, planned: Ledger, files: dict[str, bytes
 def _read_view_file(root: Path, relative: PurePosixPath) -> bytes | None:
     """The bytes of a file of the view (read without following any link), or None."""
     try:
-        with open_dir(root, relative.parent) as fd:
-            descriptor = os.open(relative.name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=fd)
-            with os.fdopen(descriptor, "rb") as f:
-                return f.read()
+        return read_bytes(root, relative)
     except (OSError, ValueError):
         return None
 

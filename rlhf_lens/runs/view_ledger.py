@@ -23,7 +23,7 @@ from pathlib import Path, PurePosixPath
 
 from .errors import RunFormatError
 from .layout import ANALYSES_DIR, REPORT_HTML
-from .safe_fs import UnsafePathError, links_under, open_dir, remove, write_bytes
+from .safe_fs import UnsafePathError, links_under, read_bytes, remove, write_bytes
 
 LEDGER = ".rlhf-lens-view.json"
 LEDGER_FORMAT = "rlhf-lens-view-ledger"
@@ -131,10 +131,7 @@ def _read_ledger(view: Path, found: Ledger) -> Ledger:
         )
     if found[LEDGER] != "file":
         raise UnsafePathError(f"{view / LEDGER} is {_spoken(found[LEDGER])}, not the ledger file rlhf-lens writes; delete {view}")
-    with open_dir(view) as fd:
-        descriptor = os.open(LEDGER, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=fd)
-        with os.fdopen(descriptor, "rb") as f:
-            raw = f.read()
+    raw = read_bytes(view, LEDGER)
     try:
         body = json.loads(raw.decode("utf-8"))
         entries = body["entries"] if body.get("format") == LEDGER_FORMAT else None

@@ -10,10 +10,10 @@ destroys the previous complete one. One process writes a run at a time.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
 import os
-import shutil
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -29,7 +29,6 @@ from .layout import (
     DATA_KINDS,
     LOGS_DIR,
     checkpoint_dir,
-    checkpoints_dir,
     data_file_name,
     data_path,
     eval_rollout_shard_path,
@@ -48,7 +47,7 @@ from .layout import (
     value_dir,
 )
 from .manifest import STAGE_KINDS, STAGE_STATUSES, build_manifest, read_manifest, utc_now, write_manifest
-from .safe_fs import DiskFullError, is_disk_full, refuse_links
+from .safe_fs import DiskFullError, ensure_dir, is_disk_full, refuse_links, remove, rename
 from .state import save_state
 from .weights import safetensors_weight_files
 
@@ -102,7 +101,7 @@ class RunWriter:
                     f"{path} is not empty and has no run.json, so it is not a run; refusing to delete it "
                     "even with overwrite=True. Pick another folder."
                 )
-            shutil.rmtree(path)
+            remove(path.parent, path.name)  # a run (it has run.json), and not a link (checked above)
         manifest = build_manifest(name=name, task=task, seed=seed, config=config, env=collect_env())
         path.mkdir(parents=True, exist_ok=True)
         write_manifest(path, manifest)
@@ -253,11 +252,9 @@ class RunWriter:
         }
 
         pid = os.getpid()
-        checkpoints_dir(self._path, stage).mkdir(parents=True, exist_ok=True)
         tmp = temp_checkpoint_dir(self._path, stage, tag, pid)
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir()
+        remove(self._path, self._relative(tmp))  # a leftover of this process id, never followed if a link
+        ensure_dir(self._path, self._relative(tmp))
         try:
             _save_pretrained(model, tmp)
             safetensors_weight_files(tmp)
@@ -273,12 +270,13 @@ class RunWriter:
             atomic_write_json(meta_path(tmp), meta)  # last: it marks the folder complete
             fsync_dir(tmp)
         except BaseException as err:
-            shutil.rmtree(tmp, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                remove(self._path, self._relative(tmp))
             if is_disk_full(err) and not isinstance(err, DiskFullError):
                 raise DiskFullError(checkpoint_dir(self._path, stage, tag), _checkpoint_bytes(model, value_model, state)) from err
             raise
         final = checkpoint_dir(self._path, stage, tag)
-        _swap_into_place(tmp, final, old_checkpoint_dir(self._path, stage, tag, pid))
+        self._swap_into_place(tmp, final, old_checkpoint_dir(self._path, stage, tag, pid))
 
         manifest = self.manifest
         entry = self._stage_entry(manifest, stage)
@@ -286,6 +284,22 @@ class RunWriter:
             entry["checkpoints"].append(tag)
             self._commit(manifest)
         return final
+
+    def _relative(self, path: Path) -> Path:
+        """`path` (inside the run) relative to the run folder: what the link-refusing `safe_fs` calls take."""
+        return path.relative_to(self._path)
+
+    def _swap_into_place(self, new: Path, final: Path, old: Path) -> None:
+        """Rename the complete folder `new` to `final` (all in one stage folder), moving an existing `final` aside
+        first; no link is followed or moved."""
+        stage_dir = self._relative(final.parent)
+        if final.exists():
+            remove(self._path, self._relative(old))
+            rename(self._path, stage_dir, final.name, old.name)
+            rename(self._path, stage_dir, new.name, final.name)  # a crash between these renames is undone by RunWriter.open
+            remove(self._path, self._relative(old))
+        else:
+            rename(self._path, stage_dir, new.name, final.name)
 
     def _recover_checkpoint_folders(self) -> None:
         restored, removed = [], []
@@ -299,10 +313,10 @@ class RunWriter:
                 tag, what = parsed
                 target = stage_dir / tag
                 if what == "old" and not target.exists() and meta_path(entry).is_file():
-                    os.rename(entry, target)  # killed between the two renames of a swap
+                    rename(self._path, self._relative(stage_dir), entry.name, tag)  # killed between the two renames of a swap
                     restored.append(f"{stage_dir.name}/{tag}")
                 else:
-                    shutil.rmtree(entry)
+                    remove(self._path, self._relative(entry))
                     removed.append(f"{stage_dir.name}/{entry.name}")
             fsync_dir(stage_dir)
         if restored or removed:
@@ -399,7 +413,7 @@ class RunWriter:
                 for shard in sorted(shard_dir.glob("step-*.parquet")):
                     shard_step = tag_step(shard.stem)
                     if shard_step is not None and shard_step > step:
-                        shard.unlink()
+                        remove(self._path, self._relative(shard))
                 fsync_dir(shard_dir)
         self.log_event("resume", stage=stage, step=step, dropped_records=dropped, torn_lines=torn)
         return dropped
@@ -433,20 +447,6 @@ def _save_pretrained(obj: Any, folder: Path) -> None:
     for f in sorted(p for p in folder.rglob("*") if p.is_file() and p not in before):
         fsync_file(f)
         maybe_crash_after(f)
-
-
-def _swap_into_place(new: Path, final: Path, old: Path) -> None:
-    """Rename the complete folder `new` to `final`, moving an existing `final` aside first."""
-    if final.exists():
-        if old.exists():
-            shutil.rmtree(old)
-        os.rename(final, old)
-        os.rename(new, final)  # a crash between these renames is undone by RunWriter.open
-        fsync_dir(final.parent)
-        shutil.rmtree(old)
-    else:
-        os.rename(new, final)
-    fsync_dir(final.parent)
 
 
 def _first_unstorable_column(df: pd.DataFrame) -> str:

@@ -43,6 +43,7 @@ Shape glossary: n (texts), batch, seq, layer, d_model.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -62,7 +63,7 @@ import torch
 
 from rlhf_lens import models
 from rlhf_lens.runs import RunFormatError, atomic_write_json, read_checkpoint_meta, read_model_config
-from rlhf_lens.runs.safe_fs import DiskFullError, is_disk_full
+from rlhf_lens.runs.safe_fs import DiskFullError, is_disk_full, remove, rename
 from rlhf_lens.runs.weights import check_safetensors_header
 
 if TYPE_CHECKING:
@@ -577,19 +578,19 @@ def _write_shard(path: Path, tensors: dict[str, np.ndarray], texts: str) -> None
     """Write a shard atomically (temp name, fsync, rename), streamed from the buffers: no copy of the shard in memory."""
     from safetensors.numpy import save_file
 
-    from rlhf_lens.runs.atomic import fsync_dir, fsync_file
+    from rlhf_lens.runs.atomic import fsync_file
 
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
     try:
         save_file(tensors, tmp, metadata={"texts": texts})
         fsync_file(tmp)
-        os.replace(tmp, path)
+        rename(path.parent, "", tmp.name, path.name)  # a link planted at the shard's name is refused, not replaced
     except BaseException as err:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            remove(path.parent, tmp.name)
         if is_disk_full(err) and not isinstance(err, DiskFullError):
             raise DiskFullError(path, sum(t.nbytes for t in tensors.values()) + len(texts.encode("utf-8"))) from err
         raise
-    fsync_dir(path.parent)
 
 
 # --------------------------------------------------------------------------- backends

@@ -335,3 +335,27 @@ def test_a_recipe_value_of_the_wrong_type_writes_nothing_anywhere(tmp_path, sent
     assert code == 1 and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert override.split("=")[0] in err
     assert tree_state(sentinel) == before
+
+
+def test_a_link_planted_where_a_shard_or_a_checkpoint_goes_is_never_written_through(tmp_path, sentinel, tiny):
+    import os as _os
+
+    from rlhf_lens.analyses.probes.activations import collect_activations
+    from rlhf_lens.runs.safe_fs import UnsafePathError
+
+    folder = tmp_path / "model"
+    tiny.lm().save_pretrained(folder)
+    tiny.tokenizer().save_pretrained(folder)
+    out = tmp_path / "acts"
+    out.mkdir()
+    (out / "shard-00000.safetensors").symlink_to(sentinel / "file.json")
+    writer = RunWriter.create(tmp_path / "run", name="r", task="sentiment", seed=0, config={})
+    writer.add_stage("base", "base")
+    (writer.path / "checkpoints" / "base").mkdir(parents=True, exist_ok=True)
+    (writer.path / "checkpoints" / "base" / f".final.tmp-{_os.getpid()}").symlink_to(sentinel / "grpo")
+    before = tree_state(sentinel)
+    with pytest.raises(UnsafePathError, match="shard-00000.safetensors is a symbolic link"):
+        collect_activations(folder, None, ["w1 w2"], [" w3"], out_dir=out, quiet=True, backend="hooks")
+    writer.save_checkpoint("base", "final", model=tiny.lm(), step=1, metrics={})  # the planted link is removed, not followed
+    assert tree_state(sentinel) == before
+    assert Run.open(writer.path).checkpoint("base").step == 1
