@@ -362,10 +362,10 @@ def _report_failure(command: str, exc: Exception) -> int:
         exc, DiskFullError | ValueError | FileNotFoundError | NotADirectoryError | FloatingPointError | RunLookupError | RewardError
     ):
         # Errors a user can cause carry a message meant for them (file or field, and the fix); no traceback needed.
-        print(f"rlhf-lens {command}: error: {exc}", file=sys.stderr)
+        print(f"rlhf-lens {command}: error: {_one_line(exc)}", file=sys.stderr)
         return 1
     if is_disk_full(exc):
-        print(f"rlhf-lens {command}: error: no space left on the device ({exc}); free some space and run again", file=sys.stderr)
+        print(f"rlhf-lens {command}: error: no space left on the device ({_one_line(exc)}); free some space and run again", file=sys.stderr)
         return 1
     if isinstance(exc, OSError) and exc.filename is not None:
         print(f"rlhf-lens {command}: error: {exc.filename}: {exc.strerror}; check the path and its permissions", file=sys.stderr)
@@ -374,7 +374,7 @@ def _report_failure(command: str, exc: Exception) -> int:
         raise exc
     saved = _save_traceback(exc)
     print(
-        f"rlhf-lens {command}: internal error: {type(exc).__name__}: {exc}. This is a bug in rlhf-lens; its traceback is in "
+        f"rlhf-lens {command}: internal error: {type(exc).__name__}: {_one_line(exc)}. This is a bug in rlhf-lens; its traceback is in "
         f"{saved} (set {TRACEBACK_ENV}=1 to print it)",
         file=sys.stderr,
     )
@@ -382,6 +382,11 @@ def _report_failure(command: str, exc: Exception) -> int:
 
 
 TRACEBACK_ENV = "RLHF_LENS_TRACEBACK"
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception's message on one line (a library's may span several)."""
+    return " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
 
 
 def _save_traceback(exc: Exception) -> str:

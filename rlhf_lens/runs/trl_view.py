@@ -145,8 +145,7 @@ def _sources(folder: Path, state: dict[str, Any]) -> list[tuple[int, str, Path]]
 
 
 def _linked_files(source: Path, folder: Path) -> list[Path]:
-    """The files of `source` a view checkpoint links to (weights vetted first); links outside `folder` refused."""
-    safetensors_weight_files(source)  # vet the weights before anything links to them
+    """The files of `source` a view checkpoint links to (its weights already vetted); links outside `folder` refused."""
     out = []
     for path in sorted(source.iterdir()):
         if path.suffix in LINKED_SUFFIXES and path.name != TRAINER_STATE and path.is_file():
@@ -161,8 +160,8 @@ def _checkpoint_plan(
     """(files to link, meta.json) of one view checkpoint of TRL folder `folder`; `records` are the stage's metric records."""
     logged = [r for r in records if r["step"] <= step]
     metrics = {k: v for k, v in logged[-1].items() if k not in ("stage", "step", "time")} if logged else {}
+    weights = safetensors_weight_files(source)  # vetted before anything links to them
     linked = _linked_files(source, folder)
-    weights = safetensors_weight_files(source)
     meta = {
         "stage": stage,
         "kind": "policy",
